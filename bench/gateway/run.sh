@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Gateway benchmark: wrk on loopback against the same upstream (nginx serving a small static
+# answer, like Grafana's /api/health), three ways in one run:
+#   direct  — wrk → upstream
+#   nginx   — wrk → nginx (Debian's package) as a plain reverse proxy with keep-alive → upstream
+#   pug     — wrk → pug's gateway (1,000 tenants registered, signed-in session) → upstream
+# 64 connections, 20 s each (DURATION, CONNECTIONS, TENANTS override). Prints a table.
+#
+#   bench/gateway/run.sh
+#
+# Needs: nginx and wrk (apt-get install nginx wrk), cargo.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+DURATION=${DURATION:-20s}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+TENANTS=${TENANTS:-1000}
+UP_PORT=${UP_PORT:-18090}
+NGINX_PORT=${NGINX_PORT:-18091}
+PUG_PORT=${PUG_PORT:-18092}
+NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
+WRK=${WRK:-$(command -v wrk || echo /usr/bin/wrk)}
+
+[ -x "$NGINX" ] || { echo "nginx not found: apt-get install nginx" >&2; exit 1; }
+[ -x "$WRK" ] || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "building the gateway benchmark server (release)…" >&2
+cargo build --release -q -p pug-gateway --example gateway_bench
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+bench_bin="$target_dir/release/examples/gateway_bench"
+
+nginx_conf() { # name, body
+  mkdir -p "$work/$1"
+  cat > "$work/$1/nginx.conf" <<CONF
+worker_processes auto;
+daemon off;
+pid $work/$1/nginx.pid;
+error_log $work/$1/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/$1/body;
+  proxy_temp_path $work/$1/proxy;
+  fastcgi_temp_path $work/$1/fastcgi;
+  uwsgi_temp_path $work/$1/uwsgi;
+  scgi_temp_path $work/$1/scgi;
+  keepalive_requests 1000000;
+  $2
+}
+CONF
+  "$NGINX" -p "$work/$1" -c "$work/$1/nginx.conf" &
+  pids+=($!)
+}
+
+# The upstream: a small JSON answer for every path.
+nginx_conf upstream "server {
+    listen 127.0.0.1:$UP_PORT;
+    location / {
+      default_type application/json;
+      return 200 '{\"database\":\"ok\",\"version\":\"11.3.0\",\"commit\":\"bench\"}';
+    }
+  }"
+# nginx as a plain reverse proxy with pooled keep-alive connections.
+nginx_conf proxy "upstream grafana { server 127.0.0.1:$UP_PORT; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://grafana;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_buffering off;
+    }
+  }"
+
+"$bench_bin" --upstream "127.0.0.1:$UP_PORT" --listen "127.0.0.1:$PUG_PORT" --tenants "$TENANTS" > "$work/pug.out" 2> "$work/pug.err" &
+pids+=($!)
+for _ in $(seq 1 600); do
+  grep -q '^ready' "$work/pug.out" 2>/dev/null && break
+  sleep 0.1
+done
+grep -q '^ready' "$work/pug.out" || { echo "the gateway did not start:" >&2; cat "$work/pug.err" >&2; exit 1; }
+cookie=$(sed -n 's/^cookie=//p' "$work/pug.out")
+for port in $UP_PORT $NGINX_PORT; do
+  for _ in $(seq 1 100); do
+    curl -fsS -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null && break
+    sleep 0.1
+  done
+done
+
+path="/t/t0500/api/health"
+code=$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: $cookie" "http://127.0.0.1:$PUG_PORT$path")
+[ "$code" = 200 ] || { echo "pug answered $code for $path" >&2; exit 1; }
+
+# "12.34us" / "1.20ms" / "1.01s" → milliseconds
+to_ms() { awk -v v="$1" 'BEGIN {
+  if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
+  else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
+  else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.3f", v * 1000 }
+  else print v }'; }
+
+run() { # name url [header]
+  local name=$1 url=$2; shift 2
+  "$WRK" -t"$THREADS" -c"$CONNECTIONS" -d2s "$@" "$url" > /dev/null # warm-up
+  "$WRK" -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" > "$work/$name.wrk"
+  local rps p50 p99 errors
+  rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/$name.wrk")
+  p50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$work/$name.wrk")")
+  p99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$work/$name.wrk")")
+  errors=$(awk '/Non-2xx|Socket errors/ {print}' "$work/$name.wrk" | tr '\n' ' ')
+  printf '%s %s %s %s\n' "$name" "$rps" "$p50" "$p99" >> "$work/results"
+  [ -z "$errors" ] || echo "$name: $errors" >&2
+}
+
+run direct "http://127.0.0.1:$UP_PORT$path"
+run nginx "http://127.0.0.1:$NGINX_PORT$path"
+run pug "http://127.0.0.1:$PUG_PORT$path" -H "Cookie: $cookie"
+
+echo
+echo "gateway benchmark: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, GET $path, $TENANTS tenants in pug, $(nproc) cores"
+printf '| %-8s | %12s | %9s | %9s |\n' target "requests/s" "p50 (ms)" "p99 (ms)"
+printf '|%s|%s|%s|%s|\n' ---------- -------------- ----------- -----------
+while read -r name rps p50 p99; do
+  printf '| %-8s | %12s | %9s | %9s |\n' "$name" "$rps" "$p50" "$p99"
+done < "$work/results"
+awk '$1 == "nginx" {nr = $2; n99 = $4} $1 == "pug" {pr = $2; p99 = $4}
+  END { printf "\npug vs nginx: %.2fx requests/s (target >= 1.00), p99 %.2fx (target <= 1.10)\n", pr / nr, p99 / n99 }' "$work/results"

@@ -1,0 +1,442 @@
+//! Renderer benchmark: pug's renderer against the two alternatives, in one run, on the same page
+//! and the same Chromium binary.
+//!
+//! - `pug`: `GET /render` on pug's renderer (warm Chromium, fresh incognito context per render,
+//!   readiness detection), over HTTP like Grafana calls it.
+//! - `fresh`: one new Chromium per render, the reference renderer's model (launch, open a tab,
+//!   navigate, wait for `load`, screenshot, quit). It gets *none* of the reference's fixed waits
+//!   (1 s prior wait, 3 s first-query give-up), so it is a generous stand-in.
+//! - `floor`: an already-open tab of an already-running Chromium: navigate, wait for `load`,
+//!   screenshot. No isolation between renders, no readiness logic: the lower bound.
+//!
+//! Page: the grafana-standin's solo panel (`/d-solo/binding/…`), whose chart is drawn right after
+//! its query returns. A second pug row uses a page that becomes ready 200 ms after its query.
+//!
+//! Reported: p50/p95 latency at concurrency 1, throughput at concurrency 4, peak resident memory
+//! of Chromium's processes during that mode, and pug's Chromium memory over 1,000 renders.
+//! Run it with `bench/renderer/run.sh` (writes `bench/renderer/results.md`).
+
+#[path = "../../testing/grafana-standin/src/render_pages.rs"]
+mod render_pages;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chromiumoxide::browser::BrowserConfig;
+use chromiumoxide::cdp::browser_protocol::emulation::SetDeviceMetricsOverrideParams;
+use chromiumoxide::cdp::browser_protocol::page::{
+    CaptureScreenshotFormat, CaptureScreenshotParams,
+};
+use chromiumoxide::{Browser, Page};
+use futures::StreamExt;
+use pug_renderer::{Renderer, RendererConfig, StaticTokens};
+
+const WIDTH: u32 = 1000;
+const HEIGHT: u32 = 500;
+const FLAGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+];
+
+struct Args {
+    chrome: String,
+    c1: usize,
+    c4: usize,
+    fresh: usize,
+    long: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        chrome: std::env::var("CHROME_BIN").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+        c1: 50,
+        c4: 100,
+        fresh: 20,
+        long: 1000,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    for pair in argv.chunks(2) {
+        let v = pair.get(1).cloned().unwrap_or_default();
+        match pair[0].as_str() {
+            "--chrome" => a.chrome = v,
+            "--c1" => a.c1 = v.parse().expect("--c1 N"),
+            "--c4" => a.c4 = v.parse().expect("--c4 N"),
+            "--fresh" => a.fresh = v.parse().expect("--fresh N"),
+            "--long" => a.long = v.parse().expect("--long N"),
+            other => panic!(
+                "unknown flag {other}; flags: --chrome PATH --c1 N --c4 N --fresh N --long N"
+            ),
+        }
+    }
+    a
+}
+
+/// Samples the resident memory of every process below this one (the Chromiums).
+struct RssSampler {
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl RssSampler {
+    fn start() -> Self {
+        let peak = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                p.fetch_max(children_rss(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Self { peak, stop }
+    }
+
+    fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+fn children_rss() -> u64 {
+    let me = std::process::id();
+    let page = procfs::page_size();
+    pug_renderer::engine::browser::descendants(me)
+        .into_iter()
+        .filter_map(|pid| procfs::process::Process::new(pid).ok()?.stat().ok())
+        .map(|s| s.rss * page)
+        .sum()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+struct Row {
+    name: String,
+    p50: Duration,
+    p95: Duration,
+    throughput: f64,
+    peak_rss: u64,
+}
+
+/// Runs `render` n times one after the other, then `m` times with 4 workers.
+async fn measure<F, Fut>(name: &str, n: usize, m: usize, render: F) -> Row
+where
+    F: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let rss = RssSampler::start();
+    render(0).await; // warm-up
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        render(i).await;
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    let next = Arc::new(AtomicU64::new(0));
+    let t = Instant::now();
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let (render, next) = (render.clone(), next.clone());
+            tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < m as u64 {
+                    render(w).await;
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let throughput = m as f64 / t.elapsed().as_secs_f64();
+    let row = Row {
+        name: name.to_owned(),
+        p50: percentile(&lat, 0.5),
+        p95: percentile(&lat, 0.95),
+        throughput,
+        peak_rss: rss.finish(),
+    };
+    eprintln!(
+        "{name}: p50 {:?} p95 {:?} {:.1}/s peak {} MiB",
+        row.p50,
+        row.p95,
+        row.throughput,
+        row.peak_rss >> 20
+    );
+    row
+}
+
+async fn launch(chrome: &str, profile: &std::path::Path) -> (Browser, tokio::task::JoinHandle<()>) {
+    let mut builder = BrowserConfig::builder()
+        .chrome_executable(chrome)
+        .disable_default_args()
+        .viewport(None)
+        .user_data_dir(profile);
+    for f in FLAGS {
+        builder = builder.arg(f.trim_start_matches('-'));
+    }
+    let (browser, mut handler) = Browser::launch(builder.build().unwrap())
+        .await
+        .expect("Chromium starts");
+    let task = tokio::spawn(async move { while handler.next().await.is_some() {} });
+    (browser, task)
+}
+
+async fn screenshot_after_load(page: &Page, url: &str) {
+    page.goto(url).await.expect("navigates");
+    let shot = CaptureScreenshotParams {
+        format: Some(CaptureScreenshotFormat::Png),
+        ..Default::default()
+    };
+    page.execute(shot).await.expect("screenshot");
+}
+
+async fn new_page(browser: &Browser) -> Page {
+    let page = browser.new_page("about:blank").await.unwrap();
+    page.execute(SetDeviceMetricsOverrideParams::new(
+        WIDTH as i64,
+        HEIGHT as i64,
+        1.0,
+        false,
+    ))
+    .await
+    .unwrap();
+    page
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pages: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, render_pages::routes()).await });
+    let page_url = format!("http://{pages}/d-solo/binding/bench?delay=0");
+    let slow_url = format!("http://{pages}/d-solo/binding/bench?delay=200");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rows = Vec::new();
+
+    // --- floor: one open tab per worker in one running Chromium.
+    {
+        let (browser, task) = launch(&a.chrome, &tmp.path().join("floor")).await;
+        let browser = Arc::new(browser);
+        let mut tabs = Vec::new();
+        for _ in 0..4 {
+            tabs.push(new_page(&browser).await);
+        }
+        let tabs = Arc::new(tabs);
+        // The page needs a renderKey cookie; set it once for the shared default context.
+        let cookie = chromiumoxide::cdp::browser_protocol::network::SetCookieParams::builder()
+            .name("renderKey")
+            .value("k")
+            .domain("127.0.0.1")
+            .path("/")
+            .build()
+            .unwrap();
+        tabs[0].execute(cookie).await.unwrap();
+        let url = page_url.clone();
+        rows.push(
+            measure(
+                "floor: open tab, navigate + load + screenshot",
+                a.c1,
+                a.c4,
+                move |w| {
+                    let (tabs, url) = (tabs.clone(), url.clone());
+                    async move { screenshot_after_load(&tabs[w % 4], &url).await }
+                },
+            )
+            .await,
+        );
+        if let Ok(mut b) = Arc::try_unwrap(browser) {
+            let _ = b.close().await;
+            let _ = b.wait().await;
+        }
+        task.abort();
+    }
+
+    // --- pug's renderer over HTTP.
+    let config = RendererConfig {
+        chrome_path: a.chrome.clone().into(),
+        temp_dir: Some(tmp.path().to_owned()),
+        auth_tokens: vec!["bench".into()],
+        max_concurrency: 4,
+        renders_per_browser: 0,
+        ..RendererConfig::default()
+    };
+    let renderer = Renderer::start(config, Arc::new(StaticTokens::new(["bench"])))
+        .await
+        .expect("renderer starts");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn({
+        let router = renderer.router();
+        async move { axum::serve(listener, router).await }
+    });
+    let client = reqwest::Client::new();
+    let pug_render = {
+        let client = client.clone();
+        move |url: String| {
+            let client = client.clone();
+            async move {
+                let res = client
+                    .get(format!("http://{addr}/render"))
+                    .header("X-Auth-Token", "bench")
+                    .query(&[
+                        ("url", url.as_str()),
+                        ("width", "1000"),
+                        ("height", "500"),
+                        ("encoding", "png"),
+                        ("renderKey", "k"),
+                        ("domain", "127.0.0.1"),
+                        ("timeout", "30"),
+                    ])
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 200);
+                res.bytes().await.unwrap();
+            }
+        }
+    };
+    {
+        let (r, url) = (pug_render.clone(), page_url.clone());
+        rows.push(measure("pug renderer", a.c1, a.c4, move |_| r(url.clone())).await);
+        let (r, url) = (pug_render.clone(), slow_url.clone());
+        rows.push(
+            measure(
+                "pug renderer, page ready 200 ms after its query",
+                a.c1 / 2,
+                a.c4 / 2,
+                move |_| r(url.clone()),
+            )
+            .await,
+        );
+    }
+
+    // --- RSS of pug's Chromium over many renders (no recycling).
+    let rss_start = children_rss();
+    let mut rss_at = Vec::new();
+    let next = Arc::new(AtomicU64::new(0));
+    let checkpoints = [a.long / 10, a.long / 2, a.long];
+    let mut done = 0;
+    for cp in checkpoints {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let (r, url, next) = (pug_render.clone(), page_url.clone(), next.clone());
+                tokio::spawn(async move {
+                    while next.fetch_add(1, Ordering::Relaxed) < cp as u64 {
+                        r(url.clone()).await;
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.await.unwrap();
+        }
+        next.store(cp as u64, Ordering::Relaxed);
+        done = cp;
+        rss_at.push((cp, children_rss()));
+        eprintln!("after {cp} renders: {} MiB", children_rss() >> 20);
+    }
+    let _ = done;
+    renderer.shutdown().await;
+
+    // --- one fresh Chromium per render.
+    {
+        let chrome = a.chrome.clone();
+        let root = tmp.path().to_owned();
+        let url = page_url.clone();
+        let counter = Arc::new(AtomicU64::new(0));
+        rows.push(
+            measure(
+                "one fresh Chromium per render (reference model)",
+                a.fresh,
+                a.fresh,
+                move |_| {
+                    let (chrome, root, url, counter) =
+                        (chrome.clone(), root.clone(), url.clone(), counter.clone());
+                    async move {
+                        let dir =
+                            root.join(format!("fresh-{}", counter.fetch_add(1, Ordering::Relaxed)));
+                        let (mut browser, task) = launch(&chrome, &dir).await;
+                        let page = new_page(&browser).await;
+                        let cookie =
+                            chromiumoxide::cdp::browser_protocol::network::SetCookieParams::builder()
+                                .name("renderKey")
+                                .value("k")
+                                .domain("127.0.0.1")
+                                .path("/")
+                                .build()
+                                .unwrap();
+                        page.execute(cookie).await.unwrap();
+                        screenshot_after_load(&page, &url).await;
+                        let _ = browser.close().await;
+                        let _ = browser.wait().await;
+                        task.abort();
+                        let _ = std::fs::remove_dir_all(&dir);
+                    }
+                },
+            )
+            .await,
+        );
+    }
+
+    // --- the table.
+    let floor = &rows[0];
+    let fresh = rows.last().unwrap();
+    let chromium = std::process::Command::new(&a.chrome)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let mut out = String::new();
+    out.push_str(&format!(
+        "Renderer benchmark — {chromium}, {} CPUs, page {WIDTH}×{HEIGHT} PNG.\n\
+         c=1: {} sequential renders (fresh: {}); c=4: {} renders by 4 workers (fresh: {}).\n\n",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        a.c1,
+        a.fresh,
+        a.c4,
+        a.fresh
+    ));
+    out.push_str("| mode | p50 (c=1) | p95 (c=1) | p50 vs floor | throughput (c=4) | vs fresh | peak Chromium RSS |\n");
+    out.push_str("|---|---|---|---|---|---|---|\n");
+    for r in &rows {
+        out.push_str(&format!(
+            "| {} | {:.0} ms | {:.0} ms | {:.2}× | {:.1}/s | {:.1}× | {} MiB |\n",
+            r.name,
+            r.p50.as_secs_f64() * 1000.0,
+            r.p95.as_secs_f64() * 1000.0,
+            r.p50.as_secs_f64() / floor.p50.as_secs_f64(),
+            r.throughput,
+            r.throughput / fresh.throughput,
+            r.peak_rss >> 20
+        ));
+    }
+    out.push_str(&format!(
+        "\npug's Chromium RSS over {} renders (c=4, no recycling): start {} MiB",
+        a.long,
+        rss_start >> 20
+    ));
+    for (n, rss) in &rss_at {
+        out.push_str(&format!(", after {n}: {} MiB", rss >> 20));
+    }
+    out.push_str(".\n");
+    println!("{out}");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/renderer/results.md");
+    std::fs::write(&path, &out).expect("writes results.md");
+    eprintln!("wrote {}", path.display());
+}

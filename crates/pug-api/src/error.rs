@@ -1,0 +1,101 @@
+//! The API's one error type and its mapping to HTTP, in one place.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use pug_store::StoreError;
+use pug_types::InvalidInput;
+use serde::Serialize;
+
+/// Every error the API returns. User errors say what was wrong and how to fix it; internal
+/// errors are logged in full and answered with a generic message.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Invalid(#[from] InvalidInput),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or invalid bearer token; pass an admin token as `Authorization: Bearer <token>` (pug token create makes one)")]
+    Unauthorized,
+    #[error("this token may only read; use an admin token")]
+    Forbidden,
+    #[error("tenant {0} does not exist")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What was wrong and how to fix it.
+    pub error: String,
+    /// The request field at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::AlreadyExists(_) => ApiError::Conflict(e.to_string()),
+            StoreError::NotFound(id) => ApiError::NotFound(id),
+            StoreError::Conflict { .. } => ApiError::Conflict(e.to_string()),
+            other => ApiError::Internal(pug_orchestrator::error_chain(&other)),
+        }
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(e: axum::extract::rejection::JsonRejection) -> Self {
+        ApiError::BadRequest(format!("invalid JSON body: {}", e.body_text()))
+    }
+}
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(e: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::BadRequest(format!("invalid query string: {}", e.body_text()))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, field) = match &self {
+            ApiError::Invalid(e) => (StatusCode::UNPROCESSABLE_ENTITY, Some(e.field.to_owned())),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, None),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, None),
+            ApiError::Forbidden => (StatusCode::FORBIDDEN, None),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, Some("id".to_owned())),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, None),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
+            ApiError::Internal(detail) => {
+                tracing::error!(error = %detail, "API request failed");
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    axum::Json(ErrorBody {
+                        error: "internal error; see pug's log for details".into(),
+                        field: None,
+                    }),
+                )
+                    .into_response();
+            }
+        };
+        let mut response = (
+            status,
+            axum::Json(ErrorBody {
+                error: self.to_string(),
+                field,
+            }),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"pug\""),
+            );
+        }
+        response
+    }
+}

@@ -1,0 +1,231 @@
+//! pug's REST API.
+//!
+//! Owns: the HTTP surface under `/api/v1` (tenants, their actions and events, fleet status, API
+//! tokens), its OpenAPI document at `/api/v1/openapi.json`, bearer-token authentication, the
+//! validation of every request (bad input is a 4xx with `{"error", "field"}` and changes
+//! nothing), and `/metrics` and `/healthz`.
+//!
+//! Must not: reconcile. A request records what is wanted in the store and wakes the controller;
+//! the controller does the work. Handlers never return a secret, except a token at the one
+//! moment it is created.
+
+#![forbid(unsafe_code)]
+
+mod auth;
+mod error;
+mod prometheus;
+pub mod swarm;
+mod tenants;
+mod users;
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use prometheus_client::registry::Registry;
+use pug_controller::Controller;
+use pug_orchestrator::Orchestrator;
+use pug_store::Store;
+use serde::{Deserialize, Serialize};
+use utoipa::OpenApi;
+
+pub use error::{ApiError, ErrorBody};
+pub use tenants::{CreateTenant, DatasourceInput, TenantDetail, UpdateTenant, UpgradeTenant};
+pub use users::{EmbedKey, UserInfo};
+
+/// Everything handlers need.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Store,
+    pub controller: Controller,
+    pub orchestrator: Arc<dyn Orchestrator>,
+    pub config: Arc<pug_config::Config>,
+    pub registry: Arc<Registry>,
+}
+
+/// The API's routes (`/api/v1/*`, `/metrics`, `/healthz`).
+pub fn router(state: ApiState) -> Router {
+    let v1 = Router::new()
+        .route("/tenants", get(tenants::list).post(tenants::create))
+        .route(
+            "/tenants/{id}",
+            get(tenants::show)
+                .patch(tenants::update)
+                .delete(tenants::delete),
+        )
+        .route("/tenants/{id}/upgrade", post(tenants::upgrade))
+        .route("/tenants/{id}/suspend", post(tenants::suspend))
+        .route("/tenants/{id}/resume", post(tenants::resume))
+        .route("/tenants/{id}/events", get(tenants::events))
+        .route("/status", get(status))
+        .route("/swarm", get(swarm::status))
+        .route("/prometheus/targets", get(prometheus::targets))
+        .route("/tokens", post(create_token))
+        .route("/users", get(users::list_users).post(users::create_user))
+        .route("/users/{name}", axum::routing::delete(users::delete_user))
+        .route(
+            "/users/{name}/tenants/{tenant}",
+            axum::routing::put(users::grant).delete(users::revoke),
+        )
+        .route(
+            "/embed-keys",
+            get(users::list_embed_keys).post(users::create_embed_key),
+        )
+        .route(
+            "/embed-keys/{id}",
+            axum::routing::delete(users::delete_embed_key),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .route("/openapi.json", get(openapi));
+    Router::new()
+        .nest("/api/v1", v1)
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "Ok" }))
+        .with_state(state)
+}
+
+/// The OpenAPI document of this API.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "pug", description = "A Grafana for every tenant: the pug REST API."),
+    paths(
+        tenants::list, tenants::create, tenants::show, tenants::update, tenants::delete,
+        tenants::upgrade, tenants::suspend, tenants::resume, tenants::events, status, create_token,
+        prometheus::targets,
+        users::create_user, users::list_users, users::delete_user, users::grant, users::revoke,
+        users::create_embed_key, users::list_embed_keys, users::delete_embed_key
+    ),
+    components(schemas(
+        pug_types::Tenant, pug_types::TenantSpec, pug_types::TenantStatus, pug_types::Phase,
+        pug_types::DesiredState, pug_types::Event, pug_types::Overrides, ErrorBody,
+        CreateTenant, UpdateTenant, UpgradeTenant, TenantDetail, DatasourceInput,
+        pug_types::DatasourceSpec, pug_types::DashboardSpec, FleetStatus, NewToken, CreatedToken,
+        prometheus::TargetGroup,
+        users::NewUser, users::UserInfo, users::Grant, users::NewEmbedKey, users::EmbedKey
+    )),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+async fn openapi() -> impl IntoResponse {
+    Json(ApiDoc::openapi())
+}
+
+async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, pug_metrics::CONTENT_TYPE)],
+        pug_metrics::encode(&state.registry),
+    )
+}
+
+/// The fleet at a glance.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FleetStatus {
+    /// Tenants by phase.
+    pub tenants_by_phase: std::collections::BTreeMap<String, u64>,
+    pub tenants_total: u64,
+    /// Tenants waiting for a reconcile.
+    pub queue_depth: i64,
+    /// The orchestrator backend: process, docker or swarm.
+    pub backend: String,
+    /// The store: sqlite or postgres.
+    pub store: String,
+    /// pug's version.
+    pub version: String,
+}
+
+/// Fleet status: tenants by phase, queue depth, backend.
+#[utoipa::path(get, path = "/api/v1/status", responses((status = 200, body = FleetStatus)))]
+async fn status(State(state): State<ApiState>) -> Result<Json<FleetStatus>, ApiError> {
+    let tenants = state.store.tenants().await?;
+    let mut by_phase: std::collections::BTreeMap<String, u64> = pug_types::Phase::ALL
+        .iter()
+        .map(|p| (p.as_str().to_owned(), 0))
+        .collect();
+    for t in &tenants {
+        *by_phase
+            .entry(t.status.phase.as_str().to_owned())
+            .or_default() += 1;
+    }
+    Ok(Json(FleetStatus {
+        tenants_by_phase: by_phase,
+        tenants_total: tenants.len() as u64,
+        queue_depth: state.store.queue_depth().await?,
+        backend: state.orchestrator.name().to_owned(),
+        store: state.store.backend_name().to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    }))
+}
+
+/// A request for a new API token.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct NewToken {
+    /// A name to recognise it by.
+    pub name: String,
+    /// `admin` (everything) or `read` (GET only, e.g. for Prometheus).
+    #[serde(default = "default_role")]
+    pub role: String,
+}
+
+fn default_role() -> String {
+    "admin".into()
+}
+
+/// A token, shown once.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CreatedToken {
+    pub name: String,
+    pub role: String,
+    /// The bearer token. pug keeps only its hash: store it now.
+    pub token: String,
+}
+
+/// Creates an API token (admin only).
+#[utoipa::path(post, path = "/api/v1/tokens", request_body = NewToken,
+    responses((status = 201, body = CreatedToken), (status = 422, body = ErrorBody)))]
+async fn create_token(
+    State(state): State<ApiState>,
+    body: Result<Json<NewToken>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    use pug_types::ExposeSecret;
+    let Json(req) = body?;
+    let role = pug_store::Role::parse(&req.role).ok_or_else(|| {
+        pug_types::InvalidInput::new("role", format!("role {:?} is not admin or read", req.role))
+    })?;
+    if req.name.trim().is_empty() || req.name.len() > 100 {
+        return Err(pug_types::InvalidInput::new(
+            "name",
+            "give the token a name of 1 to 100 characters",
+        )
+        .into());
+    }
+    let token = state.store.create_token(req.name.trim(), role).await?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(CreatedToken {
+            name: req.name.trim().to_owned(),
+            role: role.as_str().to_owned(),
+            token: token.expose_secret().to_owned(),
+        }),
+    ))
+}

@@ -1,0 +1,39 @@
+//! `GET /api/v1/swarm`: the swarm as pug's swarm backend observes it (nodes, roles, leader,
+//! manager reachability, tasks per node, tenants' running and desired tasks).
+//!
+//! The API does not know Docker: `pug serve` hands it a [`SwarmSource`] (as an axum
+//! `Extension`) when the backend is `swarm`; without one the endpoint says how to get one.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::extract::{Extension, State};
+use axum::Json;
+use serde_json::Value;
+
+use crate::{ApiError, ApiState};
+
+/// A swarm status, as JSON.
+pub type SwarmFuture = Pin<Box<dyn Future<Output = Result<Value, String>> + Send>>;
+
+/// Reads the swarm's status on request.
+#[derive(Clone)]
+pub struct SwarmSource(pub Arc<dyn Fn() -> SwarmFuture + Send + Sync>);
+
+/// `GET /api/v1/swarm`.
+pub(crate) async fn status(
+    State(state): State<ApiState>,
+    source: Option<Extension<SwarmSource>>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(Extension(source)) = source else {
+        return Err(ApiError::BadRequest(format!(
+            "pug runs the {} backend; swarm status needs backend = \"swarm\" (pug serve --backend swarm)",
+            state.config.backend.as_str()
+        )));
+    };
+    (source.0)()
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::Unavailable(format!("cannot read the swarm: {e}")))
+}

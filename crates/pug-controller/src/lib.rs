@@ -1,0 +1,141 @@
+//! The controller: pug's reconciler.
+//!
+//! Owns: turning the store's desired state into running instances. It is level-triggered, like
+//! a Kubernetes controller: each pass of [`reconcile`] reads a tenant's spec from the store and
+//! its instances from the orchestrator, and takes the next step towards the spec. Passes are
+//! driven by the store's durable work queue ([`queue`]): one pass per tenant at a time, a global
+//! limit on concurrent passes, exponential backoff for failing tenants, a periodic resync of
+//! every tenant and garbage collection of instances whose tenant is gone.
+//!
+//! Every step is idempotent, so pug killed at any point converges when it starts again: the
+//! queue row is still there, the orchestrator still reports what runs, and the next pass picks
+//! up from what it observes, never from what it remembers.
+//!
+//! Must not: serve HTTP, spawn processes or talk to Docker itself (the orchestrator does), or
+//! write a secret into an event, a status or a log line.
+
+#![forbid(unsafe_code)]
+
+mod metrics;
+mod queue;
+mod reconcile;
+pub mod tenant_db;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pug_orchestrator::Orchestrator;
+use pug_store::{Store, StoreError};
+use pug_types::TenantId;
+
+pub use metrics::ControllerMetrics;
+pub use queue::run;
+pub use reconcile::{reconcile, Outcome, PURGE_LABEL};
+pub use tenant_db::TenantDatabases;
+
+/// What the controller needs.
+#[derive(Clone)]
+pub struct Controller {
+    pub store: Store,
+    pub orchestrator: Arc<dyn Orchestrator>,
+    pub settings: ControllerSettings,
+    pub metrics: ControllerMetrics,
+    /// Present when tenants get their database on a shared PostgreSQL server.
+    pub databases: Option<TenantDatabases>,
+    pub(crate) http: reqwest::Client,
+    pub(crate) wake: Arc<tokio::sync::Notify>,
+    pub(crate) busy: Arc<std::sync::Mutex<queue::Busy>>,
+}
+
+/// The controller's settings, taken from pug's configuration.
+#[derive(Clone, Debug)]
+pub struct ControllerSettings {
+    pub concurrency: usize,
+    pub resync_interval: Duration,
+    pub ready_timeout: Duration,
+    pub max_backoff: Duration,
+    pub readiness_poll: Duration,
+    pub crash_loop_threshold: u32,
+    /// Builds each tenant's public URL (`root_url`).
+    pub config: pug_config::Config,
+    /// The renderer's `/render` URL, when tenants are wired to one.
+    pub renderer_url: Option<String>,
+}
+
+impl ControllerSettings {
+    /// The controller settings of a pug configuration.
+    pub fn from_config(config: &pug_config::Config) -> Self {
+        let c = &config.controller;
+        Self {
+            concurrency: c.concurrency,
+            resync_interval: Duration::from_secs(c.resync_interval_secs.max(1)),
+            ready_timeout: Duration::from_secs(c.ready_timeout_secs.max(1)),
+            max_backoff: Duration::from_secs(c.max_backoff_secs.max(1)),
+            readiness_poll: Duration::from_millis(c.readiness_poll_ms.max(10)),
+            crash_loop_threshold: c.crash_loop_threshold.max(1),
+            config: config.clone(),
+            renderer_url: None,
+        }
+    }
+}
+
+/// Why a reconcile pass could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Orchestrator(#[from] pug_orchestrator::OrchestratorError),
+    #[error(transparent)]
+    Database(#[from] tenant_db::TenantDbError),
+    #[error("secret {0} of the tenant is missing from the store")]
+    MissingSecret(&'static str),
+}
+
+impl Controller {
+    /// Builds a controller.
+    pub fn new(
+        store: Store,
+        orchestrator: Arc<dyn Orchestrator>,
+        settings: ControllerSettings,
+        metrics: ControllerMetrics,
+        databases: Option<TenantDatabases>,
+    ) -> Self {
+        Self {
+            store,
+            orchestrator,
+            settings,
+            metrics,
+            databases,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .expect("an HTTP client with default TLS settings builds"),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            busy: Arc::default(),
+        }
+    }
+
+    /// Asks for a prompt reconcile of `tenant` (after an API change or an observed event).
+    pub async fn enqueue(&self, tenant: &TenantId) -> Result<(), StoreError> {
+        self.store.enqueue(tenant, pug_store::now_ms()).await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Wakes the queue loop (after the store was changed elsewhere, e.g. by the API).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// Replaces every occurrence of a secret value in `text` with `[redacted]`.
+pub fn redact(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_owned();
+    for s in secrets {
+        if s.len() >= 6 {
+            out = out.replace(s, "[redacted]");
+        }
+    }
+    out
+}

@@ -1,0 +1,245 @@
+//! The loops that drive reconcile passes: the queue worker, the periodic resync with garbage
+//! collection, and the listener for changes the orchestrator reports.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use pug_store::{now_ms, WorkItem};
+use pug_types::TenantId;
+use tokio_util::sync::CancellationToken;
+
+use crate::reconcile::{reconcile, Outcome};
+use crate::{Controller, ReconcileError};
+
+/// Tenants with a pass in flight, and those that changed while theirs was.
+#[derive(Debug, Default)]
+pub(crate) struct Busy {
+    running: HashSet<TenantId>,
+    dirty: HashSet<TenantId>,
+}
+
+/// Runs the controller until `shutdown` is cancelled; in-flight passes are allowed to finish.
+pub async fn run(controller: Controller, shutdown: CancellationToken) {
+    if let Err(e) = controller.store.enqueue_all().await {
+        tracing::error!(error = %e, "cannot queue the start-up resync");
+    }
+    let resync = tokio::spawn(resync_loop(controller.clone(), shutdown.clone()));
+    let changes = tokio::spawn(changes_loop(controller.clone(), shutdown.clone()));
+    let semaphore =
+        std::sync::Arc::new(tokio::sync::Semaphore::new(controller.settings.concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        while tasks.try_join_next().is_some() {}
+        let free = semaphore.available_permits();
+        let mut next_wait = Duration::from_secs(1);
+        if free > 0 {
+            let busy: HashSet<TenantId> = controller.busy.lock().expect("busy").running.clone();
+            match controller.store.due_work(now_ms(), free, &busy).await {
+                Ok(items) => {
+                    for item in items {
+                        let permit = semaphore
+                            .clone()
+                            .acquire_owned()
+                            .await
+                            .expect("the semaphore is never closed");
+                        controller
+                            .busy
+                            .lock()
+                            .expect("busy")
+                            .running
+                            .insert(item.tenant.clone());
+                        let c = controller.clone();
+                        tasks.spawn(async move {
+                            work(&c, item).await;
+                            drop(permit);
+                            c.wake.notify_one();
+                        });
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot read the work queue"),
+            }
+            match controller.store.next_due_ms().await {
+                Ok(Some(due)) if due > now_ms() => {
+                    next_wait = next_wait.min(Duration::from_millis((due - now_ms()) as u64));
+                }
+                _ => {}
+            }
+        }
+        if let Ok(depth) = controller.store.queue_depth().await {
+            controller.metrics.queue_depth.set(depth);
+        }
+        tokio::select! {
+            // Cancel-safe: Notify keeps one permit, so a wake-up sent meanwhile is not lost.
+            _ = controller.wake.notified() => {}
+            _ = tokio::time::sleep(next_wait) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    resync.abort();
+    changes.abort();
+    while tasks.join_next().await.is_some() {}
+}
+
+/// One pass for one queued tenant, and what to do with its queue row afterwards.
+async fn work(c: &Controller, item: WorkItem) {
+    let started = Instant::now();
+    let outcome = reconcile(c, &item.tenant, item.attempts).await;
+    c.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    let dirty = {
+        let mut busy = c.busy.lock().expect("busy");
+        busy.running.remove(&item.tenant);
+        busy.dirty.remove(&item.tenant)
+    };
+    let result = match outcome {
+        Ok(Outcome::Converged) => {
+            c.metrics.op("converged");
+            let r = c.store.finish_work(&item).await;
+            if dirty && r.is_ok() {
+                c.store.enqueue(&item.tenant, now_ms()).await
+            } else {
+                r
+            }
+        }
+        Ok(Outcome::Poll(after)) => {
+            c.metrics.op("requeued");
+            c.store
+                .requeue_work(&item, now_ms() + after.as_millis() as i64, item.attempts)
+                .await
+        }
+        Ok(Outcome::Retry { reason }) => {
+            c.metrics.op("retry");
+            let attempts = item.attempts + 1;
+            let delay = backoff(attempts, c.settings.readiness_poll, c.settings.max_backoff);
+            tracing::info!(tenant = %item.tenant, attempts, delay_ms = delay.as_millis() as u64, %reason, "reconcile will retry");
+            c.store
+                .requeue_work(&item, now_ms() + delay.as_millis() as i64, attempts)
+                .await
+        }
+        Err(e) => {
+            c.metrics.op("error");
+            let attempts = item.attempts + 1;
+            let delay = backoff(attempts, Duration::from_secs(1), c.settings.max_backoff);
+            tracing::warn!(tenant = %item.tenant, attempts, error = %error_line(&e), "reconcile failed");
+            c.store
+                .requeue_work(&item, now_ms() + delay.as_millis() as i64, attempts)
+                .await
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!(tenant = %item.tenant, error = %e, "cannot update the work queue");
+    }
+}
+
+/// `base · 2^(attempts-1)`, capped at `max`.
+pub(crate) fn backoff(attempts: u32, base: Duration, max: Duration) -> Duration {
+    let factor = 1u32 << attempts.saturating_sub(1).min(16);
+    base.saturating_mul(factor).min(max)
+}
+
+/// Every resync interval: queue every tenant, and remove instances whose tenant is gone.
+async fn resync_loop(c: Controller, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(c.settings.resync_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if let Err(e) = collect_garbage(&c).await {
+            tracing::warn!(error = %error_line(&e), "garbage collection failed");
+        }
+        if let Err(e) = c.store.enqueue_all().await {
+            tracing::warn!(error = %e, "resync could not queue tenants");
+        }
+        c.wake.notify_one();
+    }
+}
+
+/// Removes instances that belong to no tenant in the store (orphans).
+pub(crate) async fn collect_garbage(c: &Controller) -> Result<usize, ReconcileError> {
+    let known: HashSet<TenantId> = c.store.tenant_ids().await?.into_iter().collect();
+    let mut removed = 0;
+    for instance in c.orchestrator.all_instances().await? {
+        if known.contains(&instance.tenant) {
+            continue;
+        }
+        tracing::warn!(tenant = %instance.tenant, replica = instance.replica, "removing an orphan instance (its tenant does not exist)");
+        c.orchestrator
+            .remove(&instance.tenant, instance.replica)
+            .await?;
+        let _ = c
+            .store
+            .add_event(
+                &instance.tenant,
+                "OrphanRemoved",
+                &format!(
+                    "removed replica {} at {}: no such tenant in the store",
+                    instance.replica, instance.endpoint
+                ),
+            )
+            .await;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// Tenants whose instances changed by themselves get a prompt pass; if one is in flight, the
+/// tenant is marked dirty and queued again when it finishes.
+async fn changes_loop(c: Controller, shutdown: CancellationToken) {
+    let Some(mut rx) = c.orchestrator.changes() else {
+        return;
+    };
+    loop {
+        let tenant = tokio::select! {
+            t = rx.recv() => match t { Some(t) => t, None => return },
+            _ = shutdown.cancelled() => return,
+        };
+        let in_flight = {
+            let mut busy = c.busy.lock().expect("busy");
+            if busy.running.contains(&tenant) {
+                busy.dirty.insert(tenant.clone());
+                true
+            } else {
+                false
+            }
+        };
+        if !in_flight {
+            if let Err(e) = c.store.enqueue(&tenant, now_ms()).await {
+                tracing::warn!(%tenant, error = %e, "cannot queue a changed tenant");
+            }
+            c.wake.notify_one();
+        }
+    }
+}
+
+pub(crate) fn error_line(e: &dyn std::error::Error) -> String {
+    pug_orchestrator::error_chain(e)
+}
+
+impl crate::ControllerMetrics {
+    fn op(&self, result: &'static str) {
+        self.operations
+            .get_or_create(&crate::metrics::ResultLabel { result })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let base = Duration::from_millis(200);
+        let max = Duration::from_secs(5);
+        assert_eq!(backoff(1, base, max), Duration::from_millis(200));
+        assert_eq!(backoff(2, base, max), Duration::from_millis(400));
+        assert_eq!(backoff(4, base, max), Duration::from_millis(1600));
+        assert_eq!(backoff(40, base, max), max);
+    }
+}

@@ -1,0 +1,310 @@
+//! The swarm backend against the real engine as a single-node swarm, driven by pug's
+//! controller. The swarm is initialised by the test when inactive and left again at the end
+//! (pass or fail); an active swarm is used as found and left active.
+//!
+//! One test function on purpose: swarm membership is engine-wide, so the scenarios run in
+//! sequence under one guard.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pug_docker::{SwarmBackend, SwarmObserver};
+use pug_orchestrator::Orchestrator;
+use pug_store::secret;
+use pug_types::{DesiredState, ExposeSecret, GrafanaVersion, Phase};
+use support::*;
+
+const READY: Duration = Duration::from_secs(120);
+
+/// Leaves the swarm at the end if this test joined it.
+struct SwarmGuard {
+    initialised: bool,
+    /// Whether `docker_gwbridge` (which `swarm init` creates) was there before.
+    had_gwbridge: bool,
+}
+
+impl SwarmGuard {
+    fn new() -> Self {
+        let state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
+        let had_gwbridge =
+            !docker(&["network", "ls", "-q", "--filter", "name=^docker_gwbridge$"]).is_empty();
+        if state == "active" {
+            return Self {
+                initialised: false,
+                had_gwbridge,
+            };
+        }
+        let out = std::process::Command::new("docker")
+            .args(["swarm", "init", "--advertise-addr", "127.0.0.1"])
+            .output()
+            .expect("docker runs");
+        assert!(
+            out.status.success(),
+            "docker swarm init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            initialised: true,
+            had_gwbridge,
+        }
+    }
+}
+
+impl Drop for SwarmGuard {
+    fn drop(&mut self) {
+        if self.initialised {
+            docker(&["swarm", "leave", "--force"]);
+            if !self.had_gwbridge {
+                docker(&["network", "rm", "docker_gwbridge"]);
+            }
+        }
+    }
+}
+
+fn service(namespace: &str, tenant: &str) -> String {
+    format!("{namespace}-{tenant}")
+}
+
+fn inspect(namespace: &str, tenant: &str, format: &str) -> String {
+    docker(&[
+        "service",
+        "inspect",
+        "-f",
+        format,
+        &service(namespace, tenant),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_backend_end_to_end() {
+    require_images();
+    let namespace = format!("ps{}", unique());
+    let a = format!("sa{}", unique());
+    let b = format!("sb{}", unique());
+    let mut config = docker_config(&format!("{namespace}-net"));
+    config.namespace = namespace.clone();
+    // Declared first, dropped last: the swarm is left after everything else is cleaned up.
+    let _swarm = SwarmGuard::new();
+    let _cleanup = Cleanup {
+        tenants: vec![a.clone(), b.clone()],
+        network: config.network.clone(),
+    };
+    let backend = SwarmBackend::new(config.clone()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let pug = Pug::start(store.clone(), backend.clone());
+
+    // Create: one service with three tasks, each probed through its published port.
+    let id = pug.create(&a, GOOD, 3).await;
+    let t = pug.wait_phase(&id, Phase::Ready, READY).await;
+    assert_eq!(t.status.endpoints.len(), 3, "{:?}", t.status);
+    for endpoint in &t.status.endpoints {
+        assert_eq!(health_version(endpoint).await.as_deref(), Some(GOOD));
+    }
+    assert_eq!(
+        inspect(&namespace, &a, "{{.Spec.Mode.Replicated.Replicas}}"),
+        "3"
+    );
+    assert_eq!(
+        inspect(
+            &namespace,
+            &a,
+            "{{.Spec.UpdateConfig.FailureAction}} {{.Spec.UpdateConfig.Order}} {{.Spec.UpdateConfig.Parallelism}}"
+        ),
+        "rollback stop-first 1"
+    );
+    assert!(inspect(&namespace, &a, "{{json .Spec.Labels}}").contains("\"pug.spec-hash\""));
+    let volumes = docker(&[
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label=pug.tenant={a}"),
+    ]);
+    assert_eq!(
+        volumes.lines().count(),
+        1,
+        "the tenant's volume is labelled: {volumes}"
+    );
+
+    // Secrets are Docker secrets read through __FILE, never plain environment.
+    let spec = docker(&["service", "inspect", &service(&namespace, &a)]);
+    let task_container = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!(
+            "label=com.docker.swarm.service.name={}",
+            service(&namespace, &a)
+        ),
+    ]);
+    let container = docker(&["inspect", task_container.lines().next().unwrap()]);
+    for key in [secret::ADMIN_PASSWORD, secret::SECRET_KEY] {
+        let value = store.secret(&id, key).await.unwrap().unwrap();
+        assert!(
+            !spec.contains(value.expose_secret()),
+            "{key} in the service spec"
+        );
+        assert!(
+            !container.contains(value.expose_secret()),
+            "{key} in docker inspect"
+        );
+    }
+    assert!(
+        spec.contains("GF_SECURITY_ADMIN_PASSWORD__FILE=/run/secrets/pug-security-admin-password")
+    );
+    let secrets = docker(&[
+        "secret",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label=pug.tenant={a}"),
+    ]);
+    assert_eq!(secrets.lines().count(), 2, "{secrets}");
+
+    // Observation: nodes, leader, tasks.
+    let mut registry = pug_metrics::new_registry();
+    let observer = SwarmObserver::new(backend.engine().clone(), &namespace, &mut registry);
+    let status = observer.observe().await.unwrap();
+    assert!(status.leader.is_some());
+    assert_eq!(status.managers_reachable, 1);
+    let tenant = status.tenants.iter().find(|t| t.tenant == a).unwrap();
+    assert_eq!((tenant.running, tenant.desired), (3, 3));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(text.contains("pug_swarm_leader 1"), "{text}");
+    assert!(
+        text.contains(
+            "pug_swarm_nodes{state=\"ready\",availability=\"active\",role=\"manager\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("pug_tenant_running_tasks{{tenant=\"{a}\"}} 3")),
+        "{text}"
+    );
+    assert!(text.contains("pug_swarm_tasks{node="), "{text}");
+
+    // Scale to 2.
+    pug.change(&id, |s| s.replicas = 2).await;
+    let t = wait_for(READY, "the scale-down", || async {
+        let t = pug.tenant(&id).await?;
+        (t.status.phase == Phase::Ready && t.status.endpoints.len() == 2).then_some(t)
+    })
+    .await;
+    assert_eq!(t.status.ready_replicas, 2);
+    assert_eq!(
+        inspect(&namespace, &a, "{{.Spec.Mode.Replicated.Replicas}}"),
+        "2"
+    );
+
+    // Upgrade, with pug killed as soon as Swarm has started rolling: a new pug converges.
+    pug.change(&id, |s| s.version = GrafanaVersion::parse(NEWER).unwrap())
+        .await;
+    wait_for(READY, "the rolling update to start", || async {
+        (inspect(&namespace, &a, "{{.Spec.TaskTemplate.ContainerSpec.Image}}")
+            == format!("pug-test/grafana:{NEWER}"))
+        .then_some(())
+    })
+    .await;
+    let store = pug.kill().await;
+    drop(backend);
+    let backend = SwarmBackend::new(config.clone()).await.unwrap();
+    let pug = Pug::start(store.clone(), backend.clone());
+    let t = wait_for(READY, "the upgrade to converge", || async {
+        let t = pug.tenant(&id).await?;
+        (t.status.phase == Phase::Ready
+            && t.status.running_version.as_deref() == Some(NEWER)
+            && t.status.endpoints.len() == 2)
+            .then_some(t)
+    })
+    .await;
+    for endpoint in &t.status.endpoints {
+        assert_eq!(health_version(endpoint).await.as_deref(), Some(NEWER));
+    }
+
+    // A failed upgrade is rolled back (by Swarm, then by pug's spec).
+    pug.change(&id, |s| s.version = GrafanaVersion::parse(BROKEN).unwrap())
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let t = loop {
+        let t = pug.tenant(&id).await.unwrap();
+        if t.spec.version.to_string() == NEWER
+            && t.status.phase == Phase::Ready
+            && t.status.observed_generation == t.generation
+        {
+            break t;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "no rollback after 240s: {:?}\nevents: {:#?}\nservice: {}\ntasks:\n{}",
+                t.status,
+                pug.events(&id).await,
+                inspect(
+                    &namespace,
+                    &a,
+                    "{{json .UpdateStatus}} {{json .Spec.Labels}}"
+                ),
+                docker(&["service", "ps", "--no-trunc", &service(&namespace, &a)])
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for endpoint in &t.status.endpoints {
+        assert_eq!(health_version(endpoint).await.as_deref(), Some(NEWER));
+    }
+    let events = pug.events(&id).await;
+    assert!(
+        events.iter().any(|e| e.starts_with("UpgradeRolledBack")),
+        "{events:?}"
+    );
+
+    // Suspend: replicas 0, service and secrets kept; resume.
+    pug.change(&id, |s| s.desired_state = DesiredState::Suspended)
+        .await;
+    pug.wait_phase(&id, Phase::Suspended, READY).await;
+    assert_eq!(
+        inspect(&namespace, &a, "{{.Spec.Mode.Replicated.Replicas}}"),
+        "0"
+    );
+    pug.change(&id, |s| s.desired_state = DesiredState::Active)
+        .await;
+    let t = pug.wait_phase(&id, Phase::Ready, READY).await;
+    assert_eq!(t.status.endpoints.len(), 2);
+
+    // Delete: the service goes.
+    pug.change(&id, |s| s.desired_state = DesiredState::Deleted)
+        .await;
+    wait_for(READY, "the tenant to be deleted", || async {
+        pug.tenant(&id).await.is_none().then_some(())
+    })
+    .await;
+    assert!(inspect(&namespace, &a, "{{.ID}}").is_empty());
+
+    // Orphans: a pug with an empty store removes the services it does not know.
+    let id_b = pug.create(&b, GOOD, 1).await;
+    pug.wait_phase(&id_b, Phase::Ready, READY).await;
+    let _store = pug.kill().await;
+    let dir2 = tempfile::tempdir().unwrap();
+    let empty = support::store(&dir2).await;
+    let other = Pug::start(empty, backend.clone() as Arc<dyn Orchestrator>);
+    wait_for(READY, "the orphan service to be removed", || async {
+        docker(&[
+            "service",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=pug.namespace={namespace}"),
+        ])
+        .is_empty()
+        .then_some(())
+    })
+    .await;
+    let events = other.events(&id_b).await;
+    assert!(
+        events.iter().any(|e| e.starts_with("OrphanRemoved")),
+        "{events:?}"
+    );
+}

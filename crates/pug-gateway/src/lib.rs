@@ -1,0 +1,1029 @@
+//! pug's gateway: every person reaches their own tenant's Grafana, and no other.
+//!
+//! Owns: routing (path mode `/t/<tenant>/…` on one origin, or host mode `<tenant>.<domain>`,
+//! each tenant its own origin), authentication (pug users with argon2id passwords, signed
+//! HttpOnly session cookies, CSRF-protected login/logout forms, login throttling, embed tokens
+//! signed by a customer's webapp), authorisation (membership of the tenant, checked before any
+//! contact with its instance), and proxying to a ready replica ([`proxy`]).
+//!
+//! Request pipeline, in order: normalise the path ([`path`]) → pick the tenant from the
+//! normalised path or the Host → take an embed token from `?pug_token=` → authenticate (session
+//! cookie or `Authorization: Bearer <embed token>`) → authorise (membership or the embed
+//! session's tenant) → route (ready endpoints from the store, refreshed every second) → forward
+//! with pug's own `X-WEBAUTH-*` headers.
+//!
+//! Why host mode in production: in path mode every tenant's Grafana shares one origin, so
+//! script running in one tenant's Grafana (a plugin, a panel) runs with the browser's
+//! same-origin rights over every other tenant the person can reach, and over pug's pages.
+//! Host mode gives each tenant its own origin and its own host-only session cookie, so the
+//! browser itself keeps tenants apart. Path mode is for single-team and test setups.
+//!
+//! Must not: trust anything the client says about identity (every `X-WEBAUTH-*`,
+//! `Authorization` and pug cookie is removed before forwarding), or buffer bodies.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod embed;
+mod metrics;
+pub mod pages;
+pub mod path;
+mod proxy;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use prometheus_client::registry::Registry;
+use pug_config::{Config, GatewayMode};
+use pug_store::{EmbedKeyInfo, SessionRecord, Store, StoreError};
+use pug_types::{ExposeSecret, SecretString, TenantId};
+use tower::ServiceExt as _;
+
+pub use auth::{hash_password, validate_new_user, GrafanaRole};
+pub use embed::{EmbedClaims, EmbedError};
+pub use metrics::GatewayMetrics;
+
+use auth::lock;
+use proxy::Route;
+
+/// The session cookie.
+pub const SESSION_COOKIE: &str = "pug_session";
+/// The CSRF cookie of pug's forms (double submit).
+pub const CSRF_COOKIE: &str = "pug_csrf";
+/// The query parameter that carries an embed token.
+pub const TOKEN_PARAM: &str = "pug_token";
+/// Where pug's own pages live on a tenant's host in host mode.
+pub const HOST_MODE_PREFIX: &str = "/_pug";
+
+/// The gateway's settings.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub mode: GatewayMode,
+    /// The parent domain in host mode.
+    pub domain: String,
+    /// The URL people use to reach pug, without a trailing slash.
+    pub public_url: String,
+    pub connect_timeout: Duration,
+    /// How long an instance may take to start answering a request.
+    pub response_timeout: Duration,
+    pub session_ttl: Duration,
+    pub embed_session_ttl: Duration,
+    /// How often the routing table and embed keys are re-read from the store.
+    pub refresh_interval: Duration,
+    /// How long a session or membership lookup is reused (revocations take effect within it).
+    pub auth_cache_ttl: Duration,
+    pub login_window: Duration,
+    pub login_failures_per_user: u32,
+    pub login_failures_per_address: u32,
+}
+
+impl GatewaySettings {
+    /// The gateway settings of a pug configuration.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            mode: config.gateway.mode,
+            domain: config.gateway.domain.trim_matches('.').to_ascii_lowercase(),
+            public_url: config.public_url(),
+            connect_timeout: Duration::from_secs(3),
+            response_timeout: Duration::from_secs(300),
+            session_ttl: Duration::from_secs(12 * 3600),
+            embed_session_ttl: Duration::from_secs(8 * 3600),
+            refresh_interval: Duration::from_secs(1),
+            auth_cache_ttl: Duration::from_secs(5),
+            login_window: Duration::from_secs(15 * 60),
+            login_failures_per_user: 5,
+            login_failures_per_address: 20,
+        }
+    }
+
+    fn secure(&self) -> bool {
+        self.public_url.starts_with("https:")
+    }
+
+    fn proto(&self) -> &'static str {
+        if self.secure() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+/// What can stop the gateway from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("the gateway cannot read its state from the store")]
+    Store(#[from] StoreError),
+}
+
+/// The gateway. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    settings: GatewaySettings,
+    metrics: Arc<GatewayMetrics>,
+    client: proxy::HttpClient,
+    signer: auth::Signer,
+    throttle: auth::Throttle,
+    routes: RwLock<HashMap<TenantId, Arc<Route>>>,
+    keys: RwLock<Arc<Vec<(EmbedKeyInfo, SecretString)>>>,
+    sessions: Mutex<SessionCache>,
+    members: Mutex<MembershipCache>,
+    /// A hash to verify against when the user does not exist, so that timing does not tell
+    /// which users exist.
+    dummy_hash: String,
+}
+
+/// user → (their roles by tenant, when they were read).
+type MembershipCache = HashMap<String, (Arc<HashMap<TenantId, GrafanaRole>>, Instant)>;
+
+/// session id → (the session, when it was read).
+type SessionCache = HashMap<String, (Option<Arc<SessionRecord>>, Instant)>;
+
+/// Entries kept in each auth cache before it is cleared.
+const AUTH_CACHE_MAX: usize = 100_000;
+
+/// Where a request goes.
+enum Target {
+    Tenant(TenantId, String),
+    Login(Option<TenantId>),
+    Logout(Option<TenantId>),
+    Redirect(String),
+    BadPath(path::PathError),
+    NoTenant,
+    Pug,
+}
+
+impl Gateway {
+    /// Builds the gateway, registers its metrics on `registry`, reads the routing table and
+    /// starts re-reading it every `refresh_interval` (until the gateway is dropped).
+    pub async fn new(
+        store: Store,
+        settings: GatewaySettings,
+        registry: &mut Registry,
+    ) -> Result<Self, GatewayError> {
+        let key = store.gateway_cookie_key().await?;
+        let inner = Arc::new(Inner {
+            client: proxy::client(settings.connect_timeout),
+            signer: auth::Signer::new(key.expose_secret().as_bytes()),
+            throttle: auth::Throttle::new(
+                settings.login_window,
+                settings.login_failures_per_user,
+                settings.login_failures_per_address,
+            ),
+            metrics: Arc::new(GatewayMetrics::register(registry)),
+            store,
+            settings,
+            routes: RwLock::default(),
+            keys: RwLock::default(),
+            sessions: Mutex::default(),
+            members: Mutex::default(),
+            dummy_hash: auth::hash_password("pug-dummy-password"),
+        });
+        let gateway = Self { inner };
+        gateway.refresh().await?;
+        let weak = Arc::downgrade(&gateway.inner);
+        let period = gateway.inner.settings.refresh_interval;
+        tokio::spawn(refresh_loop(weak, period));
+        Ok(gateway)
+    }
+
+    /// Re-reads the routing table and embed keys from the store now.
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        self.inner.refresh().await
+    }
+
+    /// Puts the gateway in front of `app` (pug's API): tenant traffic and pug's login pages go
+    /// to the gateway, everything else to `app`.
+    pub fn wrap(&self, app: Router) -> Router {
+        let gateway = self.clone();
+        Router::new().fallback(move |req: Request| {
+            let gateway = gateway.clone();
+            let app = app.clone();
+            async move { gateway.dispatch(req, app).await }
+        })
+    }
+
+    /// The gateway alone (pug's API answers 404), for tests and benchmarks.
+    pub fn router(&self) -> Router {
+        self.wrap(Router::new())
+    }
+
+    async fn dispatch(&self, req: Request, app: Router) -> Response {
+        match self.inner.classify(&req) {
+            Target::Pug => match app.oneshot(req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            },
+            Target::Tenant(id, path) => self.inner.clone().tenant_request(id, path, req).await,
+            Target::Login(tenant) => self.inner.login(tenant, req).await,
+            Target::Logout(tenant) => self.inner.logout(tenant, req).await,
+            Target::Redirect(to) => redirect(StatusCode::MOVED_PERMANENTLY, &to),
+            Target::BadPath(e) => pages::error(
+                pages::wants_html(req.headers()),
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                &e.to_string(),
+                serde_json::Value::Null,
+            ),
+            Target::NoTenant => pages::error(
+                pages::wants_html(req.headers()),
+                StatusCode::NOT_FOUND,
+                "No such tenant",
+                "there is no tenant at this address",
+                serde_json::Value::Null,
+            ),
+        }
+    }
+}
+
+async fn refresh_loop(weak: Weak<Inner>, period: Duration) {
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(inner) = weak.upgrade() else { return };
+        if let Err(e) = inner.refresh().await {
+            tracing::warn!(error = %e, "gateway: cannot refresh the routing table");
+        }
+    }
+}
+
+impl Inner {
+    async fn refresh(&self) -> Result<(), StoreError> {
+        let statuses = self.store.tenant_statuses().await?;
+        let keys = self.store.embed_keys().await?;
+        let old = self
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let routes: HashMap<TenantId, Arc<Route>> = statuses
+            .into_iter()
+            .map(|(id, status)| {
+                let route = match old.get(&id) {
+                    Some(r) if r.same_as(&status) => r.clone(),
+                    _ => Arc::new(Route::new(&status)),
+                };
+                (id, route)
+            })
+            .collect();
+        *self.routes.write().unwrap_or_else(|e| e.into_inner()) = routes;
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        Ok(())
+    }
+
+    fn route(&self, id: &TenantId) -> Option<Arc<Route>> {
+        self.routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// The route of a tenant missing from the table (created since the last refresh).
+    async fn route_from_store(&self, id: &TenantId) -> Option<Arc<Route>> {
+        let status = self.store.tenant_status(id).await.ok()??;
+        let route = Arc::new(Route::new(&status));
+        self.routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), route.clone());
+        Some(route)
+    }
+
+    fn classify(&self, req: &Request) -> Target {
+        let raw = req.uri().path();
+        let settings = &self.settings;
+        if settings.mode == GatewayMode::Host {
+            let Some(tenant) = self.tenant_of_host(req) else {
+                return Target::Pug;
+            };
+            let path = match path::normalize(raw) {
+                Ok(p) => p,
+                Err(e) => return Target::BadPath(e),
+            };
+            return match path.strip_prefix(HOST_MODE_PREFIX) {
+                Some("/login") => Target::Login(Some(tenant)),
+                Some("/logout") => Target::Logout(Some(tenant)),
+                _ => Target::Tenant(tenant, path),
+            };
+        }
+        let maybe_gateway = raw.starts_with("/t/")
+            || matches!(raw, "/t" | "/login" | "/logout")
+            || raw.contains(['%', '.', '\\'])
+            || raw.contains("//");
+        if !maybe_gateway {
+            return Target::Pug;
+        }
+        let path = match path::normalize(raw) {
+            Ok(p) => p,
+            Err(e) => return Target::BadPath(e),
+        };
+        match path.as_str() {
+            "/login" => return Target::Login(None),
+            "/logout" => return Target::Logout(None),
+            "/t" | "/t/" => return Target::NoTenant,
+            _ => {}
+        }
+        let Some(rest) = path.strip_prefix("/t/") else {
+            return Target::Pug;
+        };
+        let (segment, tail) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let Ok(tenant) = TenantId::parse(segment) else {
+            return Target::NoTenant;
+        };
+        if tail.is_empty() {
+            let query = req
+                .uri()
+                .query()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default();
+            return Target::Redirect(format!("/t/{tenant}/{query}"));
+        }
+        Target::Tenant(tenant, path)
+    }
+
+    fn tenant_of_host(&self, req: &Request) -> Option<TenantId> {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().host())?;
+        let host = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let label = host
+            .strip_suffix(&self.settings.domain)?
+            .strip_suffix('.')?;
+        TenantId::parse(label).ok()
+    }
+
+    /// Where the login page is, for a tenant request in this mode.
+    fn login_path(&self) -> &'static str {
+        match self.settings.mode {
+            GatewayMode::Path => "/login",
+            GatewayMode::Host => "/_pug/login",
+        }
+    }
+
+    fn logout_path(&self) -> &'static str {
+        match self.settings.mode {
+            GatewayMode::Path => "/logout",
+            GatewayMode::Host => "/_pug/logout",
+        }
+    }
+
+    async fn tenant_request(self: Arc<Self>, id: TenantId, path: String, req: Request) -> Response {
+        let start = Instant::now();
+        self.metrics.in_flight.inc();
+        let response = self.tenant_response(&id, &path, req).await;
+        let class = metrics::class_index(response.status().as_u16());
+        let handles = match self.route(&id) {
+            Some(route) => route.metrics[class]
+                .get_or_init(|| self.metrics.handles(id.as_str(), class))
+                .clone(),
+            None => self.metrics.handles("unknown", class),
+        };
+        track(response, self.metrics.clone(), handles, start)
+    }
+
+    async fn tenant_response(&self, id: &TenantId, path: &str, req: Request) -> Response {
+        let html = pages::wants_html(req.headers());
+        let peer = peer_of(&req);
+
+        // 1. An embed token in the URL becomes a session, then a redirect to the clean URL.
+        if let Some(query) = req.uri().query() {
+            if let Some(token) = form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == TOKEN_PARAM)
+                .map(|(_, v)| v.into_owned())
+            {
+                let rest: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+                    .filter(|(k, _)| k != TOKEN_PARAM)
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect();
+                let clean = if rest.is_empty() {
+                    path.to_owned()
+                } else {
+                    let q = form_urlencoded::Serializer::new(String::new())
+                        .extend_pairs(rest)
+                        .finish();
+                    format!("{path}?{q}")
+                };
+                return self.embed_login(id, &token, &clean, html).await;
+            }
+        }
+
+        // 2. Authenticate.
+        let principal = match self.principal(id, req.headers()).await {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                if html {
+                    let next = match req.uri().query() {
+                        Some(q) => format!("{path}?{q}"),
+                        None => path.to_owned(),
+                    };
+                    let to = format!(
+                        "{}?next={}",
+                        self.login_path(),
+                        form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()
+                    );
+                    return redirect(StatusCode::FOUND, &to);
+                }
+                let mut r = pages::error(
+                    false,
+                    StatusCode::UNAUTHORIZED,
+                    "Sign in",
+                    "sign in first: use pug's session cookie or `Authorization: Bearer <embed token>`",
+                    serde_json::json!({"login": self.login_path()}),
+                );
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"pug\""),
+                );
+                return r;
+            }
+            Err(e) => return e.into_response_for(html),
+        };
+
+        // 3. Authorise, before anything reaches the tenant's instance.
+        let role = match &principal.scope {
+            Some((tenant, role)) if tenant == id => GrafanaRole::parse(role),
+            Some(_) => None,
+            None => match self.membership(&principal.user, id).await {
+                Ok(role) => role,
+                Err(e) => return internal(html, e),
+            },
+        };
+        let Some(role) = role else {
+            return pages::error(
+                html,
+                StatusCode::FORBIDDEN,
+                "Not a member",
+                &format!(
+                    "{} is not a member of tenant {id}; ask an administrator for access \
+                     (pug user grant {} {id} --role Viewer)",
+                    principal.user, principal.user
+                ),
+                serde_json::json!({"tenant": id.as_str()}),
+            );
+        };
+
+        // 4. Route.
+        let route = match self.route(id) {
+            Some(r) => r,
+            None => match self.route_from_store(id).await {
+                Some(r) => r,
+                None => {
+                    return pages::error(
+                        html,
+                        StatusCode::NOT_FOUND,
+                        "No such tenant",
+                        &format!("there is no tenant {id}"),
+                        serde_json::Value::Null,
+                    )
+                }
+            },
+        };
+        if route.endpoints.is_empty() {
+            return proxy::unavailable(html, id, route.phase);
+        }
+
+        // 5. Forward.
+        let path_and_query = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        };
+        let metrics = self.metrics.clone();
+        let tenant_label = id.to_string();
+        let on_connect_error = move || {
+            metrics
+                .connect_errors
+                .get_or_create(&metrics::TenantLabels {
+                    tenant: tenant_label.clone(),
+                })
+                .inc();
+        };
+        proxy::forward(
+            proxy::Forward {
+                client: &self.client,
+                tenant: id,
+                route: &route,
+                identity: &principal,
+                role,
+                peer,
+                proto: self.settings.proto(),
+                path_and_query: &path_and_query,
+                response_timeout: self.settings.response_timeout,
+                on_connect_error: &on_connect_error,
+            },
+            req,
+        )
+        .await
+    }
+
+    /// The signed-in person: a session cookie, or an embed token as a bearer token.
+    async fn principal(
+        &self,
+        tenant: &TenantId,
+        headers: &HeaderMap,
+    ) -> Result<Option<Arc<SessionRecord>>, RequestError> {
+        if let Some(token) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        {
+            let claims = self.verify_embed(token.trim(), tenant).await?;
+            return Ok(Some(Arc::new(session_of_claims(tenant, &claims, 0))));
+        }
+        let Some(id) =
+            cookie(headers, SESSION_COOKIE).and_then(|c| self.signer.verify("session", c))
+        else {
+            return Ok(None);
+        };
+        let cached = lock(&self.sessions)
+            .get(id)
+            .filter(|(_, at)| at.elapsed() < self.settings.auth_cache_ttl)
+            .map(|(s, _)| s.clone());
+        let session = match cached {
+            Some(s) => s,
+            None => {
+                let s = self
+                    .store
+                    .session(&SecretString::from(id.to_owned()))
+                    .await
+                    .map_err(RequestError::Store)?
+                    .map(Arc::new);
+                let mut cache = lock(&self.sessions);
+                if cache.len() > AUTH_CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(id.to_owned(), (s.clone(), Instant::now()));
+                s
+            }
+        };
+        Ok(session.filter(|s| s.expires_at_ms > pug_store::now_ms()))
+    }
+
+    async fn membership(
+        &self,
+        user: &str,
+        tenant: &TenantId,
+    ) -> Result<Option<GrafanaRole>, StoreError> {
+        let cached = lock(&self.members)
+            .get(user)
+            .filter(|(_, at)| at.elapsed() < self.settings.auth_cache_ttl)
+            .map(|(roles, _)| roles.clone());
+        let roles = match cached {
+            Some(roles) => roles,
+            None => {
+                let roles: HashMap<TenantId, GrafanaRole> = self
+                    .store
+                    .memberships_of(user)
+                    .await?
+                    .into_iter()
+                    .filter_map(|(t, r)| GrafanaRole::parse(&r).map(|r| (t, r)))
+                    .collect();
+                let roles = Arc::new(roles);
+                let mut cache = lock(&self.members);
+                if cache.len() > AUTH_CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(user.to_owned(), (roles.clone(), Instant::now()));
+                roles
+            }
+        };
+        Ok(roles.get(tenant).copied())
+    }
+
+    async fn verify_embed(
+        &self,
+        token: &str,
+        tenant: &TenantId,
+    ) -> Result<EmbedClaims, RequestError> {
+        let now = pug_store::now_ms() / 1000;
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
+        match embed::verify(token, &keys, tenant, now) {
+            Err(EmbedError::UnknownKey) => {
+                // A key made since the last refresh.
+                let fresh = Arc::new(self.store.embed_keys().await.map_err(RequestError::Store)?);
+                *self.keys.write().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+                embed::verify(token, &fresh, tenant, now).map_err(RequestError::Embed)
+            }
+            other => other.map_err(RequestError::Embed),
+        }
+    }
+
+    async fn embed_login(&self, id: &TenantId, token: &str, clean: &str, html: bool) -> Response {
+        let claims = match self.verify_embed(token, id).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics.login("embed_failure");
+                return e.into_response_for(html);
+            }
+        };
+        let ttl = self.settings.embed_session_ttl;
+        let record = session_of_claims(id, &claims, ttl.as_millis() as i64);
+        let session = match self.store.create_session(&record).await {
+            Ok(s) => s,
+            Err(e) => return internal(html, e),
+        };
+        self.metrics.login("embed_success");
+        let mut r = redirect(StatusCode::SEE_OTHER, clean);
+        self.set_cookie(
+            &mut r,
+            SESSION_COOKIE,
+            &self.signer.sign("session", session.expose_secret()),
+            ttl,
+        );
+        r
+    }
+
+    fn set_cookie(&self, r: &mut Response, name: &str, value: &str, ttl: Duration) {
+        let secure = if self.settings.secure() {
+            "; Secure"
+        } else {
+            ""
+        };
+        let v = format!(
+            "{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+            ttl.as_secs()
+        );
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            r.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+
+    /// A CSRF token: the one in the request's cookie if valid, else a new one (set on `r`).
+    fn csrf_token(&self, headers: &HeaderMap) -> (String, bool) {
+        match cookie(headers, CSRF_COOKIE).filter(|c| self.signer.verify("csrf", c).is_some()) {
+            Some(c) => (c.to_owned(), false),
+            None => (self.signer.sign("csrf", &auth::random_token()), true),
+        }
+    }
+
+    fn csrf_ok(&self, headers: &HeaderMap, submitted: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        match cookie(headers, CSRF_COOKIE) {
+            Some(c) if self.signer.verify("csrf", c).is_some() => {
+                bool::from(c.as_bytes().ct_eq(submitted.as_bytes()))
+            }
+            _ => false,
+        }
+    }
+
+    /// `next` if it is a path on this origin, else the default.
+    fn safe_next(&self, next: &str, tenant: Option<&TenantId>) -> String {
+        let default = match (self.settings.mode, tenant) {
+            (GatewayMode::Path, Some(t)) => format!("/t/{t}/"),
+            _ => "/".to_owned(),
+        };
+        if !next.starts_with('/') || next.starts_with("//") || next.contains(['\\', '\r', '\n']) {
+            return default;
+        }
+        let (p, q) = match next.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (next, None),
+        };
+        match path::normalize(p) {
+            Ok(p) => match q {
+                Some(q) => format!("{p}?{q}"),
+                None => p,
+            },
+            Err(_) => default,
+        }
+    }
+
+    async fn login(&self, tenant: Option<TenantId>, req: Request) -> Response {
+        let html = true;
+        let peer = peer_of(&req);
+        let (csrf, fresh) = self.csrf_token(req.headers());
+        let action = self.login_path();
+        let query_next = req
+            .uri()
+            .query()
+            .and_then(|q| {
+                form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "next")
+                    .map(|(_, v)| v.into_owned())
+            })
+            .unwrap_or_default();
+        let hint = tenant.as_ref().map(|t| t.to_string()).or_else(|| {
+            query_next
+                .strip_prefix("/t/")
+                .and_then(|r| r.split('/').next())
+                .filter(|t| TenantId::parse(t).is_ok())
+                .map(str::to_owned)
+        });
+        let form_page = |status: StatusCode, next: &str, message: Option<&str>, user: &str| {
+            let mut r = pages::html(
+                status,
+                pages::login(action, hint.as_deref(), next, &csrf, message, user),
+            );
+            if fresh {
+                self.set_cookie(&mut r, CSRF_COOKIE, &csrf, Duration::from_secs(3600));
+            }
+            r
+        };
+        match *req.method() {
+            Method::GET | Method::HEAD => form_page(StatusCode::OK, &query_next, None, ""),
+            Method::POST => {
+                let headers = req.headers().clone();
+                let Ok(body) = axum::body::to_bytes(req.into_body(), 64 * 1024).await else {
+                    return form_page(
+                        StatusCode::BAD_REQUEST,
+                        "",
+                        Some("The form could not be read."),
+                        "",
+                    );
+                };
+                let form: HashMap<String, String> =
+                    form_urlencoded::parse(&body).into_owned().collect();
+                let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+                let (user, password, next) = (
+                    get("user").trim().to_ascii_lowercase(),
+                    get("password"),
+                    get("next"),
+                );
+                if !self.csrf_ok(&headers, get("csrf")) {
+                    self.metrics.login("failure");
+                    return form_page(
+                        StatusCode::FORBIDDEN,
+                        next,
+                        Some("This form expired or did not come from pug. Please sign in again."),
+                        &user,
+                    );
+                }
+                if let Some(wait) = self.throttle.blocked(&user, peer.ip()) {
+                    self.metrics.login("throttled");
+                    let mut r = form_page(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        next,
+                        Some(&format!(
+                            "Too many failed sign-ins. Try again in {} minutes.",
+                            wait.as_secs().div_ceil(60)
+                        )),
+                        &user,
+                    );
+                    if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+                        r.headers_mut().insert(header::RETRY_AFTER, v);
+                    }
+                    return r;
+                }
+                let creds = match self.store.user_credentials(&user).await {
+                    Ok(c) => c,
+                    Err(e) => return internal(html, e),
+                };
+                let (hash, email, display_name) = creds
+                    .clone()
+                    .unwrap_or_else(|| (self.dummy_hash.clone(), String::new(), String::new()));
+                let password = password.to_owned();
+                let ok =
+                    tokio::task::spawn_blocking(move || auth::verify_password(&hash, &password))
+                        .await
+                        .unwrap_or(false)
+                        && creds.is_some();
+                if !ok {
+                    self.throttle.failed(&user, peer.ip());
+                    self.metrics.login("failure");
+                    tracing::info!(user = %user, peer = %peer.ip(), "gateway: failed sign-in");
+                    return form_page(
+                        StatusCode::UNAUTHORIZED,
+                        next,
+                        Some("Wrong user name or password."),
+                        &user,
+                    );
+                }
+                self.throttle.succeeded(&user);
+                let ttl = self.settings.session_ttl;
+                let record = SessionRecord {
+                    user: user.clone(),
+                    email,
+                    display_name: if display_name.is_empty() {
+                        user.clone()
+                    } else {
+                        display_name
+                    },
+                    scope: None,
+                    expires_at_ms: pug_store::now_ms() + ttl.as_millis() as i64,
+                };
+                let session = match self.store.create_session(&record).await {
+                    Ok(s) => s,
+                    Err(e) => return internal(html, e),
+                };
+                self.metrics.login("success");
+                let mut r = redirect(
+                    StatusCode::SEE_OTHER,
+                    &self.safe_next(next, tenant.as_ref()),
+                );
+                self.set_cookie(
+                    &mut r,
+                    SESSION_COOKIE,
+                    &self.signer.sign("session", session.expose_secret()),
+                    ttl,
+                );
+                r
+            }
+            _ => StatusCode::METHOD_NOT_ALLOWED.into_response(),
+        }
+    }
+
+    async fn logout(&self, _tenant: Option<TenantId>, req: Request) -> Response {
+        let (csrf, fresh) = self.csrf_token(req.headers());
+        match *req.method() {
+            Method::GET | Method::HEAD => {
+                let mut r = pages::html(StatusCode::OK, pages::logout(self.logout_path(), &csrf));
+                if fresh {
+                    self.set_cookie(&mut r, CSRF_COOKIE, &csrf, Duration::from_secs(3600));
+                }
+                r
+            }
+            Method::POST => {
+                let headers = req.headers().clone();
+                let body = axum::body::to_bytes(req.into_body(), 16 * 1024)
+                    .await
+                    .unwrap_or_default();
+                let submitted = form_urlencoded::parse(&body)
+                    .find(|(k, _)| k == "csrf")
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default();
+                if !self.csrf_ok(&headers, &submitted) {
+                    return pages::error(true, StatusCode::FORBIDDEN, "Sign out", "This form expired or did not come from pug; reload the page and try again.", serde_json::Value::Null);
+                }
+                if let Some(id) =
+                    cookie(&headers, SESSION_COOKIE).and_then(|c| self.signer.verify("session", c))
+                {
+                    lock(&self.sessions).remove(id);
+                    if let Err(e) = self
+                        .store
+                        .delete_session(&SecretString::from(id.to_owned()))
+                        .await
+                    {
+                        return internal(true, e);
+                    }
+                }
+                let mut r = pages::html(StatusCode::OK, pages::signed_out(self.login_path()));
+                self.set_cookie(&mut r, SESSION_COOKIE, "", Duration::ZERO);
+                r
+            }
+            _ => StatusCode::METHOD_NOT_ALLOWED.into_response(),
+        }
+    }
+}
+
+fn session_of_claims(tenant: &TenantId, c: &EmbedClaims, ttl_ms: i64) -> SessionRecord {
+    SessionRecord {
+        user: c.sub.clone(),
+        email: c.email.clone(),
+        display_name: c.name.clone().unwrap_or_else(|| c.sub.clone()),
+        scope: Some((
+            tenant.clone(),
+            GrafanaRole::parse(&c.role)
+                .map(|r| r.as_str().to_owned())
+                .unwrap_or_default(),
+        )),
+        expires_at_ms: pug_store::now_ms() + ttl_ms.max(60_000),
+    }
+}
+
+/// A failure while handling a tenant request.
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error("the embed token was refused: {0}")]
+    Embed(#[source] EmbedError),
+    #[error("store error")]
+    Store(#[source] StoreError),
+}
+
+impl RequestError {
+    fn into_response_for(self, html: bool) -> Response {
+        match self {
+            RequestError::Embed(e) => pages::error(
+                html,
+                StatusCode::UNAUTHORIZED,
+                "Sign-in link refused",
+                &format!("The sign-in link was refused: {e}. Go back to the application that sent you here and open it again."),
+                serde_json::json!({"reason": e.to_string()}),
+            ),
+            RequestError::Store(e) => internal(html, e),
+        }
+    }
+}
+
+fn internal(html: bool, e: StoreError) -> Response {
+    tracing::error!(error = %e, source = ?std::error::Error::source(&e), "gateway: store error");
+    pages::error(
+        html,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Internal error",
+        "internal error; see pug's log for details",
+        serde_json::Value::Null,
+    )
+}
+
+fn redirect(status: StatusCode, to: &str) -> Response {
+    let mut r = status.into_response();
+    if let Ok(v) = HeaderValue::from_str(to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn peer_of(req: &Request) -> SocketAddr {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+/// The value of cookie `name` in the request's `Cookie` header(s).
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Counts the response when its body ends (or is dropped).
+fn track(
+    response: Response,
+    metrics: Arc<GatewayMetrics>,
+    handles: metrics::Handles,
+    start: Instant,
+) -> Response {
+    let (parts, body) = response.into_parts();
+    let done = Done {
+        metrics,
+        handles,
+        start,
+    };
+    Response::from_parts(
+        parts,
+        Body::new(Tracked {
+            inner: body,
+            done: Some(done),
+        }),
+    )
+}
+
+struct Done {
+    metrics: Arc<GatewayMetrics>,
+    handles: metrics::Handles,
+    start: Instant,
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.handles.0.inc();
+        self.handles.1.observe(self.start.elapsed().as_secs_f64());
+        self.metrics.in_flight.dec();
+    }
+}
+
+struct Tracked {
+    inner: Body,
+    done: Option<Done>,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.done.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,427 @@
+//! Forwarding one request to one of a tenant's ready replicas: header hygiene (hop-by-hop per
+//! RFC 9110 §7.6.1, `X-Forwarded-*`, the auth-proxy headers set by pug and only by pug),
+//! streamed bodies, WebSocket upgrades, round-robin across replicas with a short cool-down of
+//! a replica that refused a connection, and one retry on another replica for safe requests.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{
+    header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode,
+};
+use http_body::Body as _;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use pug_store::SessionRecord;
+use pug_types::{Phase, TenantId, TenantStatus};
+
+use crate::auth::GrafanaRole;
+use crate::pages;
+
+/// The pooled HTTP/1.1 client to tenants' instances.
+pub(crate) type HttpClient = Client<HttpConnector, Body>;
+
+/// Builds the client: keep-alive pool, connect timeout, no Nagle.
+pub(crate) fn client(connect_timeout: Duration) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(512)
+        .build(http)
+}
+
+/// How long a replica that refused a connection is skipped.
+const COOL_DOWN_MS: u64 = 2_000;
+
+/// Where a tenant's requests go, as last read from the store.
+#[derive(Debug)]
+pub(crate) struct Route {
+    pub phase: Phase,
+    pub endpoints: Vec<Endpoint>,
+    next: AtomicUsize,
+    /// The tenant's request metrics by status class, looked up on first use.
+    pub metrics: [OnceLock<crate::metrics::Handles>; 5],
+}
+
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    /// `host:port`.
+    pub addr: String,
+    /// Milliseconds since the Unix epoch until which this replica is skipped.
+    down_until_ms: AtomicU64,
+}
+
+impl Route {
+    pub fn new(status: &TenantStatus) -> Self {
+        Self {
+            phase: status.phase,
+            endpoints: status
+                .endpoints
+                .iter()
+                .map(|e| Endpoint {
+                    addr: e.clone(),
+                    down_until_ms: AtomicU64::new(0),
+                })
+                .collect(),
+            next: AtomicUsize::new(0),
+            metrics: Default::default(),
+        }
+    }
+
+    /// Whether `status` would route the same way (so the old route, with its round-robin
+    /// position and cool-downs, can be kept).
+    pub fn same_as(&self, status: &TenantStatus) -> bool {
+        self.phase == status.phase
+            && self.endpoints.len() == status.endpoints.len()
+            && self
+                .endpoints
+                .iter()
+                .zip(&status.endpoints)
+                .all(|(a, b)| &a.addr == b)
+    }
+
+    /// The next replica in round-robin order, skipping cooled-down ones (unless all are) and
+    /// `except`.
+    fn pick(&self, except: Option<usize>) -> Option<usize> {
+        let n = self.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = pug_store::now_ms() as u64;
+        let candidates = (0..n)
+            .map(|i| (start + i) % n)
+            .filter(|i| Some(*i) != except);
+        let mut fallback = None;
+        for i in candidates {
+            if self.endpoints[i].down_until_ms.load(Ordering::Relaxed) <= now {
+                return Some(i);
+            }
+            fallback.get_or_insert(i);
+        }
+        fallback
+    }
+
+    fn cool_down(&self, i: usize) {
+        self.endpoints[i]
+            .down_until_ms
+            .store(pug_store::now_ms() as u64 + COOL_DOWN_MS, Ordering::Relaxed);
+    }
+}
+
+/// Everything [`forward`] needs besides the request.
+pub(crate) struct Forward<'a> {
+    pub client: &'a HttpClient,
+    pub tenant: &'a TenantId,
+    pub route: &'a Route,
+    /// Who the request is from, as the tenant's Grafana is told.
+    pub identity: &'a SessionRecord,
+    pub role: GrafanaRole,
+    pub peer: SocketAddr,
+    /// `http` or `https`: the scheme people use to reach pug.
+    pub proto: &'static str,
+    pub path_and_query: &'a str,
+    pub response_timeout: Duration,
+    pub on_connect_error: &'a (dyn Fn() + Sync),
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
+/// obsolete ones proxies still drop.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
+/// Cookies that belong to pug and never reach a tenant's Grafana.
+pub(crate) const PUG_COOKIES: [&str; 2] = [crate::SESSION_COOKIE, crate::CSRF_COOKIE];
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove("proxy-authenticate");
+}
+
+/// The value of `Upgrade` if this is an upgrade request (`Connection: upgrade`).
+fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    connection_upgrade
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// A header value from user data: control characters dropped (they cannot come from pug's
+/// validated names, but a display name is free text).
+fn value(s: &str) -> HeaderValue {
+    let clean: String = s.chars().filter(|c| !c.is_control()).collect();
+    HeaderValue::from_bytes(clean.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The request headers the tenant's Grafana gets.
+fn upstream_headers(mut h: HeaderMap, f: &Forward<'_>, upgrade: Option<&HeaderValue>) -> HeaderMap {
+    let forwarded_host = h.get(header::HOST).cloned();
+    let previous_xff = h.remove("x-forwarded-for");
+    strip_hop_by_hop(&mut h);
+    // Nothing the client says about identity reaches Grafana: every auth-proxy header (pug
+    // sets its own below), credentials Grafana would accept instead, and pug's own cookies.
+    let spoofable: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-webauth-"))
+        .cloned()
+        .collect();
+    for k in spoofable {
+        h.remove(k);
+    }
+    h.remove(header::AUTHORIZATION);
+    h.remove("x-real-ip");
+    h.remove("forwarded");
+    filter_cookies(&mut h);
+
+    let client_ip = f.peer.ip().to_canonical().to_string();
+    let xff = match previous_xff.as_ref().and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client_ip}"),
+        _ => client_ip,
+    };
+    h.insert("x-forwarded-for", value(&xff));
+    h.insert("x-forwarded-proto", HeaderValue::from_static(f.proto));
+    if let Some(host) = forwarded_host {
+        h.insert("x-forwarded-host", host);
+    }
+    h.insert("x-webauth-user", value(&f.identity.user));
+    h.insert("x-webauth-email", value(&f.identity.email));
+    h.insert("x-webauth-name", value(&f.identity.display_name));
+    h.insert("x-webauth-role", HeaderValue::from_static(f.role.as_str()));
+    if let Some(up) = upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, up.clone());
+    }
+    h
+}
+
+/// Drops pug's cookies from the `Cookie` header(s).
+fn filter_cookies(h: &mut HeaderMap) {
+    let mut kept: Vec<String> = Vec::new();
+    let mut any = false;
+    for v in h.get_all(header::COOKIE) {
+        any = true;
+        let Ok(v) = v.to_str() else { continue };
+        for pair in v.split(';') {
+            let name = pair.split('=').next().unwrap_or("").trim();
+            if !name.is_empty() && !PUG_COOKIES.contains(&name) {
+                kept.push(pair.trim().to_owned());
+            }
+        }
+    }
+    if !any {
+        return;
+    }
+    h.remove(header::COOKIE);
+    if !kept.is_empty() {
+        h.insert(header::COOKIE, value(&kept.join("; ")));
+    }
+}
+
+fn build(
+    method: &Method,
+    addr: &str,
+    path_and_query: &str,
+    headers: HeaderMap,
+    body: Body,
+) -> Option<Request<Body>> {
+    let mut req = Request::builder()
+        .method(method.clone())
+        .uri(format!("http://{addr}{path_and_query}"))
+        .body(body)
+        .ok()?;
+    *req.headers_mut() = headers;
+    Some(req)
+}
+
+/// Forwards `req` and returns the tenant's answer (or pug's 502/504 page).
+pub(crate) async fn forward(f: Forward<'_>, req: Request<Body>) -> Response<Body> {
+    let (mut parts, body) = req.into_parts();
+    let html = pages::wants_html(&parts.headers);
+    let upgrade = upgrade_of(&parts.headers);
+    let client_upgrade = upgrade
+        .as_ref()
+        .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    let headers = upstream_headers(std::mem::take(&mut parts.headers), &f, upgrade.as_ref());
+    // Safe requests without a body can be sent again on another replica (if there is one):
+    // keep a copy of the headers for that.
+    let replayable = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
+        && body.is_end_stream()
+        && f.route.endpoints.len() > 1;
+    let mut spare = replayable.then(|| headers.clone());
+    let mut headers = Some(headers);
+
+    let Some(first) = f.route.pick(None) else {
+        return unavailable(html, f.tenant, f.route.phase);
+    };
+    let body = if upgrade.is_some() {
+        Body::empty()
+    } else {
+        body
+    };
+    let mut attempt = (first, body);
+    let mut retried = false;
+    let response = loop {
+        let (i, body) = attempt;
+        let addr = &f.route.endpoints[i].addr;
+        let Some(h) = headers.take().or_else(|| spare.take()) else {
+            break None;
+        };
+        let Some(upstream) = build(&parts.method, addr, f.path_and_query, h, body) else {
+            return pages::error(
+                html,
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                "the request URI is not valid",
+                serde_json::Value::Null,
+            );
+        };
+        match tokio::time::timeout(f.response_timeout, f.client.request(upstream)).await {
+            Ok(Ok(resp)) => break Some(resp),
+            Ok(Err(e)) => {
+                if e.is_connect() {
+                    (f.on_connect_error)();
+                    f.route.cool_down(i);
+                }
+                tracing::warn!(tenant = %f.tenant, replica = %addr, error = %error_chain(&e), "upstream request failed");
+                if replayable && !retried && spare.is_some() {
+                    if let Some(next) = f.route.pick(Some(i)) {
+                        retried = true;
+                        attempt = (next, Body::empty());
+                        continue;
+                    }
+                }
+                return pages::error(
+                    html,
+                    StatusCode::BAD_GATEWAY,
+                    "Grafana did not answer",
+                    &format!(
+                        "tenant {}'s Grafana could not be reached; try again in a moment",
+                        f.tenant
+                    ),
+                    serde_json::json!({"tenant": f.tenant.as_str()}),
+                );
+            }
+            Err(_) => {
+                return pages::error(
+                    html,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "Grafana took too long",
+                    &format!(
+                        "tenant {}'s Grafana did not answer within {} seconds",
+                        f.tenant,
+                        f.response_timeout.as_secs()
+                    ),
+                    serde_json::json!({"tenant": f.tenant.as_str()}),
+                );
+            }
+        }
+    };
+    let Some(response) = response else {
+        return pages::error(
+            html,
+            StatusCode::BAD_GATEWAY,
+            "Grafana did not answer",
+            &format!("tenant {}'s Grafana could not be reached", f.tenant),
+            serde_json::json!({"tenant": f.tenant.as_str()}),
+        );
+    };
+
+    let (mut rparts, rbody) = response.into_parts();
+    if rparts.status == StatusCode::SWITCHING_PROTOCOLS {
+        let mut for_upgrade = Response::from_parts(rparts, rbody);
+        let upstream_upgrade = hyper::upgrade::on(&mut for_upgrade);
+        let (mut rparts, _) = for_upgrade.into_parts();
+        let upgrade_value = rparts.headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut rparts.headers);
+        if let (Some(client_upgrade), Some(up)) = (client_upgrade, upgrade_value) {
+            rparts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            rparts.headers.insert(header::UPGRADE, up);
+            let tenant = f.tenant.clone();
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((client, upstream)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut upstream = TokioIo::new(upstream);
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                    Err(e) => tracing::debug!(%tenant, error = %e, "upgrade did not complete"),
+                }
+            });
+            return Response::from_parts(rparts, Body::empty());
+        }
+        return pages::error(
+            html,
+            StatusCode::BAD_GATEWAY,
+            "Upgrade failed",
+            "the connection could not be upgraded",
+            serde_json::Value::Null,
+        );
+    }
+    strip_hop_by_hop(&mut rparts.headers);
+    Response::from_parts(rparts, Body::new(rbody))
+}
+
+/// The 503 for a tenant with no ready replica.
+pub(crate) fn unavailable(html: bool, tenant: &TenantId, phase: Phase) -> Response<Body> {
+    let mut r = pages::error(
+        html,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Grafana is not ready",
+        &format!(
+            "tenant {tenant}'s Grafana has no ready instance (phase: {phase}); try again shortly"
+        ),
+        serde_json::json!({"tenant": tenant.as_str(), "phase": phase.as_str()}),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    r
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        cur = s.source();
+    }
+    out
+}

@@ -1,0 +1,114 @@
+//! The gateway's tables on a real PostgreSQL server (the same queries as on SQLite):
+//! users, memberships, sessions with and without a tenant scope, embed keys, the cookie key and
+//! the routing-table query. Uses `PUG_TEST_POSTGRES_URL` (default: the `pugtest` role `.ci/run`
+//! creates).
+
+use pug_store::{MasterKey, SessionRecord, Store};
+use pug_types::{ExposeSecret, TenantId, TenantSpec};
+use sqlx::Connection;
+
+fn server_url() -> String {
+    std::env::var("PUG_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://pugtest:pugtest@127.0.0.1:5432/postgres".into())
+}
+
+#[tokio::test]
+async fn gateway_tables_work_on_postgres() {
+    let url = server_url();
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap_or_else(|e| {
+        panic!(
+            "PostgreSQL is not reachable at {url} ({e}): apt-get install postgresql, start it and \
+             create the role as .ci/run does, or set PUG_TEST_POSTGRES_URL"
+        )
+    });
+    let db = format!("pug_gateway_test_{}", std::process::id());
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {db}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let mut db_url = url::Url::parse(&url).unwrap();
+    db_url.set_path(&format!("/{db}"));
+
+    let store = Store::open(db_url.as_str(), MasterKey::generate())
+        .await
+        .unwrap();
+    let acme = TenantId::parse("acme").unwrap();
+    let spec: TenantSpec = serde_json::from_value(serde_json::json!({
+        "display_name": "acme", "version": "11.3.0", "replicas": 1, "desired_state": "active",
+    }))
+    .unwrap();
+    store.create_tenant(&acme, &spec, &[]).await.unwrap();
+    store
+        .create_user("alice", "alice@example.com", "Alice", "$argon2id$fake")
+        .await
+        .unwrap();
+    assert!(store
+        .create_user("alice", "x@example.com", "x", "h")
+        .await
+        .is_err());
+    store.grant("alice", &acme, "Editor").await.unwrap();
+    store.grant("alice", &acme, "Admin").await.unwrap();
+    assert_eq!(
+        store.membership("alice", &acme).await.unwrap().as_deref(),
+        Some("Admin")
+    );
+    assert_eq!(store.memberships_of("alice").await.unwrap().len(), 1);
+    assert!(store
+        .grant("alice", &TenantId::parse("nosuch").unwrap(), "Viewer")
+        .await
+        .is_err());
+    let users = store.users().await.unwrap();
+    assert_eq!(users[0].memberships["acme"], "Admin");
+
+    for scope in [None, Some((acme.clone(), "Viewer".to_owned()))] {
+        let record = SessionRecord {
+            user: "alice".into(),
+            email: "alice@example.com".into(),
+            display_name: "Alice".into(),
+            scope,
+            expires_at_ms: pug_store::now_ms() + 60_000,
+        };
+        let id = store.create_session(&record).await.unwrap();
+        assert_eq!(store.session(&id).await.unwrap(), Some(record));
+        store.delete_session(&id).await.unwrap();
+        assert_eq!(store.session(&id).await.unwrap(), None);
+    }
+
+    let (any, key) = store.create_embed_key("webapp", None).await.unwrap();
+    let (scoped, _) = store
+        .create_embed_key("acme app", Some(&acme))
+        .await
+        .unwrap();
+    let keys = store.embed_keys().await.unwrap();
+    assert_eq!(keys.len(), 2);
+    let found = keys.iter().find(|(k, _)| k.id == any.id).unwrap();
+    assert_eq!(found.1.expose_secret(), key.expose_secret());
+    assert_eq!(
+        keys.iter()
+            .find(|(k, _)| k.id == scoped.id)
+            .unwrap()
+            .0
+            .tenant
+            .as_deref(),
+        Some("acme")
+    );
+    assert!(store.delete_embed_key(&scoped.id).await.unwrap());
+
+    let k1 = store.gateway_cookie_key().await.unwrap();
+    let k2 = store.gateway_cookie_key().await.unwrap();
+    assert_eq!(k1.expose_secret(), k2.expose_secret());
+    assert_eq!(store.tenant_statuses().await.unwrap().len(), 1);
+    assert!(store.tenant_status(&acme).await.unwrap().is_some());
+
+    assert!(store.revoke("alice", &acme).await.unwrap());
+    store.delete_user("alice").await.unwrap();
+    store.close().await;
+    sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}

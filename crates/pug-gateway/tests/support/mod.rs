@@ -1,0 +1,332 @@
+//! Harness of the gateway's integration tests: a real store (SQLite in a temp dir), the real
+//! gateway on a loopback port, and grafana-standin processes as tenants' Grafana replicas.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pug_config::{Config, GatewayMode};
+use pug_gateway::{Gateway, GatewaySettings};
+use pug_store::{MasterKey, Store};
+use pug_types::{Phase, TenantId, TenantSpec, TenantStatus};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The grafana-standin binary, built on demand (another package's binary).
+pub fn standin_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().to_owned();
+    let bin = dir.join("grafana-standin");
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    BUILD.call_once(|| {
+        if bin.exists() {
+            return;
+        }
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "grafana-standin"])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building grafana-standin failed");
+    });
+    assert!(
+        bin.exists(),
+        "grafana-standin not found at {}",
+        bin.display()
+    );
+    bin
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or panics after `timeout`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One grafana-standin replica, configured as pug's orchestrator configures Grafana.
+pub struct Standin {
+    pub addr: String,
+    child: Child,
+    _home: tempfile::TempDir,
+}
+
+impl Standin {
+    pub async fn start(root_url: &str, sub_path: bool) -> Self {
+        let home = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new(standin_bin())
+            .args(["server", "--homepath"])
+            .arg(home.path())
+            .env("GF_SERVER_HTTP_ADDR", "127.0.0.1")
+            .env("GF_SERVER_HTTP_PORT", port.to_string())
+            .env("GF_SERVER_ROOT_URL", root_url)
+            .env("GF_SERVER_SERVE_FROM_SUB_PATH", sub_path.to_string())
+            .env("GF_AUTH_PROXY_ENABLED", "true")
+            .env("GF_AUTH_PROXY_HEADER_NAME", "X-WEBAUTH-USER")
+            .env(
+                "GF_AUTH_PROXY_HEADERS",
+                "Email:X-WEBAUTH-EMAIL Role:X-WEBAUTH-ROLE Name:X-WEBAUTH-NAME",
+            )
+            .env("GF_AUTH_PROXY_WHITELIST", "127.0.0.1, ::1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("grafana-standin starts");
+        let addr = format!("127.0.0.1:{port}");
+        let url = format!("http://{addr}/api/health");
+        wait_for(
+            Duration::from_secs(20),
+            "the stand-in to be healthy",
+            || {
+                let url = url.clone();
+                async move {
+                    let r = reqwest::get(&url).await.ok()?;
+                    (r.status() == 200).then_some(())
+                }
+            },
+        )
+        .await;
+        Self {
+            addr,
+            child,
+            _home: home,
+        }
+    }
+
+    /// SIGKILLs the replica.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Standin {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A TCP listener that counts connections and never answers: an instance that must never be
+/// contacted.
+pub struct Trap {
+    pub addr: String,
+    pub connections: Arc<AtomicUsize>,
+}
+
+impl Trap {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                drop(s);
+            }
+        });
+        Self { addr, connections }
+    }
+
+    pub fn count(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// The gateway under test with its store.
+pub struct Env {
+    pub store: Store,
+    pub gateway: Gateway,
+    pub registry: Arc<prometheus_client::registry::Registry>,
+    pub addr: SocketAddr,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub async fn start(mode: GatewayMode) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &format!("sqlite://{}", dir.path().join("pug.db").display()),
+            MasterKey::generate(),
+        )
+        .await
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = Config {
+            listen: addr,
+            ..Config::default()
+        };
+        config.gateway.mode = mode;
+        config.gateway.domain = "pug.test".into();
+        let mut settings = GatewaySettings::from_config(&config);
+        settings.refresh_interval = Duration::from_millis(200);
+        settings.auth_cache_ttl = Duration::from_millis(100);
+        let mut registry = pug_metrics::new_registry();
+        let gateway = Gateway::new(store.clone(), settings, &mut registry)
+            .await
+            .unwrap();
+        let app = gateway.router();
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .unwrap();
+        });
+        Self {
+            store,
+            gateway,
+            registry: Arc::new(registry),
+            addr,
+            url: format!("http://{addr}"),
+            _dir: dir,
+        }
+    }
+
+    /// The root URL of a tenant's Grafana in path mode.
+    pub fn root_url(&self, tenant: &str) -> String {
+        format!("{}/t/{tenant}/", self.url)
+    }
+
+    /// Registers a tenant whose status is `phase` with `endpoints`.
+    pub async fn tenant(&self, id: &str, phase: Phase, endpoints: &[&str]) {
+        let tid = TenantId::parse(id).unwrap();
+        if self.store.tenant(&tid).await.unwrap().is_none() {
+            // From JSON, so that fields added to the spec later take their defaults.
+            let spec: TenantSpec = serde_json::from_value(serde_json::json!({
+                "display_name": id,
+                "version": "11.3.0",
+                "replicas": endpoints.len().max(1),
+                "desired_state": "active",
+            }))
+            .unwrap();
+            self.store.create_tenant(&tid, &spec, &[]).await.unwrap();
+        }
+        let mut status = TenantStatus::pending();
+        status.phase = phase;
+        status.ready_replicas = endpoints.len() as u32;
+        status.endpoints = endpoints.iter().map(|s| s.to_string()).collect();
+        self.store.set_status(&tid, &status).await.unwrap();
+        self.gateway.refresh().await.unwrap();
+    }
+
+    pub async fn user(&self, name: &str, password: &str, grants: &[(&str, &str)]) {
+        self.store
+            .create_user(
+                name,
+                &format!("{name}@example.com"),
+                name,
+                &pug_gateway::hash_password(password),
+            )
+            .await
+            .unwrap();
+        for (tenant, role) in grants {
+            self.store
+                .grant(name, &TenantId::parse(tenant).unwrap(), role)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Logs in through the real form (GET for the CSRF cookie, then POST) with password
+    /// `"password-" + name`; returns the `pug_session=…` cookie pair.
+    pub async fn login(&self, name: &str) -> String {
+        let (status, cookie) = self.try_login(name, &format!("password-{name}"), "/").await;
+        assert_eq!(status, 303, "login of {name} failed");
+        cookie.expect("a session cookie")
+    }
+
+    /// One login attempt: (status, session cookie if set).
+    pub async fn try_login(&self, name: &str, password: &str, next: &str) -> (u16, Option<String>) {
+        let client = no_redirects();
+        let page = client
+            .get(format!("{}/login", self.url))
+            .send()
+            .await
+            .unwrap();
+        let csrf = set_cookie(&page, "pug_csrf").expect("a CSRF cookie");
+        let value = csrf.split_once('=').unwrap().1.to_owned();
+        let resp = client
+            .post(format!("{}/login", self.url))
+            .header("cookie", &csrf)
+            .form(&[
+                ("user", name),
+                ("password", password),
+                ("csrf", value.as_str()),
+                ("next", next),
+            ])
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), set_cookie(&resp, "pug_session"))
+    }
+
+    pub async fn metrics(&self) -> String {
+        pug_metrics::encode(&self.registry)
+    }
+}
+
+/// A reqwest client that does not follow redirects.
+pub fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// `name=value` of the `Set-Cookie` for `name`, if the response sets it (to a non-empty value).
+pub fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .find(|pair| pair.starts_with(&format!("{name}=")) && pair.len() > name.len() + 1)
+        .map(str::to_owned)
+}
+
+/// Sends a raw HTTP/1.1 request (the target exactly as given: no client-side normalisation)
+/// and returns (status, body).
+pub async fn raw_get(addr: SocketAddr, target: &str, extra_headers: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET {target} HTTP/1.1\r\nHost: {addr}\r\n{extra_headers}Connection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}

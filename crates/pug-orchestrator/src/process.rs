@@ -1,0 +1,542 @@
+//! The process backend: every replica is a `grafana server` child process on this machine.
+//!
+//! Owns: each replica's directory (`<root>/<tenant>/replica-<n>/` with its `grafana.ini`, data,
+//! logs, plugins and provisioning dirs), starting and stopping `grafana server`, and knowing
+//! which processes are pug's.
+//!
+//! How pug recognises its processes: each one is started with `--pidfile
+//! <root>/<tenant>/replica-<n>/run/<port>-<spec hash>.pid`, a flag Grafana itself has. The
+//! command line therefore carries the tenant, the replica, the port and the spec hash, the way
+//! a container carries labels. On start pug scans `/proc` for such command lines and adopts
+//! what it finds, so restarting pug (even after SIGKILL) neither restarts healthy instances nor
+//! leaves orphans: an adopted process whose tenant no longer exists is an orphan the controller
+//! removes, and a process is never started for a replica that already has one.
+//!
+//! Instances run in their own process group with a cleared environment (only `PATH`, `HOME`,
+//! `TZ`, `LANG`), so neither Ctrl-C on pug's terminal nor a `GF_*` variable in pug's own
+//! environment reaches tenants. They keep running when pug exits unless
+//! [`ProcessBackend::stop_all`] is called.
+//!
+//! Must not: decide when to start or stop anything; restart crashed processes by itself (the
+//! controller does, with backoff); read the store.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use pug_types::{GrafanaVersion, TenantId};
+use tokio::sync::mpsc;
+
+use crate::install::Installer;
+use crate::settings::render_ini;
+use crate::{Instance, InstanceSpec, InstanceState, Orchestrator, OrchestratorError};
+
+/// Settings of the process backend.
+#[derive(Debug, Clone)]
+pub struct ProcessSettings {
+    /// `<data>/tenants`: one directory per tenant.
+    pub root: PathBuf,
+    /// `<data>/archive`: where deleted tenants' directories go.
+    pub archive: PathBuf,
+    /// The address instances listen on.
+    pub bind_address: String,
+    /// How long a stopping instance gets after SIGTERM before SIGKILL.
+    pub stop_timeout: Duration,
+}
+
+type Key = (TenantId, u32);
+
+#[derive(Debug, Clone)]
+struct Proc {
+    pid: u32,
+    port: u16,
+    spec_hash: String,
+    started_at_ms: i64,
+    /// Started by this pug process (we can wait for it) rather than adopted.
+    owned: bool,
+    exited: Option<String>,
+}
+
+/// The process backend.
+#[derive(Debug)]
+pub struct ProcessBackend {
+    settings: ProcessSettings,
+    installer: Installer,
+    procs: Arc<Mutex<HashMap<Key, Proc>>>,
+    changes_tx: mpsc::UnboundedSender<TenantId>,
+    changes_rx: Mutex<Option<mpsc::UnboundedReceiver<TenantId>>>,
+}
+
+impl ProcessBackend {
+    /// Creates the backend and adopts the instances a previous pug process left running.
+    pub fn new(
+        settings: ProcessSettings,
+        installer: Installer,
+    ) -> Result<Arc<Self>, OrchestratorError> {
+        std::fs::create_dir_all(&settings.root).map_err(|source| OrchestratorError::Io {
+            context: format!("cannot create {}", settings.root.display()),
+            source,
+        })?;
+        let (changes_tx, changes_rx) = mpsc::unbounded_channel();
+        let adopted = scan_proc(&settings.root);
+        for ((tenant, replica), p) in &adopted {
+            tracing::info!(%tenant, replica, pid = p.pid, port = p.port, "adopted a running instance");
+        }
+        let backend = Arc::new(Self {
+            settings,
+            installer,
+            procs: Arc::new(Mutex::new(adopted)),
+            changes_tx,
+            changes_rx: Mutex::new(Some(changes_rx)),
+        });
+        backend.spawn_adopted_watcher();
+        Ok(backend)
+    }
+
+    /// The directory of one replica.
+    pub fn replica_dir(&self, tenant: &TenantId, replica: u32) -> PathBuf {
+        self.settings
+            .root
+            .join(tenant.as_str())
+            .join(format!("replica-{replica}"))
+    }
+
+    /// Stops every instance (used when pug is configured to take its instances down with it).
+    pub async fn stop_all(&self) {
+        let keys: Vec<Key> = self.procs.lock().expect("procs").keys().cloned().collect();
+        let stops = keys
+            .into_iter()
+            .map(|(tenant, replica)| async move { self.remove(&tenant, replica).await });
+        futures::future::join_all(stops).await;
+    }
+
+    /// Adopted processes are not our children, so nothing tells us when they exit: look.
+    fn spawn_adopted_watcher(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(me) = weak.upgrade() else { return };
+                let mut gone = Vec::new();
+                {
+                    let mut procs = me.procs.lock().expect("procs");
+                    for (key, p) in procs.iter_mut() {
+                        if !p.owned && p.exited.is_none() && !is_alive(p.pid) {
+                            p.exited = Some(format!(
+                                "process {} (adopted at pug start) is gone; its exit status is unknown",
+                                p.pid
+                            ));
+                            gone.push(key.0.clone());
+                        }
+                    }
+                }
+                for tenant in gone {
+                    let _ = me.changes_tx.send(tenant);
+                }
+            }
+        });
+    }
+
+    fn prepare_dirs(&self, spec: &InstanceSpec, dir: &Path) -> Result<PathBuf, OrchestratorError> {
+        let io = |context: String| move |source| OrchestratorError::Io { context, source };
+        for sub in [
+            "data",
+            "logs",
+            "plugins",
+            "run",
+            "provisioning/datasources",
+            "provisioning/dashboards",
+            "provisioning/plugins",
+            "provisioning/alerting",
+        ] {
+            let path = dir.join(sub);
+            std::fs::create_dir_all(&path)
+                .map_err(io(format!("cannot create {}", path.display())))?;
+        }
+        // Pid files of earlier runs name other spec hashes; they must not linger.
+        if let Ok(entries) = std::fs::read_dir(dir.join("run")) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let path_of = |sub: &str| dir.join(sub).display().to_string();
+        let extra = [
+            ("paths", "data", path_of("data")),
+            ("paths", "logs", path_of("logs")),
+            ("paths", "plugins", path_of("plugins")),
+            ("paths", "provisioning", path_of("provisioning")),
+            ("server", "http_addr", self.settings.bind_address.clone()),
+        ];
+        for file in spec.provisioning.files(&dir.join("dashboards")) {
+            let path = dir.join(&file.path);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(io(format!("cannot create {}", parent.display())))?;
+            }
+            // Every file is written private here (`file.private` marks the ones that must be):
+            // dashboards are the tenant's own business too.
+            write_private(&path, file.contents.as_bytes())
+                .map_err(io(format!("cannot write {}", path.display())))?;
+        }
+        let wanted: std::collections::HashSet<String> = spec
+            .provisioning
+            .dashboards
+            .iter()
+            .map(|d| format!("{}.json", d.name))
+            .collect();
+        if let Ok(entries) = std::fs::read_dir(dir.join("dashboards")) {
+            for entry in entries.flatten() {
+                if !wanted.contains(&entry.file_name().to_string_lossy().into_owned()) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        let ini = render_ini(&spec.settings(), &extra);
+        let ini_path = dir.join("grafana.ini");
+        write_private(&ini_path, ini.as_bytes())
+            .map_err(io(format!("cannot write {}", ini_path.display())))?;
+        Ok(ini_path)
+    }
+
+    async fn stop_pid(&self, pid: u32) {
+        let target = Pid::from_raw(pid as i32);
+        if kill(target, Signal::SIGTERM).is_err() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + self.settings.stop_timeout;
+        while is_alive(pid) {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(pid, "instance ignored SIGTERM; sending SIGKILL");
+                let _ = kill(target, Signal::SIGKILL);
+                let hard_deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                while is_alive(pid) && tokio::time::Instant::now() < hard_deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn instance(&self, key: &Key, p: &Proc) -> Instance {
+        Instance {
+            tenant: key.0.clone(),
+            replica: key.1,
+            spec_hash: p.spec_hash.clone(),
+            endpoint: format!("{}:{}", self.settings.bind_address, p.port),
+            state: match &p.exited {
+                None => InstanceState::Running,
+                Some(reason) => InstanceState::Exited {
+                    reason: reason.clone(),
+                },
+            },
+            started_at_ms: p.started_at_ms,
+        }
+    }
+}
+
+#[async_trait]
+impl Orchestrator for ProcessBackend {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    async fn check_version(&self, version: &GrafanaVersion) -> Result<(), OrchestratorError> {
+        self.installer.check(version).await
+    }
+
+    async fn ensure(&self, spec: &InstanceSpec) -> Result<Instance, OrchestratorError> {
+        let key: Key = (spec.tenant.clone(), spec.replica);
+        let hash = spec.hash();
+        let current = self.procs.lock().expect("procs").get(&key).cloned();
+        if let Some(p) = &current {
+            if p.exited.is_none() && p.spec_hash == hash && p.port == spec.port {
+                return Ok(self.instance(&key, p));
+            }
+            if p.exited.is_none() {
+                tracing::info!(tenant = %spec.tenant, replica = spec.replica, pid = p.pid, "replacing an instance that runs an outdated spec");
+                self.stop_pid(p.pid).await;
+            }
+        }
+        let install = self.installer.ensure(&spec.version).await?;
+        let dir = self.replica_dir(&spec.tenant, spec.replica);
+        let ini = self.prepare_dirs(spec, &dir)?;
+        let pidfile = dir.join("run").join(format!("{}-{hash}.pid", spec.port));
+        let log_path = dir.join("logs").join("console.log");
+        let start_err = |source| OrchestratorError::Start {
+            tenant: spec.tenant.to_string(),
+            replica: spec.replica,
+            source,
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(start_err)?;
+        let log2 = log.try_clone().map_err(start_err)?;
+        let mut cmd = tokio::process::Command::new(&install.bin);
+        cmd.arg("server")
+            .arg("--homepath")
+            .arg(&install.home)
+            .arg("--config")
+            .arg(&ini)
+            .arg("--pidfile")
+            .arg(&pidfile)
+            .current_dir(&install.home)
+            .env_clear()
+            .env("HOME", &dir)
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0)
+            .kill_on_drop(false);
+        for var in ["TZ", "LANG"] {
+            if let Some(v) = std::env::var_os(var) {
+                cmd.env(var, v);
+            }
+        }
+        let mut child = cmd.spawn().map_err(start_err)?;
+        let pid = child.id().unwrap_or(0);
+        let proc = Proc {
+            pid,
+            port: spec.port,
+            spec_hash: hash,
+            started_at_ms: now_ms(),
+            owned: true,
+            exited: None,
+        };
+        self.procs
+            .lock()
+            .expect("procs")
+            .insert(key.clone(), proc.clone());
+        tracing::info!(tenant = %spec.tenant, replica = spec.replica, pid, port = spec.port, version = %spec.version, "instance started");
+
+        let procs = self.procs.clone();
+        let changes = self.changes_tx.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let reason = match status {
+                Ok(s) => match s.code() {
+                    Some(code) => format!("exited with code {code}"),
+                    None => format!("was killed ({s})"),
+                },
+                Err(e) => format!("could not be waited for: {e}"),
+            };
+            let last = last_log_line(&log_path);
+            let reason = match last {
+                Some(line) => format!("{reason}; last log line: {line}"),
+                None => reason,
+            };
+            let mut procs = procs.lock().expect("procs");
+            if let Some(p) = procs.get_mut(&key) {
+                if p.pid == pid {
+                    p.exited = Some(reason);
+                    let _ = changes.send(key.0.clone());
+                }
+            }
+        });
+        Ok(self.instance(&(spec.tenant.clone(), spec.replica), &proc))
+    }
+
+    async fn instances(&self, tenant: &TenantId) -> Result<Vec<Instance>, OrchestratorError> {
+        let procs = self.procs.lock().expect("procs");
+        let mut out: Vec<Instance> = procs
+            .iter()
+            .filter(|(k, _)| &k.0 == tenant)
+            .map(|(k, p)| self.instance(k, p))
+            .collect();
+        out.sort_by_key(|i| i.replica);
+        Ok(out)
+    }
+
+    async fn all_instances(&self) -> Result<Vec<Instance>, OrchestratorError> {
+        let procs = self.procs.lock().expect("procs");
+        let mut out: Vec<Instance> = procs.iter().map(|(k, p)| self.instance(k, p)).collect();
+        out.sort_by(|a, b| (&a.tenant, a.replica).cmp(&(&b.tenant, b.replica)));
+        Ok(out)
+    }
+
+    async fn remove(&self, tenant: &TenantId, replica: u32) -> Result<(), OrchestratorError> {
+        let key = (tenant.clone(), replica);
+        let current = self.procs.lock().expect("procs").get(&key).cloned();
+        if let Some(p) = current {
+            if p.exited.is_none() {
+                self.stop_pid(p.pid).await;
+            }
+            let mut procs = self.procs.lock().expect("procs");
+            if procs.get(&key).is_some_and(|q| q.pid == p.pid) {
+                procs.remove(&key);
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(self.replica_dir(tenant, replica).join("run")) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    async fn archive(&self, tenant: &TenantId) -> Result<(), OrchestratorError> {
+        let dir = self.settings.root.join(tenant.as_str());
+        if !dir.exists() {
+            return Ok(());
+        }
+        let io = |context: String| move |source| OrchestratorError::Io { context, source };
+        std::fs::create_dir_all(&self.settings.archive).map_err(io(format!(
+            "cannot create {}",
+            self.settings.archive.display()
+        )))?;
+        let target = self.settings.archive.join(format!("{tenant}-{}", now_ms()));
+        std::fs::rename(&dir, &target).map_err(io(format!(
+            "cannot move {} to {}",
+            dir.display(),
+            target.display()
+        )))?;
+        tracing::info!(%tenant, archive = %target.display(), "tenant data archived");
+        Ok(())
+    }
+
+    fn changes(&self) -> Option<mpsc::UnboundedReceiver<TenantId>> {
+        self.changes_rx.lock().expect("changes").take()
+    }
+}
+
+/// Finds running processes whose `--pidfile` lies under `root`: pug's instances.
+fn scan_proc(root: &Path) -> HashMap<Key, Proc> {
+    let mut found = HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let Some(pidfile) = args
+            .windows(2)
+            .find(|w| w[0] == b"--pidfile")
+            .and_then(|w| std::str::from_utf8(w[1]).ok())
+        else {
+            continue;
+        };
+        if let Some((key, port, hash)) = parse_pidfile(root, Path::new(pidfile)) {
+            if is_alive(pid) {
+                found.insert(
+                    key,
+                    Proc {
+                        pid,
+                        port,
+                        spec_hash: hash,
+                        started_at_ms: now_ms(),
+                        owned: false,
+                        exited: None,
+                    },
+                );
+            }
+        }
+    }
+    found
+}
+
+/// `<root>/<tenant>/replica-<n>/run/<port>-<hash>.pid` → ((tenant, n), port, hash).
+fn parse_pidfile(root: &Path, pidfile: &Path) -> Option<(Key, u16, String)> {
+    let rest = pidfile.strip_prefix(root).ok()?;
+    let parts: Vec<&str> = rest.iter().filter_map(|c| c.to_str()).collect();
+    let [tenant, replica, "run", file] = parts.as_slice() else {
+        return None;
+    };
+    let tenant = TenantId::parse(tenant).ok()?;
+    let replica = replica.strip_prefix("replica-")?.parse().ok()?;
+    let (port, hash) = file.strip_suffix(".pid")?.split_once('-')?;
+    Some(((tenant, replica), port.parse().ok()?, hash.to_owned()))
+}
+
+/// Whether `pid` is a live process (a zombie counts as dead).
+fn is_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may itself hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+fn last_log_line(path: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    Some(line.chars().take(300).collect())
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pidfiles_carry_the_labels() {
+        let root = Path::new("/data/tenants");
+        let (key, port, hash) = parse_pidfile(
+            root,
+            Path::new("/data/tenants/acme/replica-2/run/20001-abcd.pid"),
+        )
+        .unwrap();
+        assert_eq!(key, (TenantId::parse("acme").unwrap(), 2));
+        assert_eq!((port, hash.as_str()), (20001, "abcd"));
+        assert!(parse_pidfile(root, Path::new("/other/acme/replica-2/run/1-a.pid")).is_none());
+        assert!(
+            parse_pidfile(root, Path::new("/data/tenants/Bad/replica-2/run/1-a.pid")).is_none()
+        );
+    }
+
+    #[test]
+    fn liveness_of_self_and_nonexistent() {
+        assert!(is_alive(std::process::id()));
+        assert!(!is_alive(u32::MAX - 1));
+    }
+}

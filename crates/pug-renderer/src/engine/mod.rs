@@ -1,0 +1,488 @@
+//! The render engine: one warm Chromium, a bounded number of concurrent renders with a bounded
+//! wait queue, and a supervisor that replaces Chromium when it crashes, hangs, grows too large
+//! or has served its quota of renders.
+//!
+//! Owns: admission (slots + queue → 429), deadlines (→ 408), the current [`browser::Instance`]
+//! and its replacement, the per-render incognito context and its disposal, and the engine
+//! metrics. A render whose Chromium dies fails at once with [`RenderError::BrowserFailed`].
+//!
+//! Must not: parse HTTP or check tokens (that is [`crate::api`]); the URL policy comes from
+//! [`crate::security`] and is applied to every request the page makes.
+//!
+//! Layout: [`browser`] is one Chromium process; [`page`] is one page load.
+
+pub mod browser;
+pub mod page;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use self::browser::Instance;
+use self::page::{PageSession, Viewport};
+use crate::config::RendererConfig;
+use crate::error::{RenderError, RendererError};
+use crate::metrics::{
+    Metrics, ModeLabel, ReadinessMode, RenderLabels, RestartLabel, RestartReason,
+};
+use crate::params::{CsvRequest, Encoding, Height, RenderRequest};
+use crate::security::{Scope, UrlPolicy};
+
+/// A finished `/render`.
+#[derive(Debug)]
+pub struct Rendered {
+    /// PNG or PDF bytes.
+    pub bytes: Vec<u8>,
+    /// Which of the two.
+    pub encoding: Encoding,
+    /// How readiness was decided.
+    pub readiness: ReadinessMode,
+}
+
+/// A finished `/render/csv`.
+#[derive(Debug)]
+pub struct CsvFile {
+    /// The file's content.
+    pub bytes: Vec<u8>,
+    /// A safe basename ending in `.csv`.
+    pub file_name: String,
+}
+
+/// The engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<RendererConfig>,
+    metrics: Arc<Metrics>,
+    policy: UrlPolicy,
+    /// One permit per concurrent render.
+    slots: Arc<Semaphore>,
+    /// Requests waiting for a permit (bounded by `max_queue`).
+    waiting: AtomicUsize,
+    /// The Chromium new renders go to; `None` until (re)launched.
+    current: Mutex<Option<Arc<Instance>>>,
+    /// Sequence number of instances.
+    next_id: AtomicU64,
+    /// Teardowns of retired instances, awaited at shutdown.
+    closing: std::sync::Mutex<JoinSet<()>>,
+    /// Stops the supervisor.
+    shutdown: CancellationToken,
+}
+
+/// Decrements a counter (and its gauge) when dropped.
+struct Counted<'a> {
+    counter: Option<&'a AtomicUsize>,
+    gauge: &'a prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.counter {
+            c.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.gauge.dec();
+    }
+}
+
+impl Engine {
+    /// Starts Chromium (so a missing browser fails at start, not at the first render) and the
+    /// supervisor.
+    pub async fn start(
+        config: Arc<RendererConfig>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, RendererError> {
+        let first = Instance::launch(0, &config).await?;
+        let inner = Arc::new(Inner {
+            policy: UrlPolicy::new(&config.allowed_hosts),
+            slots: Arc::new(Semaphore::new(config.max_concurrency)),
+            waiting: AtomicUsize::new(0),
+            current: Mutex::new(Some(first)),
+            next_id: AtomicU64::new(1),
+            closing: std::sync::Mutex::new(JoinSet::new()),
+            shutdown: CancellationToken::new(),
+            config,
+            metrics,
+        });
+        tokio::spawn(supervise(inner.clone()));
+        Ok(Self { inner })
+    }
+
+    /// The URL policy in force (the API checks the render URL before queueing).
+    pub fn policy(&self) -> &UrlPolicy {
+        &self.inner.policy
+    }
+
+    /// Process id of the current Chromium, if one is running (for tests and diagnostics).
+    pub async fn browser_pid(&self) -> Option<u32> {
+        self.inner.current.lock().await.as_ref().map(|i| i.pid)
+    }
+
+    /// Renders a PNG or PDF.
+    pub async fn render(&self, req: RenderRequest, scope: Scope) -> Result<Rendered, RenderError> {
+        let inner = self.inner.clone();
+        let encoding = req.encoding.as_str();
+        // Spawned, so a client that hangs up does not cut the render short of its cleanup.
+        let job = tokio::spawn(async move {
+            let started = Instant::now();
+            let deadline = started + req.page.timeout;
+            let res = inner.render_png_pdf(req, scope, deadline).await;
+            inner.observe(encoding, started, &res.as_ref().map(|r| r.readiness));
+            res
+        });
+        job.await
+            .unwrap_or_else(|e| Err(RenderError::Internal(format!("render task failed: {e}"))))
+    }
+
+    /// Loads a page that downloads a CSV file and returns the file.
+    pub async fn render_csv(&self, req: CsvRequest, scope: Scope) -> Result<CsvFile, RenderError> {
+        let inner = self.inner.clone();
+        let job = tokio::spawn(async move {
+            let started = Instant::now();
+            let deadline = started + req.page.timeout;
+            let res = inner.render_csv(req, scope, deadline).await;
+            inner.observe(
+                "csv",
+                started,
+                &res.as_ref().map(|_| ReadinessMode::NetworkIdle),
+            );
+            res
+        });
+        job.await
+            .unwrap_or_else(|e| Err(RenderError::Internal(format!("render task failed: {e}"))))
+    }
+
+    /// Stops the supervisor and Chromium, waiting at most `grace` for running renders.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.shutdown.cancel();
+        let current = self.inner.current.lock().await.take();
+        if let Some(instance) = current {
+            instance.close(grace).await;
+        }
+        let mut closing = std::mem::take(
+            &mut *self
+                .inner
+                .closing
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        while closing.join_next().await.is_some() {}
+    }
+}
+
+impl Inner {
+    /// Waits for a render slot: at once if one is free, else in the queue if it has room (429
+    /// otherwise), until the deadline (408).
+    async fn admit(
+        &self,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<OwnedSemaphorePermit, RenderError> {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.config.max_queue {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(RenderError::Busy);
+        }
+        self.metrics.queued.inc();
+        let _queued = Counted {
+            counter: Some(&self.waiting),
+            gauge: &self.metrics.queued,
+        };
+        match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(RenderError::Internal(
+                "the renderer is shutting down".into(),
+            )),
+            Err(_) => Err(RenderError::Timeout(timeout)),
+        }
+    }
+
+    /// The running Chromium, launching one if there is none (or the last one died).
+    async fn instance(&self) -> Result<Arc<Instance>, RenderError> {
+        let mut current = self.current.lock().await;
+        if let Some(instance) = current.as_ref() {
+            if !instance.is_dead() {
+                return Ok(instance.clone());
+            }
+            let dead = current.take().expect("checked above");
+            self.metrics
+                .restarts
+                .get_or_create(&RestartLabel {
+                    reason: RestartReason::Crashed,
+                })
+                .inc();
+            self.spawn_close(dead, Duration::ZERO);
+        }
+        if self.shutdown.is_cancelled() {
+            return Err(RenderError::Internal(
+                "the renderer is shutting down".into(),
+            ));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::AcqRel);
+        let instance = Instance::launch(id, &self.config)
+            .await
+            .map_err(|e| RenderError::Internal(e.to_string()))?;
+        *current = Some(instance.clone());
+        Ok(instance)
+    }
+
+    /// Takes `instance` out of service (if it still is current) and tears it down once its
+    /// renders have finished (at most `grace`).
+    async fn retire(&self, instance: &Arc<Instance>, reason: RestartReason, grace: Duration) {
+        let mut current = self.current.lock().await;
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, instance)) {
+            current.take();
+            tracing::info!(id = instance.id, ?reason, "replacing Chromium");
+            self.metrics
+                .restarts
+                .get_or_create(&RestartLabel { reason })
+                .inc();
+            self.spawn_close(instance.clone(), grace);
+        }
+    }
+
+    fn spawn_close(&self, instance: Arc<Instance>, grace: Duration) {
+        let mut closing = self
+            .closing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Reap finished teardowns so the set does not grow.
+        while closing.try_join_next().is_some() {}
+        closing.spawn(async move { instance.close(grace).await });
+    }
+
+    fn observe(
+        &self,
+        encoding: &'static str,
+        started: Instant,
+        res: &Result<ReadinessMode, &RenderError>,
+    ) {
+        let result = match res {
+            Ok(mode) => {
+                self.metrics
+                    .readiness
+                    .get_or_create(&ModeLabel { mode: *mode })
+                    .inc();
+                "success"
+            }
+            Err(e) => e.result_label(),
+        };
+        self.metrics
+            .render_duration
+            .get_or_create(&RenderLabels { encoding, result })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Runs `work` on a blank page in a fresh incognito context of the current Chromium,
+    /// bounded by the deadline and by the browser's death. The context is disposed after the
+    /// result is returned (the slot stays taken until then).
+    async fn with_context<T, F, Fut>(
+        self: &Arc<Self>,
+        deadline: Instant,
+        timeout: Duration,
+        work: F,
+    ) -> Result<T, RenderError>
+    where
+        F: FnOnce(Arc<Instance>, page::Blank) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RenderError>>,
+    {
+        let permit = self.admit(deadline, timeout).await?;
+        self.metrics.in_flight.inc();
+        let _running = Counted {
+            counter: None,
+            gauge: &self.metrics.in_flight,
+        };
+        let instance = tokio::time::timeout_at(deadline, self.instance())
+            .await
+            .map_err(|_| RenderError::Timeout(timeout))??;
+        let in_use = instance.begin();
+
+        let blank = tokio::select! {
+            blank = instance.take_blank() => match blank {
+                Ok(blank) => blank,
+                // The page may have failed because the browser died under it.
+                Err(RenderError::Internal(_)) if instance.is_dead() => {
+                    return Err(RenderError::BrowserFailed)
+                }
+                Err(e) => return Err(e),
+            },
+            _ = tokio::time::sleep_until(deadline) => return Err(RenderError::Timeout(timeout)),
+            _ = instance.dead.cancelled() => return Err(RenderError::BrowserFailed),
+        };
+        let ctx = blank.ctx.clone();
+        let result = tokio::select! {
+            res = work(instance.clone(), blank) => res,
+            _ = tokio::time::sleep_until(deadline) => Err(RenderError::Timeout(timeout)),
+            _ = instance.dead.cancelled() => Err(RenderError::BrowserFailed),
+        };
+        if instance.is_dead() {
+            // A render that raced the crash may have seen a CDP error instead of the death.
+            return match result {
+                Err(RenderError::Internal(_)) => Err(RenderError::BrowserFailed),
+                other => other,
+            };
+        }
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                page::dispose_context(&instance, ctx),
+            )
+            .await;
+            drop(in_use);
+            drop(permit);
+            let quota = inner.config.renders_per_browser;
+            if quota > 0 && instance.renders.load(Ordering::Acquire) >= quota {
+                let grace = inner.config.max_timeout;
+                inner
+                    .retire(&instance, RestartReason::RenderLimit, grace)
+                    .await;
+            }
+        });
+        result
+    }
+
+    async fn render_png_pdf(
+        self: &Arc<Self>,
+        req: RenderRequest,
+        scope: Scope,
+        deadline: Instant,
+    ) -> Result<Rendered, RenderError> {
+        let timeout = req.page.timeout;
+        let full_page = req.height == Height::FullPage;
+        let viewport = Viewport {
+            width: req.width,
+            height: match req.height {
+                Height::Fixed(h) => h,
+                Height::FullPage => (req.width * 3 / 4).max(1),
+            },
+            scale: req.scale,
+        };
+        let policy = self.policy.clone();
+        let readiness = self.config.readiness.clone();
+        let max_full = self.config.viewport.max_full_page_height;
+        self.with_context(deadline, timeout, |instance, blank| async move {
+            let session = PageSession::open(
+                blank.page,
+                &req.page,
+                viewport,
+                policy,
+                scope,
+                &instance.user_agent,
+            )
+            .await?;
+            session.navigate(&req.page.url).await?;
+            let mode = session.wait_ready(&readiness, true).await?;
+            if full_page && req.encoding == Encoding::Png {
+                session
+                    .fit_to_content(viewport, max_full, &readiness)
+                    .await?;
+            }
+            let bytes = match req.encoding {
+                Encoding::Png => session.png().await?,
+                Encoding::Pdf => session.pdf(&req.pdf, req.scale).await?,
+            };
+            Ok(Rendered {
+                bytes,
+                encoding: req.encoding,
+                readiness: mode,
+            })
+        })
+        .await
+    }
+
+    async fn render_csv(
+        self: &Arc<Self>,
+        req: CsvRequest,
+        scope: Scope,
+        deadline: Instant,
+    ) -> Result<CsvFile, RenderError> {
+        let timeout = req.page.timeout;
+        let policy = self.policy.clone();
+        let vp = &self.config.viewport;
+        let viewport = Viewport {
+            width: vp.default_width,
+            height: vp.default_height,
+            scale: 1.0,
+        };
+        let poll = self.config.readiness.poll_interval;
+        self.with_context(deadline, timeout, |instance, blank| async move {
+            let dir = tempfile::Builder::new()
+                .prefix("csv-")
+                .tempdir_in(&instance.scratch)
+                .map_err(|e| {
+                    RenderError::Internal(format!("creating a download directory: {e}"))
+                })?;
+            page::allow_downloads(&instance, &blank.ctx, dir.path()).await?;
+            let session = PageSession::open(
+                blank.page,
+                &req.page,
+                viewport,
+                policy,
+                scope,
+                &instance.user_agent,
+            )
+            .await?;
+            session.navigate(&req.page.url).await?;
+            let (downloaded, bytes) = page::wait_for_csv(dir.path(), poll).await?;
+            let file_name = req
+                .file_name
+                .or_else(|| crate::security::safe_csv_file_name(&downloaded))
+                .unwrap_or_else(|| "data.csv".to_owned());
+            Ok(CsvFile { bytes, file_name })
+        })
+        .await
+    }
+}
+
+/// Replaces Chromium when it dies (at once), stops answering, or grows past the memory limit.
+async fn supervise(inner: Arc<Inner>) {
+    let interval = inner.config.health_check_interval;
+    loop {
+        // Keep a warm browser ready for the next render.
+        if inner.current.lock().await.is_none() && !inner.shutdown.is_cancelled() {
+            if let Err(e) = inner.instance().await {
+                tracing::error!(error = %e, "cannot start Chromium");
+            }
+        }
+        let current = inner.current.lock().await.clone();
+        let died = async {
+            match &current {
+                Some(i) => i.dead.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = died => {
+                if let Some(i) = &current {
+                    inner.retire(i, RestartReason::Crashed, Duration::ZERO).await;
+                }
+            }
+            _ = tokio::time::sleep(interval) => {
+                let Some(i) = &current else { continue };
+                let ping_timeout = interval.clamp(Duration::from_secs(1), Duration::from_secs(5));
+                if !i.ping(ping_timeout).await {
+                    tracing::warn!(id = i.id, "Chromium does not answer; replacing it");
+                    inner.retire(i, RestartReason::Hung, Duration::ZERO).await;
+                } else {
+                    let limit = inner.config.max_browser_rss_bytes;
+                    let rss = i.rss_bytes();
+                    if limit > 0 && rss > limit {
+                        tracing::info!(id = i.id, rss, limit, "Chromium is above its memory limit");
+                        inner.retire(i, RestartReason::Memory, inner.config.max_timeout).await;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! pug's renderer: Grafana's remote image rendering API on one warm, supervised Chromium.
+//!
+//! A stock Grafana pointed at it (`GF_RENDERING_SERVER_URL=http://host:8081/render`,
+//! `GF_RENDERING_CALLBACK_URL`, `GF_RENDERING_RENDERER_TOKEN`) gets panel PNGs, dashboard PDFs and
+//! CSV exports as from Grafana's own renderer. Unlike that renderer it keeps Chromium running and
+//! gives each render a fresh incognito context, detects readiness without fixed sleeps, refuses
+//! URLs outside its allow-list (and cloud metadata always), binds tenant tokens to the tenant's
+//! own URLs, and replaces a Chromium that crashes, hangs or grows.
+//!
+//! # Layout
+//! - [`config`]: settings, defaults, the reference image's environment variables.
+//! - [`cli`]: the flags of `pug render`.
+//! - [`params`]: query parameters of `/render` and `/render/csv` (pure).
+//! - [`security`]: tokens and scopes, URL policy, CSV file names (pure).
+//! - [`engine`]: admission, Chromium supervision, one page load (`engine::page`).
+//! - [`api`]: the HTTP routes and the mapping of errors to statuses.
+//! - [`metrics`]: Prometheus families.
+//! - [`error`]: error types.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod metrics;
+pub mod params;
+pub mod security;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use crate::cli::RenderArgs;
+pub use crate::config::{ConfigError, RendererConfig};
+pub use crate::error::{RenderError, RendererError};
+pub use crate::security::{Scope, ScopedTokens, StaticTokens, TokenScopes};
+
+/// The engine and its state: what `pug render` runs, and what `pug serve` embeds.
+pub struct Renderer {
+    state: Arc<api::AppState>,
+}
+
+impl Renderer {
+    /// Validates `config`, starts Chromium and the supervisor. Fails if Chromium cannot start.
+    pub async fn start(
+        config: RendererConfig,
+        scopes: Arc<dyn TokenScopes>,
+    ) -> Result<Renderer, RendererError> {
+        config.validate()?;
+        let config = Arc::new(config);
+        let metrics = Arc::new(metrics::Metrics::new());
+        let engine = engine::Engine::start(config.clone(), metrics.clone()).await?;
+        Ok(Renderer {
+            state: Arc::new(api::AppState {
+                engine,
+                scopes,
+                config,
+                metrics,
+            }),
+        })
+    }
+
+    /// The HTTP routes (`/render`, `/render/csv`, `/render/version`, `/healthz`, `/metrics`, `/`).
+    pub fn router(&self) -> axum::Router {
+        api::router(self.state.clone())
+    }
+
+    /// The engine (for embedding and tests: e.g. the current Chromium's process id).
+    pub fn engine(&self) -> &engine::Engine {
+        &self.state.engine
+    }
+
+    /// Stops Chromium (giving running renders a few seconds) and removes its temporary files.
+    pub async fn shutdown(self) {
+        self.state.engine.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
+/// What `pug render` calls: reads the environment, applies the flags, binds, and serves until
+/// ctrl-c or SIGTERM.
+pub async fn run(args: RenderArgs) -> Result<(), RendererError> {
+    let mut config = RendererConfig::from_env()?;
+    args.apply(&mut config)?;
+    let addr = config.addr;
+    let scopes = Arc::new(StaticTokens::new(&config.auth_tokens));
+    let renderer = Renderer::start(config, scopes).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| RendererError::Bind { addr, source })?;
+    tracing::info!(%addr, "renderer listening");
+    let served = axum::serve(listener, renderer.router())
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    renderer.shutdown().await;
+    served.map_err(RendererError::Serve)
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

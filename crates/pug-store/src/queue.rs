@@ -1,0 +1,151 @@
+//! The durable work queue: one row per tenant that needs a reconcile.
+//!
+//! A row is a promise that the tenant will be reconciled at or after `due_at_ms`; it survives a
+//! crash. Enqueueing an already queued tenant only brings its due time forward (deduplication).
+//! `seq` grows on every enqueue, so a worker that finishes an item removes it only if nobody
+//! enqueued the tenant again while it worked.
+
+use pug_types::TenantId;
+use sqlx::Row;
+
+use crate::{now_ms, Store, StoreError};
+
+/// A queued reconcile, as handed to a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkItem {
+    pub tenant: TenantId,
+    /// How many times in a row this tenant's reconcile failed (drives the backoff).
+    pub attempts: u32,
+    /// The row's sequence number when it was handed out.
+    pub seq: i64,
+}
+
+/// Queues `id`. A spec change (`new_spec`) also forgets earlier failures: they were failures
+/// of the old spec, and must not count towards the new one's crash-loop threshold.
+pub(crate) async fn enqueue_in(
+    conn: &mut sqlx::AnyConnection,
+    id: &TenantId,
+    due_at_ms: i64,
+    new_spec: bool,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO work_queue (tenant_id, due_at_ms, attempts, seq) VALUES ($1, $2, 0, 1) \
+         ON CONFLICT (tenant_id) DO UPDATE SET \
+           due_at_ms = CASE WHEN excluded.due_at_ms < work_queue.due_at_ms \
+                            THEN excluded.due_at_ms ELSE work_queue.due_at_ms END, \
+           attempts = CASE WHEN $3 > 0 THEN 0 ELSE work_queue.attempts END, \
+           seq = work_queue.seq + 1",
+    )
+    .bind(id.as_str())
+    .bind(due_at_ms)
+    .bind(new_spec as i64)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Queues a reconcile of `id` no later than `due_at_ms`.
+    pub async fn enqueue(&self, id: &TenantId, due_at_ms: i64) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        enqueue_in(&mut conn, id, due_at_ms, false).await
+    }
+
+    /// Queues a reconcile of every tenant now (a full resync).
+    pub async fn enqueue_all(&self) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO work_queue (tenant_id, due_at_ms, attempts, seq) \
+             SELECT id, $1, 0, 1 FROM tenants WHERE true \
+             ON CONFLICT (tenant_id) DO UPDATE SET \
+               due_at_ms = CASE WHEN excluded.due_at_ms < work_queue.due_at_ms \
+                                THEN excluded.due_at_ms ELSE work_queue.due_at_ms END, \
+               seq = work_queue.seq + 1",
+        )
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Up to `limit` items due by `now_ms`, earliest first, skipping tenants in `busy`.
+    pub async fn due_work(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        busy: &std::collections::HashSet<TenantId>,
+    ) -> Result<Vec<WorkItem>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT tenant_id, attempts, seq FROM work_queue WHERE due_at_ms <= $1 \
+             ORDER BY due_at_ms LIMIT $2",
+        )
+        .bind(now_ms)
+        .bind((limit + busy.len()) as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut items = Vec::new();
+        for row in rows {
+            let id: String = row.try_get(0)?;
+            let Ok(tenant) = TenantId::parse(&id) else {
+                continue;
+            };
+            if busy.contains(&tenant) {
+                continue;
+            }
+            let attempts: i64 = row.try_get(1)?;
+            items.push(WorkItem {
+                tenant,
+                attempts: attempts as u32,
+                seq: row.try_get(2)?,
+            });
+            if items.len() == limit {
+                break;
+            }
+        }
+        Ok(items)
+    }
+
+    /// The earliest due time in the queue.
+    pub async fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
+        let next: Option<i64> = sqlx::query_scalar("SELECT MIN(due_at_ms) FROM work_queue")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(next)
+    }
+
+    /// Removes a finished item, unless the tenant was queued again meanwhile.
+    pub async fn finish_work(&self, item: &WorkItem) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM work_queue WHERE tenant_id = $1 AND seq = $2")
+            .bind(item.tenant.as_str())
+            .bind(item.seq)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Puts an item back, due at `due_at_ms`, with its failure count. If the tenant was queued
+    /// again meanwhile, that newer request wins and the row is left alone.
+    pub async fn requeue_work(
+        &self,
+        item: &WorkItem,
+        due_at_ms: i64,
+        attempts: u32,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE work_queue SET due_at_ms = $1, attempts = $2 WHERE tenant_id = $3 AND seq = $4",
+        )
+        .bind(due_at_ms)
+        .bind(attempts as i64)
+        .bind(item.tenant.as_str())
+        .bind(item.seq)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// How many tenants wait for a reconcile.
+    pub async fn queue_depth(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM work_queue")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+}

@@ -1,0 +1,176 @@
+//! The store against a real SQLite file.
+
+use std::collections::HashSet;
+
+use pug_store::{generate_secret, secret, MasterKey, Role, Store, StoreError};
+use pug_types::{DesiredState, ExposeSecret, GrafanaVersion, Overrides, TenantId, TenantSpec};
+
+fn spec(version: &str) -> TenantSpec {
+    TenantSpec {
+        display_name: "Acme".into(),
+        version: GrafanaVersion::parse(version).unwrap(),
+        replicas: 1,
+        desired_state: DesiredState::Active,
+        overrides: Overrides::default(),
+        labels: Default::default(),
+        datasources: Default::default(),
+        dashboards: Default::default(),
+    }
+}
+
+async fn open(dir: &std::path::Path) -> Store {
+    let url = format!("sqlite://{}", dir.join("pug.db").display());
+    Store::open_data_dir(dir, &url).await.unwrap()
+}
+
+#[tokio::test]
+async fn tenants_secrets_events_and_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let id = TenantId::parse("acme").unwrap();
+    let password = generate_secret();
+    store
+        .create_tenant(
+            &id,
+            &spec("11.3.0"),
+            &[(secret::ADMIN_PASSWORD, password.clone())],
+        )
+        .await
+        .unwrap();
+
+    // Duplicate ids are refused and change nothing.
+    let err = store
+        .create_tenant(&id, &spec("11.4.0"), &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists(_)));
+    assert_eq!(
+        store
+            .tenant(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .spec
+            .version
+            .to_string(),
+        "11.3.0"
+    );
+
+    // Secrets come back decrypted, and are not in the database file in clear.
+    let back = store
+        .secret(&id, secret::ADMIN_PASSWORD)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.expose_secret(), password.expose_secret());
+    store.close().await;
+    let raw = std::fs::read(dir.path().join("pug.db")).unwrap();
+    let wal = std::fs::read(dir.path().join("pug.db-wal")).unwrap_or_default();
+    for bytes in [&raw, &wal] {
+        assert!(!bytes
+            .windows(password.expose_secret().len())
+            .any(|w| w == password.expose_secret().as_bytes()));
+    }
+
+    // Reopening with the same key works; with another key it fails clearly.
+    let store = open(dir.path()).await;
+    let url = format!("sqlite://{}", dir.path().join("pug.db").display());
+    let err = Store::open(&url, MasterKey::generate()).await.unwrap_err();
+    assert!(err.to_string().contains("not the key"), "{err}");
+
+    // Spec updates bump the generation; stale writers are refused.
+    let t = store
+        .update_spec(&id, Some(1), &spec("11.4.0"), ("Upgrade", "to 11.4.0"))
+        .await
+        .unwrap();
+    assert_eq!(t.generation, 2);
+    assert!(matches!(
+        store
+            .update_spec(&id, Some(1), &spec("11.5.0"), ("Upgrade", "x"))
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let events = store.events(&id, 10).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>(),
+        ["Created", "Upgrade"]
+    );
+
+    // The queue deduplicates and survives a finished item only if re-enqueued meanwhile.
+    assert_eq!(store.queue_depth().await.unwrap(), 1);
+    store.enqueue(&id, 0).await.unwrap();
+    assert_eq!(store.queue_depth().await.unwrap(), 1);
+    let items = store
+        .due_work(pug_store::now_ms(), 10, &HashSet::new())
+        .await
+        .unwrap();
+    assert_eq!(items.len(), 1);
+    store.enqueue(&id, 0).await.unwrap();
+    store.finish_work(&items[0]).await.unwrap();
+    assert_eq!(
+        store.queue_depth().await.unwrap(),
+        1,
+        "re-enqueued while in flight"
+    );
+    let items = store
+        .due_work(pug_store::now_ms(), 10, &HashSet::new())
+        .await
+        .unwrap();
+    store.finish_work(&items[0]).await.unwrap();
+    assert_eq!(store.queue_depth().await.unwrap(), 0);
+
+    // Ports are stable per replica and never shared.
+    let other = TenantId::parse("other").unwrap();
+    store
+        .create_tenant(&other, &spec("11.3.0"), &[])
+        .await
+        .unwrap();
+    let a = store
+        .allocate_port(&id, 0, 30000, 30010, |_| true)
+        .await
+        .unwrap();
+    let a2 = store
+        .allocate_port(&id, 0, 30000, 30010, |_| true)
+        .await
+        .unwrap();
+    let b = store
+        .allocate_port(&other, 0, 30000, 30010, |p| p != 30001)
+        .await
+        .unwrap();
+    assert_eq!(a, a2);
+    assert_eq!((a, b), (30000, 30002));
+    store.release_ports(&id, 0).await.unwrap();
+    assert_eq!(store.port_of(&id, 0).await.unwrap(), None);
+
+    // Removal keeps the audit log.
+    store.remove_tenant(&id).await.unwrap();
+    assert!(store.tenant(&id).await.unwrap().is_none());
+    assert!(!store.events(&id, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn tokens_are_stored_as_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    assert!(!store.has_tokens().await.unwrap());
+    let admin = store.create_token("admin", Role::Admin).await.unwrap();
+    let read = store.create_token("prometheus", Role::Read).await.unwrap();
+    assert!(admin.expose_secret().starts_with("pug_"));
+    assert_eq!(store.verify_token(&admin).await.unwrap(), Some(Role::Admin));
+    assert_eq!(store.verify_token(&read).await.unwrap(), Some(Role::Read));
+    assert_eq!(
+        store
+            .verify_token(&"pug_nope".to_string().into())
+            .await
+            .unwrap(),
+        None
+    );
+    store.close().await;
+    let raw = std::fs::read(dir.path().join("pug.db")).unwrap();
+    let wal = std::fs::read(dir.path().join("pug.db-wal")).unwrap_or_default();
+    for bytes in [&raw, &wal] {
+        assert!(!bytes
+            .windows(20)
+            .any(|w| w == &admin.expose_secret().as_bytes()[..20]));
+    }
+}

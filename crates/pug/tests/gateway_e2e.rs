@@ -1,0 +1,247 @@
+//! The gateway's user story against the real `pug` binary, with grafana-standin as Grafana:
+//! users, grants, login through the gateway, embed tokens, WebSockets, metrics, revocation.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use support::{pug_bin, Pug};
+
+const T: Duration = Duration::from_secs(60);
+
+/// `pug user create <name> --email … --password-stdin` with the password on stdin.
+fn create_user(pug: &Pug, name: &str, password: &str) {
+    let mut child = Command::new(pug_bin())
+        .args(["user", "create", name, "--email"])
+        .arg(format!("{name}@example.com"))
+        .args(["--password-stdin", "--data-dir"])
+        .arg(&pug.data)
+        .env_remove("PUG_URL")
+        .env_remove("PUG_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "pug user create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .find(|p| p.starts_with(&format!("{name}=")) && p.len() > name.len() + 1)
+        .map(str::to_owned)
+}
+
+async fn login(url: &str, user: &str, password: &str) -> Option<String> {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = client.get(format!("{url}/login")).send().await.unwrap();
+    let csrf = set_cookie(&page, "pug_csrf").unwrap();
+    let value = csrf.split_once('=').unwrap().1.to_owned();
+    let r = client
+        .post(format!("{url}/login"))
+        .header("cookie", &csrf)
+        .form(&[
+            ("user", user),
+            ("password", password),
+            ("csrf", &value),
+            ("next", "/t/acme/"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    set_cookie(&r, "pug_session")
+}
+
+async fn get(url: &str, cookie: &str) -> (u16, Value) {
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(url)
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[test]
+fn people_reach_their_own_tenant_through_the_gateway() {
+    let pug = Pug::start((21400, 21499), &[]);
+    pug.ok(&["tenant", "create", "acme", "--version", "11.3.0"]);
+    pug.ok(&["tenant", "create", "bob", "--version", "11.3.0"]);
+    pug.wait_phase("acme", "ready", T);
+    pug.wait_phase("bob", "ready", T);
+
+    create_user(&pug, "alice", "alice-password");
+    create_user(&pug, "bob", "bob-password");
+    let out = pug.ok(&["user", "grant", "alice", "acme", "--role", "Editor"]);
+    assert!(out.contains("alice is Editor in acme"), "{out}");
+    pug.ok(&["user", "grant", "bob", "bob", "--role", "Viewer"]);
+    let list = pug.ok(&["user", "list"]);
+    assert!(
+        list.contains("alice") && list.contains("acme (Editor)"),
+        "{list}"
+    );
+
+    // Bad input is refused with a clear message and changes nothing.
+    let err = pug.fails(&["user", "grant", "alice", "nosuch", "--role", "Editor"]);
+    assert!(err.contains("nosuch"), "{err}");
+    let err = pug.fails(&["user", "grant", "alice", "bob", "--role", "Superuser"]);
+    assert!(err.contains("Viewer, Editor or Admin"), "{err}");
+    let err = pug.fails(&["user", "create", "x", "--email", "x@example.com"]);
+    assert!(err.contains("--password-stdin"), "{err}");
+
+    let key: Value = serde_json::from_str(&pug.ok(&[
+        "embed-key",
+        "create",
+        "--name",
+        "webapp",
+        "--tenant",
+        "acme",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let keys = pug.ok(&["embed-key", "list"]);
+    assert!(keys.contains("webapp") && !keys.contains(key["key"].as_str().unwrap()));
+
+    let url = pug.url.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let alice = login(&url, "alice", "alice-password")
+            .await
+            .expect("alice signs in");
+        let bob = login(&url, "bob", "bob-password")
+            .await
+            .expect("bob signs in");
+        assert!(login(&url, "alice", "wrong-password").await.is_none());
+
+        let (s, u) = get(&format!("{url}/t/acme/api/user"), &alice).await;
+        assert_eq!(s, 200, "{u}");
+        assert_eq!(u["login"], "alice");
+        assert_eq!(u["role"], "Editor");
+        let (s, u) = get(&format!("{url}/t/bob/api/user"), &bob).await;
+        assert_eq!((s, u["login"].as_str()), (200, Some("bob")));
+        assert_eq!(get(&format!("{url}/t/bob/api/user"), &alice).await.0, 403);
+        assert_eq!(get(&format!("{url}/t/acme/api/user"), &bob).await.0, 403);
+        assert_eq!(
+            get(&format!("{url}/t/acme/%2e%2e/bob/api/user"), &alice)
+                .await
+                .0,
+            403
+        );
+
+        // Grafana's page is served under the tenant's sub path, signed in as alice.
+        let (s, page) = get(&format!("{url}/t/acme/"), &alice).await;
+        assert_eq!(s, 200);
+        let page = page.as_str().unwrap().to_owned();
+        assert!(page.contains("<span id=\"login\">alice</span>"), "{page}");
+
+        // An embed token from the webapp signs carol in to acme.
+        let claims = pug_gateway::EmbedClaims {
+            tenant: "acme".into(),
+            sub: "carol".into(),
+            email: "carol@example.com".into(),
+            role: "Viewer".into(),
+            exp: pug_store_now_secs() + 300,
+            name: None,
+        };
+        let token = pug_gateway::embed::sign(
+            key["id"].as_str().unwrap(),
+            key["key"].as_str().unwrap(),
+            &claims,
+        );
+        let r = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .get(format!("{url}/t/acme/?pug_token={token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303);
+        assert_eq!(r.headers()["location"], "/t/acme/");
+        let carol = set_cookie(&r, "pug_session").unwrap();
+        let (s, u) = get(&format!("{url}/t/acme/api/user"), &carol).await;
+        assert_eq!((s, u["login"].as_str()), (200, Some("carol")));
+        assert_eq!(get(&format!("{url}/t/bob/"), &carol).await.0, 403);
+
+        // Grafana Live's WebSocket passes through.
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::Message;
+        let mut req = format!(
+            "ws://{}/t/acme/api/live/ws",
+            url.trim_start_matches("http://")
+        )
+        .into_client_request()
+        .unwrap();
+        req.headers_mut().insert("cookie", alice.parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        ws.send(Message::text("ping")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("ping"));
+
+        // pug's own endpoints are still pug's.
+        assert_eq!(get(&format!("{url}/healthz"), "").await.0, 200);
+        let (s, metrics) = get(&format!("{url}/metrics"), "").await;
+        assert_eq!(s, 200);
+        let metrics = metrics.as_str().unwrap().to_owned();
+        assert!(
+            metrics.contains("pug_gateway_requests_total{tenant=\"acme\",code_class=\"2xx\"}"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("pug_gateway_logins_total{result=\"success\"} 2"));
+        assert!(metrics.contains("pug_gateway_requests_in_flight"));
+    });
+
+    // Revoking access takes effect within the gateway's cache time.
+    pug.ok(&["user", "revoke", "alice", "acme"]);
+    rt.block_on(async {
+        let alice = login(&url, "alice", "alice-password").await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if get(&format!("{url}/t/acme/api/user"), &alice).await.0 == 403 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "revocation never took effect"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}
+
+fn pug_store_now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}

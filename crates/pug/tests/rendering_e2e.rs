@@ -1,0 +1,185 @@
+//! The renderer inside `pug serve`, with real Chromium: every tenant's Grafana (the stand-in) is
+//! wired to it, a tenant's panel renders through it the way Grafana's `/render/…` does, and a
+//! tenant's token renders only that tenant's own instance.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{free_port, wait_for, Pug};
+
+const T: Duration = Duration::from_secs(60);
+
+fn chromium_installed() {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join("chromium").is_file()));
+    assert!(
+        found,
+        "this test needs Chromium: apt-get install chromium (as .ci/run does)"
+    );
+}
+
+fn get(url: &str, token: Option<&str>) -> (u16, String, Vec<u8>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut req = reqwest::Client::new()
+            .get(url)
+            .timeout(Duration::from_secs(60));
+        if let Some(t) = token {
+            req = req.header("X-Auth-Token", t);
+        }
+        let res = req.send().await.expect("request sent");
+        let status = res.status().as_u16();
+        let ctype = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        (status, ctype, res.bytes().await.unwrap().to_vec())
+    })
+}
+
+/// Width and height from a PNG's IHDR chunk.
+fn png_size(png: &[u8]) -> (u32, u32) {
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    (be(&png[16..20]), be(&png[20..24]))
+}
+
+/// The `[rendering]` token pug wrote into a tenant's grafana.ini (the test reads it as
+/// Grafana would; pug never shows it in its API).
+fn renderer_token(pug: &Pug, tenant: &str) -> String {
+    let ini = std::fs::read_to_string(
+        pug.data
+            .join("tenants")
+            .join(tenant)
+            .join("replica-0")
+            .join("grafana.ini"),
+    )
+    .unwrap();
+    let mut in_rendering = false;
+    for line in ini.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_rendering = line == "[rendering]";
+        } else if in_rendering {
+            if let Some((k, v)) = line.split_once('=') {
+                if k.trim() == "renderer_token" {
+                    return v.trim().trim_matches('"').to_owned();
+                }
+            }
+        }
+    }
+    panic!("no [rendering] renderer_token in {tenant}'s grafana.ini:\n{ini}");
+}
+
+#[test]
+fn tenants_render_through_the_embedded_renderer_and_only_their_own_pages() {
+    chromium_installed();
+    let rport = free_port();
+    let listen = format!("127.0.0.1:{rport}");
+    let pug = Pug::start(
+        (21580, 21599),
+        &[
+            ("PUG_RENDERER_MODE", "on"),
+            ("PUG_RENDERER_LISTEN", &listen),
+        ],
+    );
+    let renderer = format!("http://{listen}");
+    wait_for(T, "the renderer to answer /healthz", || {
+        support::http_get(&format!("{renderer}/healthz"))
+            .ok()
+            .filter(|(s, _)| *s == 200)
+    });
+    pug.ok(&["tenant", "create", "acme", "--version", "11.3.0"]);
+    pug.ok(&["tenant", "create", "globex", "--version", "11.3.0"]);
+    let acme = pug.wait_phase("acme", "ready", T);
+    let globex = pug.wait_phase("globex", "ready", T);
+    let endpoint = |t: &Value| t["status"]["endpoints"][0].as_str().unwrap().to_owned();
+    let (acme_at, globex_at) = (endpoint(&acme), endpoint(&globex));
+
+    // pug wired the tenant's Grafana to its renderer.
+    let (status, settings) = support::http(
+        "GET",
+        &format!("http://{acme_at}/t/acme/api/standin/settings"),
+        None,
+        None,
+    );
+    assert_eq!(status, 200, "{settings}");
+    let rendering = &settings["rendering"];
+    assert_eq!(rendering["server_url"], format!("{renderer}/render"));
+    assert_eq!(
+        rendering["callback_url"],
+        format!("http://{acme_at}/t/acme/")
+    );
+
+    // Grafana's /render/d-solo/… → pug's renderer → Chromium → the tenant's page → PNG. The
+    // renderer learns a tenant's token within a second of the tenant becoming ready.
+    let panel =
+        format!("http://{acme_at}/t/acme/render/d-solo/binding/x?width=320&height=200&delay=0");
+    let (status, ctype, body) = wait_for(T, "acme's panel to render", || {
+        let r = get(&panel, None);
+        (r.0 != 401).then_some(r)
+    });
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(ctype, "image/png");
+    assert_eq!(png_size(&body), (320, 200));
+
+    // The renderer's own rules, with acme's token.
+    let acme_token = renderer_token(&pug, "acme");
+    let render = |url: &str, token: Option<&str>| {
+        let q: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([
+                ("url", url),
+                ("width", "100"),
+                ("height", "100"),
+                ("encoding", "png"),
+                ("renderKey", "k"),
+                ("domain", "127.0.0.1"),
+            ])
+            .finish();
+        get(&format!("{renderer}/render?{q}"), token)
+    };
+    let own = format!("http://{acme_at}/t/acme/d-solo/binding/x?delay=0");
+    let other = format!("http://{globex_at}/t/globex/d-solo/binding/x?delay=0");
+    assert_eq!(render(&own, Some(&acme_token)).0, 200);
+    let (status, _, body) = render(&other, Some(&acme_token));
+    assert_eq!(status, 403, "acme's token must not render globex");
+    assert!(
+        String::from_utf8_lossy(&body).contains("not an address this token may render"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(render(&own, None).0, 401);
+    assert_eq!(
+        render(&own, Some("-")).0,
+        401,
+        "the reference's default token is not valid here"
+    );
+    assert_eq!(
+        render(
+            "http://169.254.169.254/latest/meta-data/",
+            Some(&acme_token)
+        )
+        .0,
+        403
+    );
+
+    // A deleted tenant's token stops working.
+    pug.ok(&["tenant", "delete", "acme"]);
+    wait_for(T, "acme's token to be revoked", || {
+        (render(&own, Some(&acme_token)).0 == 401).then_some(())
+    });
+
+    let (status, metrics) = support::http_get(&format!("{renderer}/metrics")).unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("pug_renderer_render_duration_seconds_count"),
+        "{metrics}"
+    );
+}

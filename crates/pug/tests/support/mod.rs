@@ -1,0 +1,319 @@
+//! Test harness: runs the real `pug` binary with `grafana-standin` as Grafana.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The `pug` binary under test.
+pub fn pug_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pug"))
+}
+
+/// The grafana-standin binary, built on demand (it is another package's binary, which cargo
+/// does not build for this package's tests by itself).
+pub fn standin_bin() -> PathBuf {
+    let dir = pug_bin().parent().unwrap().to_owned();
+    let bin = dir.join("grafana-standin");
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    BUILD.call_once(|| {
+        if !bin.exists() {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-p", "grafana-standin"])
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building grafana-standin failed");
+        }
+    });
+    assert!(
+        bin.exists(),
+        "grafana-standin not found at {}",
+        bin.display()
+    );
+    bin
+}
+
+/// A free TCP port on loopback (released before use; tests use distinct instance port ranges
+/// so that concurrent tests never race for the same port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or panics after `timeout` with `what`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One `pug serve` with its own data directory and ports.
+pub struct Pug {
+    pub data: PathBuf,
+    pub url: String,
+    pub listen: u16,
+    pub env: Vec<(String, String)>,
+    child: Option<Child>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Pug {
+    /// Starts pug with the stand-in as Grafana for every version, instance ports in
+    /// `ports.0..=ports.1`, and `extra` environment.
+    pub fn start(ports: (u16, u16), extra: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("pug-data");
+        let mut env = vec![
+            (
+                "PUG_PROCESS_GRAFANA_BIN".to_owned(),
+                standin_bin().display().to_string(),
+            ),
+            ("PUG_PROCESS_PORT_MIN".to_owned(), ports.0.to_string()),
+            ("PUG_PROCESS_PORT_MAX".to_owned(), ports.1.to_string()),
+            (
+                "PUG_CONTROLLER_READINESS_POLL_MS".to_owned(),
+                "50".to_owned(),
+            ),
+            // Tests that render turn it on with a port of their own.
+            ("PUG_RENDERER_MODE".to_owned(), "off".to_owned()),
+        ];
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        let mut pug = Self {
+            data,
+            url: String::new(),
+            listen: free_port(),
+            env,
+            child: None,
+            _dir: Some(dir),
+        };
+        pug.spawn();
+        pug
+    }
+
+    /// (Re)starts the `pug serve` process on the same data directory and port.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.parent().unwrap().join("serve.log"))
+            .unwrap();
+        let child = Command::new(pug_bin())
+            .args(["serve", "--data-dir"])
+            .arg(&self.data)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.listen))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env_remove("PUG_URL")
+            .env_remove("PUG_TOKEN")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .current_dir(self.data.parent().unwrap())
+            .spawn()
+            .expect("pug starts");
+        self.child = Some(child);
+        self.url = format!("http://127.0.0.1:{}", self.listen);
+        let url = format!("{}/healthz", self.url);
+        wait_for(Duration::from_secs(30), "pug to answer /healthz", || {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("pug exited at start ({status}):\n{}", self.log());
+            }
+            http_get(&url).ok().filter(|(s, _)| *s == 200)
+        });
+    }
+
+    /// pug's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.parent().unwrap().join("serve.log")).unwrap_or_default()
+    }
+
+    /// SIGKILLs pug (instances keep running, as they would in production).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs a CLI command against this pug (found through its data dir, as a local user would).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(pug_bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .env_remove("PUG_URL")
+            .env_remove("PUG_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .expect("pug CLI runs")
+    }
+
+    /// Runs a CLI command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "pug {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs a CLI command that must fail; returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(!out.status.success(), "pug {args:?} should have failed");
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    /// `pug tenant show <id> --output json`.
+    pub fn tenant(&self, id: &str) -> Value {
+        serde_json::from_str(&self.ok(&["tenant", "show", id, "--output", "json"])).unwrap()
+    }
+
+    /// Waits until the tenant's phase is `phase` (and the controller acted on its generation).
+    pub fn wait_phase(&self, id: &str, phase: &str, timeout: Duration) -> Value {
+        wait_for(timeout, &format!("tenant {id} to be {phase}"), || {
+            let out = self.cli(&["tenant", "show", id, "--output", "json"]);
+            if !out.status.success() {
+                return None;
+            }
+            let t: Value = serde_json::from_slice(&out.stdout).ok()?;
+            (t["status"]["phase"] == phase && t["status"]["observed_generation"] == t["generation"])
+                .then_some(t)
+        })
+    }
+
+    /// The admin token the CLI uses.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data.join("local.token")).unwrap()
+    }
+
+    /// An API call with the admin token: (status, JSON body).
+    pub fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        http(
+            method,
+            &format!("{}{path}", self.url),
+            Some(&self.token()),
+            body,
+        )
+    }
+
+    /// The pids of this pug's Grafana instances, by `<tenant>/replica-<n>`.
+    pub fn instances(&self) -> Vec<(String, u32)> {
+        instances_under(&self.data.join("tenants"))
+    }
+}
+
+impl Drop for Pug {
+    fn drop(&mut self) {
+        self.kill9();
+        for (_, pid) in self.instances() {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    }
+}
+
+/// Running processes whose `--pidfile` lies under `root`, as (`<tenant>/replica-<n>`, pid).
+pub fn instances_under(root: &Path) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.trim_start().starts_with('Z'))
+            .unwrap_or(true)
+        {
+            continue;
+        }
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if let Some(i) = args.iter().position(|a| a == "--pidfile") {
+            if let Some(rel) = args
+                .get(i + 1)
+                .and_then(|p| Path::new(p).strip_prefix(root).ok())
+            {
+                let parts: Vec<_> = rel
+                    .iter()
+                    .map(|c| c.to_string_lossy().into_owned())
+                    .collect();
+                if parts.len() == 4 {
+                    out.push((format!("{}/{}", parts[0], parts[1]), pid));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A tiny blocking HTTP client (tests must not need a runtime for this).
+pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let mut req = client.request(method.parse().unwrap(), url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    })
+}
+
+pub fn http_get(url: &str) -> Result<(u16, String), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let resp = reqwest::Client::new()
+            .get(url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await.map_err(|e| e.to_string())?))
+    })
+}
