@@ -44,6 +44,8 @@ pub struct ApiState {
     pub orchestrator: Arc<dyn Orchestrator>,
     pub config: Arc<pug_config::Config>,
     pub registry: Arc<Registry>,
+    /// `host:port` of the renderer `pug serve` runs, if it runs one (a scrape target).
+    pub renderer_address: Option<String>,
 }
 
 /// The API's routes (`/api/v1/*`, `/metrics`, `/healthz`).
@@ -97,7 +99,7 @@ pub fn router(state: ApiState) -> Router {
     paths(
         tenants::list, tenants::create, tenants::show, tenants::update, tenants::delete,
         tenants::upgrade, tenants::suspend, tenants::resume, tenants::events, status, create_token,
-        prometheus::targets,
+        prometheus::targets, swarm::status,
         users::create_user, users::list_users, users::delete_user, users::grant, users::revoke,
         users::create_embed_key, users::list_embed_keys, users::delete_embed_key
     ),

@@ -31,6 +31,12 @@ pub(crate) async fn targets(
         targets: vec![self_address(&state)],
         labels: BTreeMap::from([("role".to_owned(), "pug".to_owned())]),
     }];
+    if let Some(renderer) = &state.renderer_address {
+        groups.push(TargetGroup {
+            targets: vec![renderer.clone()],
+            labels: BTreeMap::from([("role".to_owned(), "renderer".to_owned())]),
+        });
+    }
     let tenants: HashMap<String, pug_types::Tenant> = state
         .store
         .tenants()

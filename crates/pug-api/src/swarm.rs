@@ -21,7 +21,15 @@ pub type SwarmFuture = Pin<Box<dyn Future<Output = Result<Value, String>> + Send
 #[derive(Clone)]
 pub struct SwarmSource(pub Arc<dyn Fn() -> SwarmFuture + Send + Sync>);
 
-/// `GET /api/v1/swarm`.
+/// `GET /api/v1/swarm`: nodes (role, availability, state, address, leader, reachability, tasks
+/// by state), the leader, managers and how many are reachable, and each tenant's running and
+/// desired tasks.
+#[utoipa::path(get, path = "/api/v1/swarm",
+    responses(
+        (status = 200, description = "The swarm as observed now", body = Object),
+        (status = 400, description = "pug does not run the swarm backend", body = crate::ErrorBody),
+        (status = 503, description = "the swarm manager cannot be read", body = crate::ErrorBody),
+    ))]
 pub(crate) async fn status(
     State(state): State<ApiState>,
     source: Option<Extension<SwarmSource>>,

@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use pug_gateway::GrafanaRole;
+use pug_gateway::{embed, GrafanaRole};
 use pug_store::StoreError;
 use pug_types::{ExposeSecret, InvalidInput, TenantId};
 use serde::{Deserialize, Serialize};
@@ -56,6 +56,14 @@ pub struct NewEmbedKey {
     /// Restrict the key to one tenant (default: it may sign for any tenant).
     #[serde(default)]
     pub tenant: Option<String>,
+    /// `HS256` (default: pug makes a shared secret) or `EdDSA` (Ed25519: pug keeps only the
+    /// public key).
+    #[serde(default)]
+    pub algorithm: Option<String>,
+    /// EdDSA only: the webapp's Ed25519 public key in PEM. Without it pug makes a key pair and
+    /// returns the private key once.
+    #[serde(default)]
+    pub public_key: Option<String>,
 }
 
 /// An embed key. `key` is present only in the answer to its creation.
@@ -66,9 +74,18 @@ pub struct EmbedKey {
     pub name: String,
     pub tenant: Option<String>,
     pub created_at_ms: i64,
+    /// `HS256` or `EdDSA`: the `alg` of the tokens this key signs.
+    pub algorithm: String,
     /// The HS256 signing key. pug shows it once: store it in the webapp's secrets now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// EdDSA: the public key tokens are verified with (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// EdDSA, when pug made the key pair: the private key (PKCS#8 PEM), shown once; pug does
+    /// not keep it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
 }
 
 /// An API error, or a 404 for a user, membership or key (the shared `ApiError::NotFound`
@@ -266,21 +283,79 @@ pub(crate) async fn create_embed_key(
         ));
     }
     let tenant = req.tenant.as_deref().map(tenant_id).transpose()?;
-    let (info, key) = state
+    let algorithm = match req
+        .algorithm
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("hs256") => embed::HS256,
+        Some("eddsa") | Some("ed25519") => embed::EDDSA,
+        Some(other) => {
+            return Err(UsersError::Api(
+                InvalidInput::new(
+                    "algorithm",
+                    format!("{other:?} is not an embed key algorithm; use HS256 or EdDSA"),
+                )
+                .into(),
+            ))
+        }
+    };
+    if algorithm == embed::HS256 {
+        if req.public_key.is_some() {
+            return Err(UsersError::Api(
+                InvalidInput::new(
+                    "public_key",
+                    "a public key is for algorithm EdDSA; HS256 keys are made by pug",
+                )
+                .into(),
+            ));
+        }
+        let (info, key) = state
+            .store
+            .create_embed_key(name, tenant.as_ref())
+            .await
+            .map_err(store_error)?;
+        let mut out = EmbedKey::from(info);
+        out.key = Some(key.expose_secret().to_owned());
+        return Ok((StatusCode::CREATED, Json(out)));
+    }
+    let (public, private) = match &req.public_key {
+        Some(pem) => {
+            embed::parse_public_key(pem).map_err(|e| {
+                UsersError::Api(InvalidInput::new("public_key", e.to_string()).into())
+            })?;
+            (pem.trim().to_owned() + "\n", None)
+        }
+        None => {
+            let (private, public) = embed::generate_ed25519();
+            (public, Some(private.expose_secret().to_owned()))
+        }
+    };
+    let info = state
         .store
-        .create_embed_key(name, tenant.as_ref())
+        .create_embed_key_eddsa(name, tenant.as_ref(), &public)
         .await
         .map_err(store_error)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(EmbedKey {
-            id: info.id,
-            name: info.name,
-            tenant: info.tenant,
-            created_at_ms: info.created_at_ms,
-            key: Some(key.expose_secret().to_owned()),
-        }),
-    ))
+    let mut out = EmbedKey::from(info);
+    out.public_key = Some(public);
+    out.private_key = private;
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+impl From<pug_store::EmbedKeyInfo> for EmbedKey {
+    fn from(k: pug_store::EmbedKeyInfo) -> Self {
+        EmbedKey {
+            id: k.id,
+            name: k.name,
+            tenant: k.tenant,
+            created_at_ms: k.created_at_ms,
+            algorithm: k.algorithm,
+            key: None,
+            public_key: None,
+            private_key: None,
+        }
+    }
 }
 
 /// Lists embed keys (without the keys).
@@ -291,12 +366,13 @@ pub(crate) async fn list_embed_keys(
     let keys = state.store.embed_keys().await.map_err(store_error)?;
     Ok(Json(
         keys.into_iter()
-            .map(|(k, _)| EmbedKey {
-                id: k.id,
-                name: k.name,
-                tenant: k.tenant,
-                created_at_ms: k.created_at_ms,
-                key: None,
+            .map(|(k, material)| {
+                // An EdDSA key's material is its public key: no secret, so it is listed.
+                let public =
+                    (k.algorithm == embed::EDDSA).then(|| material.expose_secret().to_owned());
+                let mut out = EmbedKey::from(k);
+                out.public_key = public;
+                out
             })
             .collect(),
     ))

@@ -78,6 +78,20 @@ pub struct GatewayConfig {
     pub mode: GatewayMode,
     /// The parent domain in host mode.
     pub domain: String,
+    /// How long connecting to an instance may take before the request is retried on another
+    /// replica (idempotent requests) or fails with 502.
+    pub connect_timeout_secs: u64,
+    /// How long an instance may take to start answering a request (504 after that).
+    pub response_timeout_secs: u64,
+    /// How long a signed-in session lasts.
+    pub session_ttl_secs: u64,
+    /// How long a session started by an embed token lasts.
+    pub embed_session_ttl_secs: u64,
+    /// Failed sign-ins allowed per user within `login_window_secs`, then 429.
+    pub login_failures_per_user: u32,
+    /// Failed sign-ins allowed per client address within `login_window_secs`, then 429.
+    pub login_failures_per_address: u32,
+    pub login_window_secs: u64,
 }
 
 /// Routing mode of the gateway.
@@ -281,6 +295,13 @@ impl Default for GatewayConfig {
             public_url: String::new(),
             mode: GatewayMode::Path,
             domain: String::new(),
+            connect_timeout_secs: 3,
+            response_timeout_secs: 300,
+            session_ttl_secs: 12 * 3600,
+            embed_session_ttl_secs: 8 * 3600,
+            login_failures_per_user: 5,
+            login_failures_per_address: 20,
+            login_window_secs: 15 * 60,
         }
     }
 }
@@ -408,6 +429,19 @@ impl Config {
         if self.docker.max_concurrent_ops == 0 || self.docker.update_parallelism == 0 {
             return bad(
                 "docker.max_concurrent_ops and docker.update_parallelism must be at least 1".into(),
+            );
+        }
+        let g = &self.gateway;
+        if g.connect_timeout_secs == 0
+            || g.response_timeout_secs == 0
+            || g.session_ttl_secs == 0
+            || g.embed_session_ttl_secs == 0
+            || g.login_window_secs == 0
+            || g.login_failures_per_user == 0
+            || g.login_failures_per_address == 0
+        {
+            return bad(
+                "gateway timeouts, session lifetimes, the login window and the login failure limits must be at least 1".into(),
             );
         }
         if self.renderer.max_concurrency == 0 {

@@ -283,7 +283,11 @@ impl DockerBackend {
             .into_iter()
             .map(|(name, value)| (format!("{SECRETS_DIR}/{name}"), value))
             .collect();
-        files.extend(provisioning_files(spec));
+        files.extend(
+            provisioning_files(spec)
+                .into_iter()
+                .map(|f| (f.path, f.contents)),
+        );
         let archive = files_archive(&files).map_err(|source| DockerError::Api {
             context: "cannot pack the secret files".into(),
             source: bollard::errors::Error::IOError { err: source },

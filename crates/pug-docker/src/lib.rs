@@ -56,18 +56,26 @@ pub const SECRETS_DIR: &str = "/run/secrets";
 /// (the images' `GF_PATHS_PROVISIONING`) and dashboards to `dashboards/`.
 pub const GRAFANA_CONF_DIR: &str = "/etc/grafana";
 
-/// The tenant's provisioning files (datasources, dashboard providers, dashboards) as absolute
-/// paths in the container with their contents.
-pub(crate) fn provisioning_files(spec: &InstanceSpec) -> Vec<(String, String)> {
+/// One provisioning file as the container sees it.
+pub(crate) struct ContainerFile {
+    /// Absolute path in the container.
+    pub path: String,
+    pub contents: String,
+    /// Whether it holds credentials (the datasources file): a secret, never a config.
+    pub private: bool,
+}
+
+/// The tenant's provisioning files (datasources, dashboard providers, dashboards) at their
+/// absolute paths in the container.
+pub(crate) fn provisioning_files(spec: &InstanceSpec) -> Vec<ContainerFile> {
     let dashboards = std::path::Path::new(GRAFANA_CONF_DIR).join("dashboards");
     spec.provisioning
         .files(&dashboards)
         .into_iter()
-        .map(|f| {
-            (
-                format!("{GRAFANA_CONF_DIR}/{}", f.path.display()),
-                f.contents,
-            )
+        .map(|f| ContainerFile {
+            path: format!("{GRAFANA_CONF_DIR}/{}", f.path.display()),
+            contents: f.contents,
+            private: f.private,
         })
         .collect()
 }

@@ -1,7 +1,9 @@
 //! The swarm backend: every tenant is one replicated Docker Swarm service, `pug-<tenant>`.
 //!
 //! Owns: the service spec (image from `docker.image`, Grafana's `GF_*` settings, secrets as
-//! Docker secrets read through `GF_<SECTION>_<KEY>__FILE`, the container health check on
+//! Docker secrets read through `GF_<SECTION>_<KEY>__FILE`, the tenant's provisioning as Docker
+//! configs (dashboards) and a secret (the datasources file, which holds credentials) mounted
+//! at their paths under `/etc/grafana`, the container health check on
 //! `/api/health`, resource limits, restart policy, an attachable overlay network), its update
 //! and rollback configuration, and mapping the service's tasks back to the controller's
 //! replicas.
@@ -40,19 +42,21 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use base64::Engine as _;
 use bollard::models::{
-    EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
-    EndpointSpec, Limit, Mount, MountType, MountVolumeOptions, NetworkAttachmentConfig, SecretSpec,
-    Service, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, ServiceSpecRollbackConfig,
+    ConfigSpec, EndpointPortConfig, EndpointPortConfigProtocolEnum,
+    EndpointPortConfigPublishModeEnum, EndpointSpec, Limit, Mount, MountType, MountVolumeOptions,
+    NetworkAttachmentConfig, SecretSpec, Service, ServiceSpec, ServiceSpecMode,
+    ServiceSpecModeReplicated, ServiceSpecRollbackConfig,
     ServiceSpecRollbackConfigFailureActionEnum, ServiceSpecRollbackConfigOrderEnum,
     ServiceSpecUpdateConfig, ServiceSpecUpdateConfigFailureActionEnum,
     ServiceSpecUpdateConfigOrderEnum, ServiceUpdateStatusStateEnum, Task, TaskSpec,
-    TaskSpecContainerSpec, TaskSpecContainerSpecFile, TaskSpecContainerSpecSecrets,
-    TaskSpecPlacement, TaskSpecPlacementPreferences, TaskSpecPlacementSpread, TaskSpecResources,
+    TaskSpecContainerSpec, TaskSpecContainerSpecConfigs, TaskSpecContainerSpecFile,
+    TaskSpecContainerSpecFile1, TaskSpecContainerSpecSecrets, TaskSpecPlacement,
+    TaskSpecPlacementPreferences, TaskSpecPlacementSpread, TaskSpecResources,
     TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
 };
 use bollard::query_parameters::{
-    InspectServiceOptions, ListNodesOptions, ListSecretsOptions, ListServicesOptions,
-    ListTasksOptions, UpdateServiceOptions,
+    InspectServiceOptions, ListConfigsOptions, ListNodesOptions, ListSecretsOptions,
+    ListServicesOptions, ListTasksOptions, UpdateServiceOptions,
 };
 use pug_config::DockerConfig;
 use pug_orchestrator::{
@@ -64,8 +68,8 @@ use sha2::{Digest, Sha256};
 use crate::container::{ensure_network, health_config, DATA_DIR};
 use crate::engine::{api, is_conflict, is_not_found, DockerError, Engine};
 use crate::{
-    environment, image_for, label_filter, tenant_labels, DockerBackend, LABEL_CREATED_MS,
-    LABEL_MANAGED, LABEL_NAMESPACE, LABEL_SPEC_HASH, LABEL_TENANT,
+    environment, image_for, label_filter, provisioning_files, tenant_labels, DockerBackend,
+    LABEL_CREATED_MS, LABEL_MANAGED, LABEL_NAMESPACE, LABEL_SPEC_HASH, LABEL_TENANT,
 };
 
 /// The port Grafana listens on inside every task.
@@ -192,64 +196,83 @@ impl SwarmBackend {
 
     /// Creates the Docker secrets of `files` (named after their contents: secrets are
     /// immutable, so a changed value is a new secret) and returns the references.
-    async fn ensure_secrets(
+    /// Creates (when missing) one Docker secret or config per file and returns the ids and
+    /// names to reference. Objects are content-addressed (`pug-<sha256 of namespace, tenant,
+    /// file, contents>`), since neither secrets nor configs can be changed once created: a new
+    /// value is a new object, and the old one goes once no service uses it.
+    async fn ensure_objects(
         &self,
+        kind: ObjectKind,
         tenant: &TenantId,
         files: &[(String, String)],
-    ) -> Result<Vec<TaskSpecContainerSpecSecrets>, DockerError> {
+    ) -> Result<Vec<ObjectRef>, DockerError> {
         let mut refs = Vec::new();
         for (file, value) in files {
             let digest = Sha256::digest(
                 format!("{}\0{tenant}\0{file}\0{value}", self.config.namespace).as_bytes(),
             );
             let name = format!("pug-{}", &hex::encode(digest)[..24]);
-            let existing = self
-                .engine
-                .docker
-                .list_secrets(Some(ListSecretsOptions {
-                    filters: Some(HashMap::from([("name".to_owned(), vec![name.clone()])])),
-                }))
-                .await
-                .map_err(api("cannot list secrets"))?
-                .into_iter()
-                .find(|s| s.spec.as_ref().and_then(|s| s.name.as_deref()) == Some(&name))
-                .and_then(|s| s.id);
+            let by_name = Some(HashMap::from([("name".to_owned(), vec![name.clone()])]));
+            let docker = &self.engine.docker;
+            let existing = match kind {
+                ObjectKind::Secret => docker
+                    .list_secrets(Some(ListSecretsOptions { filters: by_name }))
+                    .await
+                    .map_err(api("cannot list secrets"))?
+                    .into_iter()
+                    .find(|s| s.spec.as_ref().and_then(|s| s.name.as_deref()) == Some(&name))
+                    .and_then(|s| s.id),
+                ObjectKind::Config => docker
+                    .list_configs(Some(ListConfigsOptions { filters: by_name }))
+                    .await
+                    .map_err(api("cannot list configs"))?
+                    .into_iter()
+                    .find(|c| c.spec.as_ref().and_then(|s| s.name.as_deref()) == Some(&name))
+                    .and_then(|c| c.id),
+            };
             let id = match existing {
                 Some(id) => id,
                 None => {
                     let mut labels = tenant_labels(&self.config.namespace, tenant.as_str());
-                    labels.insert("pug.secret".into(), file.clone());
+                    labels.insert(kind.label().into(), file.clone());
+                    let data = Some(base64::engine::general_purpose::STANDARD.encode(value));
                     let _op = self.engine.op().await;
-                    match self
-                        .engine
-                        .docker
-                        .create_secret(SecretSpec {
-                            name: Some(name.clone()),
-                            labels: Some(labels),
-                            data: Some(base64::engine::general_purpose::STANDARD.encode(value)),
-                            ..Default::default()
-                        })
-                        .await
-                    {
-                        Ok(r) => r.id,
+                    let created = match kind {
+                        ObjectKind::Secret => docker
+                            .create_secret(SecretSpec {
+                                name: Some(name.clone()),
+                                labels: Some(labels),
+                                data,
+                                ..Default::default()
+                            })
+                            .await
+                            .map(|r| r.id),
+                        ObjectKind::Config => docker
+                            .create_config(ConfigSpec {
+                                name: Some(name.clone()),
+                                labels: Some(labels),
+                                data,
+                                ..Default::default()
+                            })
+                            .await
+                            .map(|r| r.id),
+                    };
+                    let what = kind.noun();
+                    match created {
+                        Ok(id) => id,
                         Err(e) if is_conflict(&e) => {
                             return Err(api(format!(
-                                "secret {name} was created concurrently; retrying"
+                                "{what} {name} was created concurrently; retrying"
                             ))(e))
                         }
-                        Err(e) => return Err(api(format!("cannot create secret {name}"))(e)),
+                        Err(e) => return Err(api(format!("cannot create {what} {name}"))(e)),
                     }
                 }
             };
-            refs.push(TaskSpecContainerSpecSecrets {
-                file: Some(TaskSpecContainerSpecFile {
-                    name: Some(file.clone()),
-                    uid: Some("0".into()),
-                    gid: Some("0".into()),
-                    mode: Some(0o440),
-                }),
-                secret_id: Some(id),
-                secret_name: Some(name),
+            refs.push(ObjectRef {
+                file: file.clone(),
+                id,
+                name,
             });
         }
         Ok(refs)
@@ -263,8 +286,47 @@ impl SwarmBackend {
         labels: HashMap<String, String>,
     ) -> Result<ServiceSpec, DockerError> {
         const SECOND: i64 = 1_000_000_000;
-        let (env, files) = environment(spec, CONTAINER_PORT);
-        let secrets = self.ensure_secrets(&spec.tenant, &files).await?;
+        let (env, mut secret_files) = environment(spec, CONTAINER_PORT);
+        // Provisioning: the datasources file holds credentials, so it is a secret (mounted at
+        // its absolute path); dashboards and their provider are configs.
+        let mut config_files = Vec::new();
+        for f in provisioning_files(spec) {
+            match f.private {
+                true => secret_files.push((f.path, f.contents)),
+                false => config_files.push((f.path, f.contents)),
+            }
+        }
+        let secrets = self
+            .ensure_objects(ObjectKind::Secret, &spec.tenant, &secret_files)
+            .await?
+            .into_iter()
+            .map(|r| TaskSpecContainerSpecSecrets {
+                file: Some(TaskSpecContainerSpecFile {
+                    name: Some(r.file),
+                    uid: Some("0".into()),
+                    gid: Some("0".into()),
+                    mode: Some(0o440),
+                }),
+                secret_id: Some(r.id),
+                secret_name: Some(r.name),
+            })
+            .collect();
+        let configs = self
+            .ensure_objects(ObjectKind::Config, &spec.tenant, &config_files)
+            .await?
+            .into_iter()
+            .map(|r| TaskSpecContainerSpecConfigs {
+                file: Some(TaskSpecContainerSpecFile1 {
+                    name: Some(r.file),
+                    uid: Some("0".into()),
+                    gid: Some("0".into()),
+                    mode: Some(0o444),
+                }),
+                config_id: Some(r.id),
+                config_name: Some(r.name),
+                ..Default::default()
+            })
+            .collect();
         let mut container_labels = tenant_labels(&self.config.namespace, spec.tenant.as_str());
         container_labels.remove(LABEL_CREATED_MS);
         let volume_labels = container_labels.clone();
@@ -308,6 +370,7 @@ impl SwarmBackend {
                         &spec.root_path(),
                     )),
                     secrets: Some(secrets),
+                    configs: Some(configs),
                     stop_grace_period: Some(10 * SECOND),
                     ..Default::default()
                 }),
@@ -623,34 +686,72 @@ impl SwarmBackend {
             .lock()
             .expect("applied")
             .retain(|(t, _), _| t != tenant);
-        self.remove_unused_secrets(tenant).await;
+        self.remove_unused_objects(tenant).await;
         Ok(())
     }
 
-    /// Deletes the tenant's secrets that no service uses any more; the engine refuses to delete
-    /// those still in use (by a running task or the previous spec), which is what we want.
-    async fn remove_unused_secrets(&self, tenant: &TenantId) {
-        let Ok(secrets) = self
-            .engine
-            .docker
+    /// Deletes the tenant's secrets and configs that no service uses any more; the engine
+    /// refuses to delete those still in use (by a running task or the previous spec), which is
+    /// what we want.
+    async fn remove_unused_objects(&self, tenant: &TenantId) {
+        let filters = Some(label_filter(&[
+            (LABEL_MANAGED, "true"),
+            (LABEL_NAMESPACE, &self.config.namespace),
+            (LABEL_TENANT, tenant.as_str()),
+        ]));
+        let docker = &self.engine.docker;
+        if let Ok(secrets) = docker
             .list_secrets(Some(ListSecretsOptions {
-                filters: Some(label_filter(&[
-                    (LABEL_MANAGED, "true"),
-                    (LABEL_NAMESPACE, &self.config.namespace),
-                    (LABEL_TENANT, tenant.as_str()),
-                ])),
+                filters: filters.clone(),
             }))
             .await
-        else {
-            return;
-        };
-        for s in secrets {
-            if let Some(id) = s.id {
+        {
+            for id in secrets.into_iter().filter_map(|s| s.id) {
                 let _op = self.engine.op().await;
-                let _ = self.engine.docker.delete_secret(&id).await;
+                let _ = docker.delete_secret(&id).await;
+            }
+        }
+        if let Ok(configs) = docker
+            .list_configs(Some(ListConfigsOptions { filters }))
+            .await
+        {
+            for id in configs.into_iter().filter_map(|c| c.id) {
+                let _op = self.engine.op().await;
+                let _ = docker.delete_config(&id).await;
             }
         }
     }
+}
+
+/// The two kinds of swarm objects a task mounts as files.
+#[derive(Clone, Copy, Debug)]
+enum ObjectKind {
+    Secret,
+    Config,
+}
+
+impl ObjectKind {
+    fn noun(self) -> &'static str {
+        match self {
+            ObjectKind::Secret => "secret",
+            ObjectKind::Config => "config",
+        }
+    }
+
+    /// The label naming the file an object holds.
+    fn label(self) -> &'static str {
+        match self {
+            ObjectKind::Secret => "pug.secret",
+            ObjectKind::Config => "pug.config",
+        }
+    }
+}
+
+/// A secret or config, and the file it becomes in the task.
+struct ObjectRef {
+    file: String,
+    id: String,
+    name: String,
 }
 
 #[async_trait]
@@ -679,16 +780,6 @@ impl Orchestrator for SwarmBackend {
     }
 
     async fn ensure(&self, spec: &InstanceSpec) -> Result<Instance, OrchestratorError> {
-        // TODO-feature: deliver provisioning as Docker configs (and the datasources file, which
-        // holds credentials, as a secret). Until then, refuse rather than run without it.
-        if !spec.provisioning.datasources.is_empty() || !spec.provisioning.dashboards.is_empty() {
-            return Err(OrchestratorError::Engine(format!(
-                "tenant {} has datasources or dashboards to provision, which the swarm backend \
-                 cannot deliver yet; remove them from the tenant (pug tenant update) or use \
-                 backend = \"docker\"",
-                spec.tenant
-            )));
-        }
         let template_hash = self.template_hash(spec);
         let name = self.service_name(&spec.tenant);
         let want = spec.replica as i64 + 1;

@@ -63,6 +63,15 @@ impl Drop for SwarmGuard {
     }
 }
 
+/// Prints `seen` when it differs from the last thing printed (what a wait saw, for its failure).
+fn note(last: &std::sync::Mutex<String>, seen: String) {
+    let mut last = last.lock().unwrap();
+    if *last != seen {
+        eprintln!("{seen}");
+        *last = seen;
+    }
+}
+
 fn service(namespace: &str, tenant: &str) -> String {
     format!("{namespace}-{tenant}")
 }
@@ -162,7 +171,8 @@ async fn swarm_backend_end_to_end() {
         "--filter",
         &format!("label=pug.tenant={a}"),
     ]);
-    assert_eq!(secrets.lines().count(), 2, "{secrets}");
+    // admin password, secret_key, and the (empty) datasources provisioning file
+    assert_eq!(secrets.lines().count(), 3, "{secrets}");
 
     // Observation: nodes, leader, tasks.
     let mut registry = pug_metrics::new_registry();
@@ -283,9 +293,88 @@ async fn swarm_backend_end_to_end() {
     .await;
     assert!(inspect(&namespace, &a, "{{.ID}}").is_empty());
 
-    // Orphans: a pug with an empty store removes the services it does not know.
+    // Provisioning: the dashboards are Docker configs, the datasources file (it holds the
+    // credentials) a Docker secret, both mounted where Grafana reads them.
     let id_b = pug.create(&b, GOOD, 1).await;
     pug.wait_phase(&id_b, Phase::Ready, READY).await;
+    let password = "swarm-ds-password-1234";
+    store
+        .put_secret(
+            &id_b,
+            "datasource/prom/basicAuthPassword",
+            &password.to_owned().into(),
+        )
+        .await
+        .unwrap();
+    pug.change(&id_b, |s| {
+        s.datasources = serde_json::from_value(serde_json::json!([{
+            "name": "prom", "type": "prometheus", "url": "http://prometheus:9090",
+            "basic_auth_user": "grafana", "secure_fields": ["basicAuthPassword"]
+        }]))
+        .unwrap();
+        s.dashboards = serde_json::from_value(serde_json::json!([{
+            "name": "fleet", "json": {"uid": "fleet", "title": "Fleet", "panels": []}
+        }]))
+        .unwrap();
+    })
+    .await;
+    // Grafana (the stand-in) reads them from where pug put them.
+    let last = std::sync::Mutex::new(String::new());
+    let provisioned = wait_for(READY, "the task to see the provisioning files", || async {
+        let t = pug.tenant(&id_b).await?;
+        note(
+            &last,
+            format!("{:?} {:?}", t.status, pug.events(&id_b).await),
+        );
+        if t.status.phase != Phase::Ready || t.status.observed_generation != t.generation {
+            return None;
+        }
+        let endpoint = t.status.endpoints.first()?;
+        let report: serde_json::Value =
+            reqwest::get(format!("http://{endpoint}/t/{b}/api/standin/provisioning"))
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+        note(&last, report.to_string());
+        (report["datasources"][0]["name"] == "prom").then_some(report)
+    })
+    .await;
+    drop(last);
+    assert_eq!(
+        provisioned["errors"],
+        serde_json::json!([]),
+        "{provisioned}"
+    );
+    let ds = &provisioned["datasources"][0];
+    assert_eq!(ds["basicAuthUser"], "grafana");
+    assert_eq!(ds["secureJsonData"]["basicAuthPassword"]["set"], true);
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(password.as_bytes()));
+    assert_eq!(
+        ds["secureJsonData"]["basicAuthPassword"]["sha256_prefix"],
+        digest[..12]
+    );
+    assert_eq!(
+        provisioned["dashboards"][0]["title"], "Fleet",
+        "{provisioned}"
+    );
+    let spec_b = docker(&["service", "inspect", &service(&namespace, &b)]);
+    assert!(spec_b.contains("\"Configs\""), "{spec_b}");
+    assert!(
+        !spec_b.contains(password),
+        "a datasource password in the service spec"
+    );
+    let configs = docker(&[
+        "config",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label=pug.tenant={b}"),
+    ]);
+    assert!(configs.lines().count() >= 2, "{configs}");
+
+    // Orphans: a pug with an empty store removes the services it does not know.
     let _store = pug.kill().await;
     let dir2 = tempfile::tempdir().unwrap();
     let empty = support::store(&dir2).await;

@@ -1,12 +1,14 @@
-//! Embed tokens: short-lived JWTs (HS256) that a customer's webapp signs with a key from
-//! `pug embed-key create`, to send a person it already knows straight into their tenant's
-//! Grafana.
+//! Embed tokens: short-lived JWTs that a customer's webapp signs with a key from `pug
+//! embed-key create`, to send a person it already knows straight into their tenant's Grafana.
+//! Two kinds of key: HS256 (a shared secret pug generates) and EdDSA (Ed25519: the webapp
+//! keeps the private key, pug only the public key, so nothing pug stores can sign a token).
 //!
-//! A token is accepted only if: its header says `"alg":"HS256"` (no `none`, no algorithm
-//! confusion), its signature verifies (constant time) with the key named by `kid` (or with one
-//! of the keys when there is no `kid`), the key may sign for the tenant, `tenant` is the tenant
-//! of the URL, `exp` is in the future and at most ten minutes away, and `sub`, `email` and
-//! `role` are well formed.
+//! A token is accepted only if: its header's `alg` is the algorithm of the key that verifies
+//! it (`HS256` or `EdDSA`; no `none`, and no algorithm confusion such as an HS256 token
+//! "signed" with an EdDSA public key), its signature verifies (HMAC compared in constant time)
+//! with the key named by `kid` (or with one of the keys when there is no `kid`), the key may
+//! sign for the tenant, `tenant` is the tenant of the URL, `exp` is in the future and at most
+//! ten minutes away, and `sub`, `email` and `role` are well formed.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -43,7 +45,7 @@ pub struct EmbedClaims {
 pub enum EmbedError {
     #[error("the token is not a JWT (three base64url parts)")]
     Malformed,
-    #[error("the token uses algorithm {0:?}; pug accepts only HS256")]
+    #[error("the token uses algorithm {0:?}; pug accepts HS256 and EdDSA, each only with a key of that kind")]
     UnsupportedAlgorithm(String),
     #[error("the token is signed with a key pug does not know")]
     UnknownKey,
@@ -84,7 +86,7 @@ pub fn verify(
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or(EmbedError::Malformed)?;
-    if header.alg != "HS256" {
+    if header.alg != HS256 && header.alg != EDDSA {
         return Err(EmbedError::UnsupportedAlgorithm(header.alg));
     }
     let signature = URL_SAFE_NO_PAD
@@ -98,14 +100,18 @@ pub fn verify(
     if candidates.is_empty() {
         return Err(EmbedError::UnknownKey);
     }
+    // Only keys of the token's algorithm are tried: the header cannot turn a public key into
+    // an HMAC secret.
+    let candidates: Vec<_> = candidates
+        .into_iter()
+        .filter(|(k, _)| k.algorithm == header.alg)
+        .collect();
+    if candidates.is_empty() {
+        return Err(EmbedError::UnsupportedAlgorithm(header.alg));
+    }
     let key = candidates
         .into_iter()
-        .find(|(_, secret)| {
-            let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes())
-                .expect("HMAC takes keys of any length");
-            mac.update(signed.as_bytes());
-            mac.verify_slice(&signature).is_ok()
-        })
+        .find(|(_, secret)| verifies(&header.alg, secret, signed.as_bytes(), &signature))
         .ok_or(EmbedError::BadSignature)?;
     let claims: EmbedClaims = URL_SAFE_NO_PAD
         .decode(p)
@@ -149,21 +155,96 @@ pub fn verify(
     Ok(claims)
 }
 
-/// Signs `claims` with an embed key: what a customer's webapp does (any JWT library works;
-/// this is for tests and examples).
-pub fn sign(key_id: &str, key: &str, claims: &EmbedClaims) -> String {
-    let header = serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": key_id});
-    let signed = format!(
+/// The JWT `alg` of HMAC-SHA256 keys.
+pub const HS256: &str = "HS256";
+/// The JWT `alg` of Ed25519 keys (RFC 8037).
+pub const EDDSA: &str = "EdDSA";
+
+/// Whether `signature` is `alg`'s signature of `signed` under `key` (the HS256 secret, or the
+/// EdDSA public key in PEM).
+fn verifies(alg: &str, key: &SecretString, signed: &[u8], signature: &[u8]) -> bool {
+    match alg {
+        HS256 => {
+            let mut mac = Hmac::<Sha256>::new_from_slice(key.expose_secret().as_bytes())
+                .expect("HMAC takes keys of any length");
+            mac.update(signed);
+            mac.verify_slice(signature).is_ok()
+        }
+        EDDSA => {
+            let Ok(public) = parse_public_key(key.expose_secret()) else {
+                return false;
+            };
+            let Ok(signature) = ed25519_dalek::Signature::from_slice(signature) else {
+                return false;
+            };
+            // Strict verification: no malleable or small-order signatures.
+            public.verify_strict(signed, &signature).is_ok()
+        }
+        _ => false,
+    }
+}
+
+/// Why an EdDSA public key was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not an Ed25519 public key in PEM (\"-----BEGIN PUBLIC KEY-----\"); make one with `openssl genpkey -algorithm ed25519 -out webapp.key && openssl pkey -in webapp.key -pubout`")]
+pub struct BadPublicKey;
+
+/// Parses an Ed25519 public key in PEM (SubjectPublicKeyInfo, as `openssl pkey -pubout`
+/// writes it).
+pub fn parse_public_key(pem: &str) -> Result<ed25519_dalek::VerifyingKey, BadPublicKey> {
+    use ed25519_dalek::pkcs8::DecodePublicKey;
+    ed25519_dalek::VerifyingKey::from_public_key_pem(pem.trim()).map_err(|_| BadPublicKey)
+}
+
+/// A fresh Ed25519 key pair as PEM: (private key, PKCS#8; public key, SPKI).
+pub fn generate_ed25519() -> (SecretString, String) {
+    use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePrivateKey, EncodePublicKey};
+    let mut seed = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let private = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .expect("an Ed25519 key encodes as PKCS#8");
+    let public = key
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .expect("an Ed25519 key encodes as SPKI");
+    (SecretString::from(private.to_string()), public)
+}
+
+fn signing_input(alg: &str, key_id: &str, claims: &EmbedClaims) -> String {
+    let header = serde_json::json!({"alg": alg, "typ": "JWT", "kid": key_id});
+    format!(
         "{}.{}",
         URL_SAFE_NO_PAD.encode(header.to_string()),
         URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialize"))
-    );
+    )
+}
+
+/// Signs `claims` with an HS256 embed key: what a customer's webapp does (any JWT library
+/// works; this is for tests and examples).
+pub fn sign(key_id: &str, key: &str, claims: &EmbedClaims) -> String {
+    let signed = signing_input(HS256, key_id, claims);
     let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
     mac.update(signed.as_bytes());
     format!(
         "{signed}.{}",
         URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     )
+}
+
+/// Signs `claims` with an Ed25519 private key (PKCS#8 PEM), as a webapp does with an EdDSA
+/// embed key. `None` if the key is not one.
+pub fn sign_eddsa(key_id: &str, private_pem: &str, claims: &EmbedClaims) -> Option<String> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    use ed25519_dalek::Signer;
+    let key = ed25519_dalek::SigningKey::from_pkcs8_pem(private_pem.trim()).ok()?;
+    let signed = signing_input(EDDSA, key_id, claims);
+    let signature = key.sign(signed.as_bytes());
+    Some(format!(
+        "{signed}.{}",
+        URL_SAFE_NO_PAD.encode(signature.to_bytes())
+    ))
 }
 
 #[cfg(test)]
@@ -178,6 +259,7 @@ mod tests {
                     name: "webapp".into(),
                     tenant: None,
                     created_at_ms: 0,
+                    algorithm: HS256.into(),
                 },
                 SecretString::from("k1-secret".to_owned()),
             ),
@@ -187,6 +269,7 @@ mod tests {
                     name: "bob only".into(),
                     tenant: Some("bob".into()),
                     created_at_ms: 0,
+                    algorithm: HS256.into(),
                 },
                 SecretString::from("k2-secret".to_owned()),
             ),
@@ -209,6 +292,75 @@ mod tests {
         let acme = TenantId::parse("acme").unwrap();
         let t = sign("ek_any", "k1-secret", &claims("acme", 1300));
         assert_eq!(verify(&t, &keys(), &acme, 1000).unwrap().sub, "carol");
+    }
+
+    #[test]
+    fn eddsa_tokens_verify_with_the_public_key_only() {
+        let acme = TenantId::parse("acme").unwrap();
+        let (private, public) = generate_ed25519();
+        let mut keys = keys();
+        keys.push((
+            EmbedKeyInfo {
+                id: "ek_ed".into(),
+                name: "ed".into(),
+                tenant: None,
+                created_at_ms: 0,
+                algorithm: EDDSA.into(),
+            },
+            SecretString::from(public.clone()),
+        ));
+        let good = sign_eddsa("ek_ed", private.expose_secret(), &claims("acme", 1300)).unwrap();
+        assert_eq!(verify(&good, &keys, &acme, 1000).unwrap().sub, "carol");
+        // Without a kid, the EdDSA key is found among the others.
+        let (_, payload_sig) = good.split_once('.').unwrap();
+        let no_kid = format!(
+            "{}.{payload_sig}",
+            URL_SAFE_NO_PAD.encode(r#"{"alg":"EdDSA","typ":"JWT"}"#)
+        );
+        // (The header is part of what was signed, so changing it breaks the signature.)
+        assert_eq!(
+            verify(&no_kid, &keys, &acme, 1000),
+            Err(EmbedError::BadSignature)
+        );
+
+        // Tampered claims.
+        let (h, rest) = good.split_once('.').unwrap();
+        let (_, sig) = rest.split_once('.').unwrap();
+        let mut evil = claims("acme", 1300);
+        evil.role = "Admin".into();
+        let forged = format!(
+            "{h}.{}.{sig}",
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&evil).unwrap())
+        );
+        assert_eq!(
+            verify(&forged, &keys, &acme, 1000),
+            Err(EmbedError::BadSignature)
+        );
+
+        // Another key pair's signature under this kid.
+        let (other, _) = generate_ed25519();
+        let wrong = sign_eddsa("ek_ed", other.expose_secret(), &claims("acme", 1300)).unwrap();
+        assert_eq!(
+            verify(&wrong, &keys, &acme, 1000),
+            Err(EmbedError::BadSignature)
+        );
+
+        // Algorithm confusion: an HS256 token "signed" with the public key as the secret.
+        let confused = sign("ek_ed", &public, &claims("acme", 1300));
+        assert_eq!(
+            verify(&confused, &keys, &acme, 1000),
+            Err(EmbedError::UnsupportedAlgorithm("HS256".into()))
+        );
+        // …and an EdDSA header on an HS256 key.
+        let (h_ed, _) = good.split_once('.').unwrap();
+        let hs = sign("ek_any", "k1-secret", &claims("acme", 1300));
+        let (_, hs_rest) = hs.split_once('.').unwrap();
+        let swapped = format!("{h_ed}.{hs_rest}");
+        assert!(verify(&swapped, &keys, &acme, 1000).is_err());
+
+        assert!(parse_public_key(&public).is_ok());
+        assert_eq!(parse_public_key("not a key"), Err(BadPublicKey));
+        assert_eq!(parse_public_key(private.expose_secret()), Err(BadPublicKey));
     }
 
     #[test]

@@ -89,19 +89,20 @@ pub struct GatewaySettings {
 impl GatewaySettings {
     /// The gateway settings of a pug configuration.
     pub fn from_config(config: &Config) -> Self {
+        let g = &config.gateway;
         Self {
             mode: config.gateway.mode,
             domain: config.gateway.domain.trim_matches('.').to_ascii_lowercase(),
             public_url: config.public_url(),
-            connect_timeout: Duration::from_secs(3),
-            response_timeout: Duration::from_secs(300),
-            session_ttl: Duration::from_secs(12 * 3600),
-            embed_session_ttl: Duration::from_secs(8 * 3600),
+            connect_timeout: Duration::from_secs(g.connect_timeout_secs),
+            response_timeout: Duration::from_secs(g.response_timeout_secs),
+            session_ttl: Duration::from_secs(g.session_ttl_secs),
+            embed_session_ttl: Duration::from_secs(g.embed_session_ttl_secs),
             refresh_interval: Duration::from_secs(1),
             auth_cache_ttl: Duration::from_secs(5),
-            login_window: Duration::from_secs(15 * 60),
-            login_failures_per_user: 5,
-            login_failures_per_address: 20,
+            login_window: Duration::from_secs(g.login_window_secs),
+            login_failures_per_user: g.login_failures_per_user,
+            login_failures_per_address: g.login_failures_per_address,
         }
     }
 

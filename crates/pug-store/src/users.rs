@@ -42,6 +42,9 @@ pub struct EmbedKeyInfo {
     /// The one tenant this key may sign for; `None`: any tenant.
     pub tenant: Option<String>,
     pub created_at_ms: i64,
+    /// `HS256` (the stored key is the shared secret) or `EdDSA` (the stored key is the
+    /// webapp's Ed25519 public key, PEM).
+    pub algorithm: String,
 }
 
 impl Store {
@@ -274,11 +277,36 @@ impl Store {
         Ok(())
     }
 
-    /// Makes an embed key; returns its description and the key (shown once).
+    /// Makes an HS256 embed key; returns its description and the key (shown once).
     pub async fn create_embed_key(
         &self,
         name: &str,
         tenant: Option<&TenantId>,
+    ) -> Result<(EmbedKeyInfo, SecretString), StoreError> {
+        self.insert_embed_key(name, tenant, "HS256", generate_secret())
+            .await
+    }
+
+    /// Registers an EdDSA embed key: the webapp signs with its Ed25519 private key, pug keeps
+    /// only `public_key_pem` (checked by the caller).
+    pub async fn create_embed_key_eddsa(
+        &self,
+        name: &str,
+        tenant: Option<&TenantId>,
+        public_key_pem: &str,
+    ) -> Result<EmbedKeyInfo, StoreError> {
+        let (info, _) = self
+            .insert_embed_key(name, tenant, "EdDSA", public_key_pem.to_owned().into())
+            .await?;
+        Ok(info)
+    }
+
+    async fn insert_embed_key(
+        &self,
+        name: &str,
+        tenant: Option<&TenantId>,
+        algorithm: &str,
+        key: SecretString,
     ) -> Result<(EmbedKeyInfo, SecretString), StoreError> {
         if let Some(t) = tenant {
             let exists: Option<String> = sqlx::query_scalar("SELECT id FROM tenants WHERE id = $1")
@@ -290,14 +318,13 @@ impl Store {
             }
         }
         let id = format!("ek_{}", &generate_secret().expose_secret()[..16]);
-        let key = generate_secret();
         let (nonce, ciphertext) = self
             .key
             .seal(&format!("embed-key/{id}"), key.expose_secret().as_bytes());
         let now = now_ms();
         sqlx::query(
-            "INSERT INTO embed_keys (id, name, tenant_id, nonce, ciphertext, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO embed_keys (id, name, tenant_id, nonce, ciphertext, created_at_ms, algorithm) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&id)
         .bind(name)
@@ -305,6 +332,7 @@ impl Store {
         .bind(nonce)
         .bind(ciphertext)
         .bind(now)
+        .bind(algorithm)
         .execute(&self.pool)
         .await?;
         Ok((
@@ -313,6 +341,7 @@ impl Store {
                 name: name.to_owned(),
                 tenant: tenant.map(|t| t.to_string()),
                 created_at_ms: now,
+                algorithm: algorithm.to_owned(),
             },
             key,
         ))
@@ -321,7 +350,7 @@ impl Store {
     /// Every embed key with its (decrypted) secret, for verifying tokens.
     pub async fn embed_keys(&self) -> Result<Vec<(EmbedKeyInfo, SecretString)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, name, tenant_id, nonce, ciphertext, created_at_ms FROM embed_keys ORDER BY id",
+            "SELECT id, name, tenant_id, nonce, ciphertext, created_at_ms, algorithm FROM embed_keys ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -345,6 +374,7 @@ impl Store {
                     name: r.try_get(1)?,
                     tenant: r.try_get(2)?,
                     created_at_ms: r.try_get(5)?,
+                    algorithm: r.try_get(6)?,
                 },
                 SecretString::from(key),
             ));

@@ -27,6 +27,8 @@ pub struct Embedded {
     renderer: Renderer,
     /// `rendering.server_url` of every tenant.
     pub url: String,
+    /// `host:port` where the renderer answers (for Prometheus).
+    pub address: String,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -115,6 +117,11 @@ async fn try_start(
     Ok(Embedded {
         renderer,
         url: config.renderer_url(),
+        address: config
+            .renderer_url()
+            .trim_start_matches("http://")
+            .trim_end_matches("/render")
+            .to_owned(),
         server,
     })
 }

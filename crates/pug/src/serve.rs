@@ -184,6 +184,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         orchestrator: orchestrator.clone(),
         config: Arc::new(config.clone()),
         registry: Arc::new(registry),
+        renderer_address: renderer.as_ref().map(|r| r.address.clone()),
     };
     // Tenant traffic and the login pages go to the gateway; /api/v1, /metrics, /healthz to the API.
     let app = gateway.wrap(crate::swarm_cmd::with_swarm(pug_api::router(state), swarm));

@@ -59,7 +59,9 @@ pub enum UserCommand {
 
 #[derive(Subcommand)]
 pub enum EmbedKeyCommand {
-    /// Makes a key for signing embed tokens (HS256 JWT) and prints it once.
+    /// Makes a key for signing embed tokens (JWT): HS256 prints the shared key once; EdDSA
+    /// registers your Ed25519 public key (--public-key) or makes a pair and prints the private
+    /// key once.
     Create {
         /// A name to recognise it by, e.g. the webapp's.
         #[arg(long, default_value = "webapp")]
@@ -67,6 +69,12 @@ pub enum EmbedKeyCommand {
         /// Restrict the key to one tenant (default: any tenant).
         #[arg(long)]
         tenant: Option<String>,
+        /// HS256 or EdDSA.
+        #[arg(long, default_value = "HS256")]
+        algorithm: String,
+        /// EdDSA: a file with the webapp's Ed25519 public key in PEM (`openssl pkey -pubout`).
+        #[arg(long)]
+        public_key: Option<std::path::PathBuf>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -172,29 +180,49 @@ pub async fn embed_key(cmd: EmbedKeyCommand) -> anyhow::Result<ExitCode> {
         EmbedKeyCommand::Create {
             name,
             tenant,
+            algorithm,
+            public_key,
             client,
         } => {
+            let public_key = match &public_key {
+                Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read the public key {}: {e}", path.display())
+                })?),
+                None => None,
+            };
             let k: EmbedKey = Api::new(&client)?
                 .call(
                     "POST",
                     "/embed-keys",
-                    Some(json!({"name": name, "tenant": tenant})),
+                    Some(
+                        json!({"name": name, "tenant": tenant, "algorithm": algorithm,
+                                "public_key": public_key}),
+                    ),
                 )
                 .await?;
             if client.output == Output::Json {
                 return print_json(&k);
             }
-            println!("embed key {} ({})", k.id, k.name);
+            println!("embed key {} ({}, {})", k.id, k.name, k.algorithm);
             println!(
                 "  may sign for: {}",
                 k.tenant.as_deref().unwrap_or("any tenant")
             );
-            println!("  key (shown once; keep it in the webapp's secrets):");
-            println!("    {}", k.key.as_deref().unwrap_or(""));
+            if let Some(key) = &k.key {
+                println!("  key (shown once; keep it in the webapp's secrets):");
+                println!("    {key}");
+            }
+            if let Some(private) = &k.private_key {
+                println!("  private key (shown once, pug does not keep it; keep it in the webapp's secrets):");
+                print!("{private}");
+            } else if let Some(public) = &k.public_key {
+                println!("  verifies with the public key:");
+                print!("{public}");
+            }
             println!();
             println!(
-                "Sign an HS256 JWT with header {{\"alg\":\"HS256\",\"kid\":\"{}\"}} and claims",
-                k.id
+                "Sign a JWT with header {{\"alg\":\"{}\",\"kid\":\"{}\"}} and claims",
+                k.algorithm, k.id
             );
             println!(
                 "  tenant, sub, email, role (Viewer|Editor|Admin), exp (at most 10 minutes ahead)"
@@ -206,11 +234,12 @@ pub async fn embed_key(cmd: EmbedKeyCommand) -> anyhow::Result<ExitCode> {
             if client.output == Output::Json {
                 return print_json(&keys);
             }
-            let mut t = table(&["ID", "NAME", "TENANT"]);
+            let mut t = table(&["ID", "NAME", "ALGORITHM", "TENANT"]);
             for k in &keys {
                 t.add_row(vec![
                     k.id.clone(),
                     k.name.clone(),
+                    k.algorithm.clone(),
                     k.tenant.clone().unwrap_or_else(|| "(any)".into()),
                 ]);
             }

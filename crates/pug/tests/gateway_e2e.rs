@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use pug_types::ExposeSecret;
 use serde_json::Value;
 use support::{pug_bin, Pug};
 
@@ -133,6 +134,36 @@ fn people_reach_their_own_tenant_through_the_gateway() {
     let keys = pug.ok(&["embed-key", "list"]);
     assert!(keys.contains("webapp") && !keys.contains(key["key"].as_str().unwrap()));
 
+    // An EdDSA key: the webapp keeps its Ed25519 private key; pug gets only the public key.
+    let (ed_private, ed_public) = pug_gateway::embed::generate_ed25519();
+    let public_file = pug.data.parent().unwrap().join("webapp.pub");
+    std::fs::write(&public_file, &ed_public).unwrap();
+    let ed_key: Value = serde_json::from_str(&pug.ok(&[
+        "embed-key",
+        "create",
+        "--name",
+        "webapp-ed",
+        "--algorithm",
+        "EdDSA",
+        "--public-key",
+        public_file.to_str().unwrap(),
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(ed_key["algorithm"], "EdDSA");
+    assert!(ed_key.get("private_key").is_none() && ed_key.get("key").is_none());
+    std::fs::write(&public_file, "-----BEGIN PUBLIC KEY-----\nnope\n").unwrap();
+    let err = pug.fails(&[
+        "embed-key",
+        "create",
+        "--algorithm",
+        "EdDSA",
+        "--public-key",
+        public_file.to_str().unwrap(),
+    ]);
+    assert!(err.contains("Ed25519 public key"), "{err}");
+
     let url = pug.url.clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -193,6 +224,31 @@ fn people_reach_their_own_tenant_through_the_gateway() {
         let (s, u) = get(&format!("{url}/t/acme/api/user"), &carol).await;
         assert_eq!((s, u["login"].as_str()), (200, Some("carol")));
         assert_eq!(get(&format!("{url}/t/bob/"), &carol).await.0, 403);
+
+        // …and an EdDSA token signs dave in.
+        let dave = pug_gateway::EmbedClaims {
+            sub: "dave".into(),
+            email: "dave@example.com".into(),
+            ..claims.clone()
+        };
+        let token = pug_gateway::embed::sign_eddsa(
+            ed_key["id"].as_str().unwrap(),
+            ed_private.expose_secret(),
+            &dave,
+        )
+        .unwrap();
+        let r = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .get(format!("{url}/t/acme/?pug_token={token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303);
+        let dave = set_cookie(&r, "pug_session").unwrap();
+        let (s, u) = get(&format!("{url}/t/acme/api/user"), &dave).await;
+        assert_eq!((s, u["login"].as_str()), (200, Some("dave")));
 
         // Grafana Live's WebSocket passes through.
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;

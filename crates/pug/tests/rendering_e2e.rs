@@ -176,6 +176,18 @@ fn tenants_render_through_the_embedded_renderer_and_only_their_own_pages() {
         (render(&own, Some(&acme_token)).0 == 401).then_some(())
     });
 
+    // Prometheus finds the renderer through pug's service discovery.
+    let (status, targets) = pug.api("GET", "/api/v1/prometheus/targets", None);
+    assert_eq!(status, 200);
+    assert!(
+        targets
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["labels"]["role"] == "renderer" && g["targets"][0] == listen.as_str()),
+        "{targets}"
+    );
+
     let (status, metrics) = support::http_get(&format!("{renderer}/metrics")).unwrap();
     assert_eq!(status, 200);
     assert!(

@@ -379,7 +379,17 @@ fn bad_input_is_refused_and_changes_nothing() {
     let (code, doc) = http_get(&format!("{}/api/v1/openapi.json", pug.url)).unwrap();
     assert_eq!(code, 200);
     let doc: Value = serde_json::from_str(&doc).unwrap();
-    assert!(doc["paths"]["/api/v1/tenants/{id}/upgrade"]["post"].is_object());
+    for (path, method) in [
+        ("/api/v1/tenants/{id}/upgrade", "post"),
+        ("/api/v1/swarm", "get"),
+        ("/api/v1/prometheus/targets", "get"),
+        ("/api/v1/embed-keys", "post"),
+    ] {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} is not documented"
+        );
+    }
 }
 
 #[test]

@@ -29,6 +29,7 @@
 mod auth;
 mod database;
 mod logging;
+mod provisioning;
 mod render_pages;
 mod rendering;
 mod server;

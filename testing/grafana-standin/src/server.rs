@@ -4,8 +4,9 @@
 //! Grafana's surface (grafana/grafana `pkg/api/http_server.go`, research/multitenant.md §2):
 //! `GET|HEAD /api/health`, `GET|HEAD /healthz`, `GET /metrics` (answered at the root and under
 //! the sub path, as Grafana's middleware does), `GET /` (page), `GET /api/user`, and the Grafana
-//! Live WebSocket `GET /api/live/ws` (echo here). Stand-in only: `GET /api/standin/headers` and
-//! `GET /api/standin/settings`.
+//! Live WebSocket `GET /api/live/ws` (echo here), and Grafana's `GET /render/…` which calls the
+//! configured remote renderer (`crate::rendering`). Stand-in only: `GET /api/standin/headers`,
+//! `GET /api/standin/settings` and `GET /api/standin/provisioning`.
 //!
 //! Sub path: with `serve_from_sub_path = true` and a path in `root_url`, requests under that path
 //! are served with the prefix removed. Real Grafana removes the prefix with a plain
@@ -70,6 +71,10 @@ pub fn app_routes(state: Shared) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/standin/headers", get(standin_headers))
         .route("/api/standin/settings", get(standin_settings))
+        .route(
+            "/api/standin/provisioning",
+            get(crate::provisioning::report),
+        )
         .route("/render/{*path}", get(crate::rendering::render))
         .merge(authed)
         .with_state(state)

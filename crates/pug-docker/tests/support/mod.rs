@@ -40,24 +40,25 @@ pub fn require_engine() {
     }
 }
 
-/// Builds the test images once per test binary when any is missing.
+/// Builds the test images once per test binary. Always, so that they hold the current
+/// grafana-standin (cargo and docker make an unchanged build quick).
 pub fn require_images() {
     static BUILD: std::sync::Once = std::sync::Once::new();
     require_engine();
     BUILD.call_once(|| {
-        let missing = [GOOD, NEWER, BROKEN].iter().any(|v| {
-            !Command::new("docker")
-                .args(["image", "inspect", &format!("pug-test/grafana:{v}")])
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-        });
-        if missing {
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/images/build.sh");
-            let status = Command::new(script).status().expect("build.sh runs");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/images/build.sh");
+        let status = Command::new(script).status().expect("build.sh runs");
+        assert!(
+            status.success(),
+            "building the test images with {script} failed"
+        );
+        for v in [GOOD, NEWER, BROKEN] {
             assert!(
-                status.success(),
-                "building the test images with {script} failed"
+                Command::new("docker")
+                    .args(["image", "inspect", &format!("pug-test/grafana:{v}")])
+                    .output()
+                    .is_ok_and(|o| o.status.success()),
+                "{script} did not make pug-test/grafana:{v}"
             );
         }
     });
@@ -129,9 +130,11 @@ impl Drop for Cleanup {
             {
                 std::thread::sleep(Duration::from_millis(200));
             }
-            for s in docker(&["secret", "ls", "-q", "--filter", &filter]).lines() {
-                if !s.is_empty() {
-                    docker(&["secret", "rm", s]);
+            for kind in ["secret", "config"] {
+                for s in docker(&[kind, "ls", "-q", "--filter", &filter]).lines() {
+                    if !s.is_empty() {
+                        docker(&[kind, "rm", s]);
+                    }
                 }
             }
             for v in docker(&["volume", "ls", "-q", "--filter", &filter]).lines() {
