@@ -669,6 +669,42 @@ impl SwarmBackend {
                     .unwrap_or(0),
             });
         }
+        // Slots the service wants but whose task Swarm has not created yet (a stop-first
+        // update between the old task's exit and the new one's creation, or scheduling): they
+        // are pending instances of the service's current template, not missing ones, so the
+        // controller waits for them instead of "starting" them again on every pass.
+        let spec = service.spec.as_ref();
+        let wanted = spec
+            .and_then(|s| s.mode.as_ref())
+            .and_then(|m| m.replicated.as_ref())
+            .and_then(|r| r.replicas)
+            .unwrap_or(0)
+            .max(0) as u32;
+        let template = spec
+            .and_then(|s| s.labels.as_ref())
+            .and_then(|l| l.get(LABEL_SPEC_HASH).cloned())
+            .unwrap_or_default();
+        for replica in out.len() as u32..wanted {
+            let spec_hash = match applied.get(&(tenant.clone(), replica)) {
+                Some((t, r)) if *t == template => r.clone(),
+                _ => template.clone(),
+            };
+            out.push(Instance {
+                tenant: tenant.clone(),
+                replica,
+                spec_hash,
+                // Nothing answers here: probes see it as not ready until its task runs.
+                endpoint: "0.0.0.0:0".into(),
+                state: InstanceState::Running,
+                // Waiting since the service last changed, so a slot Swarm never schedules
+                // times out like a replica that never gets healthy.
+                started_at_ms: service
+                    .updated_at
+                    .as_deref()
+                    .and_then(parse_rfc3339_ms)
+                    .unwrap_or_else(crate::now_ms),
+            });
+        }
         Ok(out)
     }
 

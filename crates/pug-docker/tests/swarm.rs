@@ -347,6 +347,14 @@ async fn swarm_backend_end_to_end() {
         serde_json::json!([]),
         "{provisioned}"
     );
+    // While Swarm replaced the task (stop-first), the slot was pending, not "started" again
+    // on every pass.
+    let events = pug.events(&id_b).await;
+    let started = events
+        .iter()
+        .filter(|e| e.starts_with("InstanceStarted"))
+        .count();
+    assert!(started <= 2, "{events:?}");
     let ds = &provisioned["datasources"][0];
     assert_eq!(ds["basicAuthUser"], "grafana");
     assert_eq!(ds["secureJsonData"]["basicAuthPassword"]["set"], true);
