@@ -46,7 +46,7 @@ pub async fn start(
     if config.backend != pug_config::Backend::Process {
         // Chromium beside pug cannot load pages from containers on another network or node.
         let why = format!(
-            "the embedded renderer serves the process backend only; with the {} backend run `pug render` in the tenants' network (deploy/docker-compose.yml)",
+            "the embedded renderer serves the process backend only (Chromium beside pug cannot load pages from {} tenants' containers)",
             config.backend.as_str()
         );
         if mode == RendererMode::On {
