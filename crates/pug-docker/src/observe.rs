@@ -7,6 +7,8 @@
 //!   combination present (at 0 when none), so alerts see the first change;
 //! - `pug_swarm_leader`: 1 when a manager reports itself leader;
 //! - `pug_swarm_managers_reachable`: managers whose reachability is `reachable`;
+//! - `pug_swarm_ingress_peers`: nodes in the routing mesh's peer list (the `ingress` overlay
+//!   network, inspected verbosely on the manager), when the engine reports it;
 //! - `pug_swarm_tasks{node,state}`: pug's tasks per node and state;
 //! - `pug_tenant_running_tasks{tenant}` and `pug_tenant_desired_tasks{tenant}`: per tenant.
 //!
@@ -17,7 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bollard::models::{NodeSpecAvailabilityEnum, NodeSpecRoleEnum, NodeState, Reachability};
-use bollard::query_parameters::{ListNodesOptions, ListServicesOptions, ListTasksOptions};
+use bollard::query_parameters::{
+    InspectNetworkOptions, ListNodesOptions, ListServicesOptions, ListTasksOptions,
+};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -42,6 +46,10 @@ pub struct SwarmStatus {
     pub managers_reachable: u64,
     /// Other managers' addresses, to try when this one fails.
     pub remote_managers: Vec<String>,
+    /// Peers of the routing mesh (`ingress` network), by node name, when the engine reports
+    /// them; fewer than the ready nodes means a node has left the mesh.
+    #[serde(default)]
+    pub ingress_peers: Option<Vec<String>>,
     pub nodes: Vec<NodeView>,
     pub tenants: Vec<TenantTasks>,
 }
@@ -98,6 +106,7 @@ pub struct SwarmObserver {
     nodes: Family<NodeLabels, Gauge>,
     leader: Gauge,
     managers_reachable: Gauge,
+    ingress_peers: Gauge,
     tasks: Family<TaskLabels, Gauge>,
     tenant_running: Family<TenantLabels, Gauge>,
     tenant_desired: Family<TenantLabels, Gauge>,
@@ -117,6 +126,7 @@ impl SwarmObserver {
             nodes: Family::default(),
             leader: Gauge::default(),
             managers_reachable: Gauge::default(),
+            ingress_peers: Gauge::default(),
             tasks: Family::default(),
             tenant_running: Family::default(),
             tenant_desired: Family::default(),
@@ -136,6 +146,11 @@ impl SwarmObserver {
             "pug_swarm_managers_reachable",
             "Managers whose manager status is reachable.",
             me.managers_reachable.clone(),
+        );
+        registry.register(
+            "pug_swarm_ingress_peers",
+            "Nodes in the peer list of the swarm's ingress (routing mesh) network.",
+            me.ingress_peers.clone(),
         );
         registry.register(
             "pug_swarm_tasks",
@@ -203,6 +218,24 @@ impl SwarmObserver {
                 state: status.local_node_state,
             });
         }
+        // The routing mesh's peers; an engine that does not report them leaves this unknown.
+        status.ingress_peers = docker
+            .inspect_network(
+                "ingress",
+                Some(InspectNetworkOptions {
+                    verbose: true,
+                    scope: Some("swarm".into()),
+                }),
+            )
+            .await
+            .ok()
+            .and_then(|n| n.peers)
+            .map(|peers| {
+                peers
+                    .into_iter()
+                    .map(|p| p.name.or(p.ip).unwrap_or_default())
+                    .collect()
+            });
         let nodes = docker
             .list_nodes(None::<ListNodesOptions>)
             .await
@@ -334,6 +367,9 @@ impl SwarmObserver {
         self.leader.set(i64::from(status.leader.is_some()));
         self.managers_reachable
             .set(status.managers_reachable as i64);
+        if let Some(peers) = &status.ingress_peers {
+            self.ingress_peers.set(peers.len() as i64);
+        }
         self.tasks.clear();
         for n in &status.nodes {
             for (state, count) in &n.tasks {

@@ -185,6 +185,13 @@ async fn swarm_backend_end_to_end() {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(text.contains("pug_swarm_leader 1"), "{text}");
+    // A single-node swarm: this node is the routing mesh's one peer.
+    assert_eq!(
+        status.ingress_peers.as_ref().map(Vec::len),
+        Some(1),
+        "{status:?}"
+    );
+    assert!(text.contains("pug_swarm_ingress_peers 1"), "{text}");
     assert!(
         text.contains(
             "pug_swarm_nodes{state=\"ready\",availability=\"active\",role=\"manager\"} 1"

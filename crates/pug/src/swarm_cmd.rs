@@ -69,11 +69,14 @@ pub async fn swarm(cmd: SwarmCommand) -> anyhow::Result<ExitCode> {
 /// The status as the tables `pug swarm status` prints.
 pub fn render(s: &SwarmStatus) -> String {
     let mut out = format!(
-        "leader: {}   managers reachable: {}/{}   nodes: {}\n",
+        "leader: {}   managers reachable: {}/{}   nodes: {}   ingress peers: {}\n",
         s.leader.as_deref().unwrap_or("NONE"),
         s.managers_reachable,
         s.managers,
-        s.nodes.len()
+        s.nodes.len(),
+        s.ingress_peers
+            .as_ref()
+            .map_or("unknown".to_owned(), |p| p.len().to_string())
     );
     let mut nodes = table(&[
         "NODE",
