@@ -92,6 +92,9 @@ pub struct GatewayConfig {
     /// Failed sign-ins allowed per client address within `login_window_secs`, then 429.
     pub login_failures_per_address: u32,
     pub login_window_secs: u64,
+    /// Threads serving pug's port (gateway and API), each an event loop that owns its
+    /// connections; 0: one per CPU core.
+    pub workers: usize,
 }
 
 /// Routing mode of the gateway.
@@ -302,6 +305,7 @@ impl Default for GatewayConfig {
             login_failures_per_user: 5,
             login_failures_per_address: 20,
             login_window_secs: 15 * 60,
+            workers: 0,
         }
     }
 }

@@ -68,22 +68,15 @@ async fn main() {
     let gateway = Gateway::new(store.clone(), settings, &mut registry)
         .await
         .unwrap();
+    // Served as `pug serve` serves its port.
     let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
-    let listener = {
-        use axum::serve::ListenerExt;
-        listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        })
-    };
     let app = gateway.router();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
+    tokio::spawn(pug_gateway::server::serve(
+        listener,
+        app,
+        pug_gateway::server::worker_count(config.gateway.workers),
+        tokio_util::sync::CancellationToken::new(),
+    ));
     // Sign in through the real login form, as a browser would.
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -24,16 +24,18 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+mod cache;
 pub mod embed;
 mod metrics;
 pub mod pages;
 pub mod path;
 mod proxy;
+pub mod server;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -52,7 +54,7 @@ pub use auth::{hash_password, validate_new_user, GrafanaRole};
 pub use embed::{EmbedClaims, EmbedError};
 pub use metrics::GatewayMetrics;
 
-use auth::lock;
+use cache::AuthCache;
 use proxy::Route;
 
 /// The session cookie.
@@ -136,23 +138,18 @@ struct Inner {
     store: Store,
     settings: GatewaySettings,
     metrics: Arc<GatewayMetrics>,
-    client: proxy::HttpClient,
     signer: auth::Signer,
     throttle: auth::Throttle,
     routes: RwLock<HashMap<TenantId, Arc<Route>>>,
     keys: RwLock<Arc<Vec<(EmbedKeyInfo, SecretString)>>>,
-    sessions: Mutex<SessionCache>,
-    members: Mutex<MembershipCache>,
+    /// session id → the session (None: no such session).
+    sessions: Arc<AuthCache<Option<Arc<SessionRecord>>>>,
+    /// user → their roles by tenant.
+    members: Arc<AuthCache<Arc<HashMap<TenantId, GrafanaRole>>>>,
     /// A hash to verify against when the user does not exist, so that timing does not tell
     /// which users exist.
     dummy_hash: String,
 }
-
-/// user → (their roles by tenant, when they were read).
-type MembershipCache = HashMap<String, (Arc<HashMap<TenantId, GrafanaRole>>, Instant)>;
-
-/// session id → (the session, when it was read).
-type SessionCache = HashMap<String, (Option<Arc<SessionRecord>>, Instant)>;
 
 /// Entries kept in each auth cache before it is cleared.
 const AUTH_CACHE_MAX: usize = 100_000;
@@ -177,8 +174,8 @@ impl Gateway {
         registry: &mut Registry,
     ) -> Result<Self, GatewayError> {
         let key = store.gateway_cookie_key().await?;
+        let ttl = settings.auth_cache_ttl;
         let inner = Arc::new(Inner {
-            client: proxy::client(settings.connect_timeout),
             signer: auth::Signer::new(key.expose_secret().as_bytes()),
             throttle: auth::Throttle::new(
                 settings.login_window,
@@ -190,8 +187,8 @@ impl Gateway {
             settings,
             routes: RwLock::default(),
             keys: RwLock::default(),
-            sessions: Mutex::default(),
-            members: Mutex::default(),
+            sessions: AuthCache::new(ttl, AUTH_CACHE_MAX),
+            members: AuthCache::new(ttl, AUTH_CACHE_MAX),
             dummy_hash: auth::hash_password("pug-dummy-password"),
         });
         let gateway = Self { inner };
@@ -520,7 +517,7 @@ impl Inner {
         };
         proxy::forward(
             proxy::Forward {
-                client: &self.client,
+                client: proxy::client(self.settings.connect_timeout),
                 tenant: id,
                 route: &route,
                 identity: &principal,
@@ -555,27 +552,15 @@ impl Inner {
         else {
             return Ok(None);
         };
-        let cached = lock(&self.sessions)
-            .get(id)
-            .filter(|(_, at)| at.elapsed() < self.settings.auth_cache_ttl)
-            .map(|(s, _)| s.clone());
-        let session = match cached {
-            Some(s) => s,
-            None => {
-                let s = self
-                    .store
-                    .session(&SecretString::from(id.to_owned()))
-                    .await
-                    .map_err(RequestError::Store)?
-                    .map(Arc::new);
-                let mut cache = lock(&self.sessions);
-                if cache.len() > AUTH_CACHE_MAX {
-                    cache.clear();
-                }
-                cache.insert(id.to_owned(), (s.clone(), Instant::now()));
-                s
-            }
-        };
+        let store = self.store.clone();
+        let session = self
+            .sessions
+            .get(id, || {
+                let (store, id) = (store.clone(), SecretString::from(id.to_owned()));
+                async move { Ok(store.session(&id).await?.map(Arc::new)) }
+            })
+            .await
+            .map_err(RequestError::Store)?;
         Ok(session.filter(|s| s.expires_at_ms > pug_store::now_ms()))
     }
 
@@ -584,29 +569,22 @@ impl Inner {
         user: &str,
         tenant: &TenantId,
     ) -> Result<Option<GrafanaRole>, StoreError> {
-        let cached = lock(&self.members)
-            .get(user)
-            .filter(|(_, at)| at.elapsed() < self.settings.auth_cache_ttl)
-            .map(|(roles, _)| roles.clone());
-        let roles = match cached {
-            Some(roles) => roles,
-            None => {
-                let roles: HashMap<TenantId, GrafanaRole> = self
-                    .store
-                    .memberships_of(user)
-                    .await?
-                    .into_iter()
-                    .filter_map(|(t, r)| GrafanaRole::parse(&r).map(|r| (t, r)))
-                    .collect();
-                let roles = Arc::new(roles);
-                let mut cache = lock(&self.members);
-                if cache.len() > AUTH_CACHE_MAX {
-                    cache.clear();
+        let store = self.store.clone();
+        let roles = self
+            .members
+            .get(user, || {
+                let (store, user) = (store.clone(), user.to_owned());
+                async move {
+                    let roles: HashMap<TenantId, GrafanaRole> = store
+                        .memberships_of(&user)
+                        .await?
+                        .into_iter()
+                        .filter_map(|(t, r)| GrafanaRole::parse(&r).map(|r| (t, r)))
+                        .collect();
+                    Ok::<_, StoreError>(Arc::new(roles))
                 }
-                cache.insert(user.to_owned(), (roles.clone(), Instant::now()));
-                roles
-            }
-        };
+            })
+            .await?;
         Ok(roles.get(tenant).copied())
     }
 
@@ -867,7 +845,6 @@ impl Inner {
                 if let Some(id) =
                     cookie(&headers, SESSION_COOKIE).and_then(|c| self.signer.verify("session", c))
                 {
-                    lock(&self.sessions).remove(id);
                     if let Err(e) = self
                         .store
                         .delete_session(&SecretString::from(id.to_owned()))
@@ -875,6 +852,7 @@ impl Inner {
                     {
                         return internal(true, e);
                     }
+                    self.sessions.remove(id);
                 }
                 let mut r = pages::html(StatusCode::OK, pages::signed_out(self.login_path()));
                 self.set_cookie(&mut r, SESSION_COOKIE, "", Duration::ZERO);

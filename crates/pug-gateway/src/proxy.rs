@@ -25,8 +25,30 @@ use crate::pages;
 /// The pooled HTTP/1.1 client to tenants' instances.
 pub(crate) type HttpClient = Client<HttpConnector, Body>;
 
-/// Builds the client: keep-alive pool, connect timeout, no Nagle.
+thread_local! {
+    /// This thread's client, by connect timeout.
+    static CLIENT: std::cell::RefCell<Option<(Duration, HttpClient)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The calling thread's client (keep-alive pool, connect timeout, no Nagle). One pool per
+/// thread keeps an upstream connection on the event loop of the requests that use it (see
+/// [`crate::server`]): a shared pool would hand one thread's connection to another and
+/// wake a third for every request.
 pub(crate) fn client(connect_timeout: Duration) -> HttpClient {
+    CLIENT.with(|c| {
+        let mut c = c.borrow_mut();
+        match &*c {
+            Some((t, client)) if *t == connect_timeout => client.clone(),
+            _ => {
+                let client = build_client(connect_timeout);
+                *c = Some((connect_timeout, client.clone()));
+                client
+            }
+        }
+    })
+}
+
+fn build_client(connect_timeout: Duration) -> HttpClient {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(connect_timeout));
     http.set_nodelay(true);
@@ -118,7 +140,7 @@ impl Route {
 
 /// Everything [`forward`] needs besides the request.
 pub(crate) struct Forward<'a> {
-    pub client: &'a HttpClient,
+    pub client: HttpClient,
     pub tenant: &'a TenantId,
     pub route: &'a Route,
     /// Who the request is from, as the tenant's Grafana is told.

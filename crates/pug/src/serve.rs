@@ -164,13 +164,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )
         })?;
     let local = listener.local_addr()?;
-    // No Nagle delay on the gateway's small writes (as nginx's tcp_nodelay).
-    let listener = {
-        use axum::serve::ListenerExt;
-        listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        })
-    };
     let api_url = format!("http://{local}");
 
     // The CLI on this machine finds pug through these two files (both readable by pug's user only).
@@ -235,11 +228,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         signal.cancel();
     });
-    axum::serve(
+    pug_gateway::server::serve(
         listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        app,
+        pug_gateway::server::worker_count(config.gateway.workers),
+        shutdown.clone(),
     )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
     .await
     .context("the HTTP server failed")?;
     let _ = controller_task.await;

@@ -190,9 +190,16 @@ mod tests {
         };
         let text = render(&status);
         assert!(
-            text.starts_with("leader: m1   managers reachable: 2/3   nodes: 1\n"),
+            text.starts_with(
+                "leader: m1   managers reachable: 2/3   nodes: 1   ingress peers: unknown\n"
+            ),
             "{text}"
         );
+        let with_peers = SwarmStatus {
+            ingress_peers: Some(vec!["m1".into()]),
+            ..status.clone()
+        };
+        assert!(render(&with_peers).contains("ingress peers: 1\n"));
         assert!(text.contains("m1 (leader)"), "{text}");
         assert!(text.contains("running=3"), "{text}");
         assert!(text.contains("acme"), "{text}");
