@@ -13,12 +13,13 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../../../.." && pwd)"
 target="x86_64-unknown-linux-gnu"
 cd "$root"
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
 [ "${SKIP_CARGO_BUILD:-}" = 1 ] || RUSTFLAGS='-C target-feature=+crt-static' cargo build --quiet --release --target "$target" -p grafana-standin
 ctx="$(mktemp -d)"
 trap 'rm -rf "$ctx"' EXIT
 mkdir -p "$ctx/rootfs/usr/share/grafana/bin" "$ctx/rootfs/usr/bin" "$ctx/rootfs/var/lib/grafana" \
   "$ctx/rootfs/var/log/grafana" "$ctx/rootfs/etc/grafana/provisioning" "$ctx/rootfs/tmp"
-cp "target/$target/release/grafana-standin" "$ctx/rootfs/usr/share/grafana/bin/grafana"
+cp "$target_dir/$target/release/grafana-standin" "$ctx/rootfs/usr/share/grafana/bin/grafana"
 rustc --edition 2021 -O -C target-feature=+crt-static --target "$target" \
   -o "$ctx/rootfs/usr/bin/healthcheck" "$here/healthcheck.rs"
 if ldd "$ctx/rootfs/usr/share/grafana/bin/grafana" >/dev/null 2>&1 \
