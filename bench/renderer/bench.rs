@@ -116,6 +116,24 @@ fn children_rss() -> u64 {
         .sum()
 }
 
+/// CPU time the whole machine has spent (all processes, user + system), from `/proc/stat`.
+fn machine_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: u64 = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .enumerate()
+        // user nice system idle iowait irq softirq steal: all but idle and iowait.
+        .filter(|(i, _)| !matches!(i, 3 | 4) && *i < 8)
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum();
+    let hz = procfs::ticks_per_second();
+    Duration::from_secs_f64(ticks as f64 / hz as f64)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -126,6 +144,8 @@ struct Row {
     p50: Duration,
     p95: Duration,
     throughput: f64,
+    /// Machine CPU time per render at c=4 (Chromium, pug and this program together).
+    cpu_per_render: Duration,
     peak_rss: u64,
 }
 
@@ -145,6 +165,7 @@ where
     }
     lat.sort();
     let next = Arc::new(AtomicU64::new(0));
+    let cpu = machine_cpu();
     let t = Instant::now();
     let workers: Vec<_> = (0..4)
         .map(|w| {
@@ -160,18 +181,21 @@ where
         w.await.unwrap();
     }
     let throughput = m as f64 / t.elapsed().as_secs_f64();
+    let cpu_per_render = machine_cpu().saturating_sub(cpu) / m.max(1) as u32;
     let row = Row {
         name: name.to_owned(),
         p50: percentile(&lat, 0.5),
         p95: percentile(&lat, 0.95),
         throughput,
+        cpu_per_render,
         peak_rss: rss.finish(),
     };
     eprintln!(
-        "{name}: p50 {:?} p95 {:?} {:.1}/s peak {} MiB",
+        "{name}: p50 {:?} p95 {:?} {:.1}/s cpu/render {:?} peak {} MiB",
         row.p50,
         row.p95,
         row.throughput,
+        row.cpu_per_render,
         row.peak_rss >> 20
     );
     row
@@ -217,6 +241,11 @@ async fn new_page(browser: &Browser) -> Page {
 
 #[tokio::main]
 async fn main() {
+    // `RUST_LOG=pug_renderer=debug` shows where each render's time goes ("render phases").
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let a = args();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let pages: SocketAddr = listener.local_addr().unwrap();
@@ -264,92 +293,21 @@ async fn main() {
         task.abort();
     }
 
-    // --- pug's renderer over HTTP.
-    let config = RendererConfig {
-        chrome_path: a.chrome.clone().into(),
-        temp_dir: Some(tmp.path().to_owned()),
-        auth_tokens: vec!["bench".into()],
-        max_concurrency: 4,
-        renders_per_browser: 0,
-        ..RendererConfig::default()
-    };
-    let renderer = Renderer::start(config, Arc::new(StaticTokens::new(["bench"])))
-        .await
-        .expect("renderer starts");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn({
-        let router = renderer.router();
-        async move { axum::serve(listener, router).await }
-    });
-    let client = reqwest::Client::new();
-    let pug_render = {
-        let client = client.clone();
-        move |url: String| {
-            let client = client.clone();
-            async move {
-                let res = client
-                    .get(format!("http://{addr}/render"))
-                    .header("X-Auth-Token", "bench")
-                    .query(&[
-                        ("url", url.as_str()),
-                        ("width", "1000"),
-                        ("height", "500"),
-                        ("encoding", "png"),
-                        ("renderKey", "k"),
-                        ("domain", "127.0.0.1"),
-                        ("timeout", "30"),
-                    ])
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(res.status(), 200);
-                res.bytes().await.unwrap();
-            }
-        }
-    };
-    {
-        let (r, url) = (pug_render.clone(), page_url.clone());
-        rows.push(measure("pug renderer", a.c1, a.c4, move |_| r(url.clone())).await);
-        let (r, url) = (pug_render.clone(), slow_url.clone());
-        rows.push(
-            measure(
-                "pug renderer, page ready 200 ms after its query",
-                a.c1 / 2,
-                a.c4 / 2,
-                move |_| r(url.clone()),
-            )
-            .await,
-        );
-    }
-
-    // --- RSS of pug's Chromium over many renders (no recycling).
-    let rss_start = children_rss();
-    let mut rss_at = Vec::new();
-    let next = Arc::new(AtomicU64::new(0));
-    let checkpoints = [a.long / 10, a.long / 2, a.long];
-    let mut done = 0;
-    for cp in checkpoints {
-        let workers: Vec<_> = (0..4)
-            .map(|_| {
-                let (r, url, next) = (pug_render.clone(), page_url.clone(), next.clone());
-                tokio::spawn(async move {
-                    while next.fetch_add(1, Ordering::Relaxed) < cp as u64 {
-                        r(url.clone()).await;
-                    }
-                })
-            })
-            .collect();
-        for w in workers {
-            w.await.unwrap();
-        }
-        next.store(cp as u64, Ordering::Relaxed);
-        done = cp;
-        rss_at.push((cp, children_rss()));
-        eprintln!("after {cp} renders: {} MiB", children_rss() >> 20);
-    }
-    let _ = done;
-    renderer.shutdown().await;
+    // --- pug's renderer over HTTP: a fresh context per render (the default), then pages
+    // reused for 50 renders and wiped between them (`page_reuse = 50`).
+    let (pug_rows, rss_start, rss_at) =
+        pug_renderer_rows(&a, tmp.path(), &page_url, &slow_url, 1, "").await;
+    rows.extend(pug_rows);
+    let (reuse_rows, reuse_rss_start, reuse_rss_at) = pug_renderer_rows(
+        &a,
+        tmp.path(),
+        &page_url,
+        &slow_url,
+        50,
+        ", page reused ×50 (wiped between renders)",
+    )
+    .await;
+    rows.extend(reuse_rows);
 
     // --- one fresh Chromium per render.
     {
@@ -411,32 +369,144 @@ async fn main() {
         a.c4,
         a.fresh
     ));
-    out.push_str("| mode | p50 (c=1) | p95 (c=1) | p50 vs floor | throughput (c=4) | vs fresh | peak Chromium RSS |\n");
-    out.push_str("|---|---|---|---|---|---|---|\n");
+    out.push_str("| mode | p50 (c=1) | p95 (c=1) | p50 vs floor | throughput (c=4) | vs fresh | CPU per render (c=4) | peak Chromium RSS |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|\n");
     for r in &rows {
         out.push_str(&format!(
-            "| {} | {:.0} ms | {:.0} ms | {:.2}× | {:.1}/s | {:.1}× | {} MiB |\n",
+            "| {} | {:.0} ms | {:.0} ms | {:.2}× | {:.1}/s | {:.1}× | {:.0} ms | {} MiB |\n",
             r.name,
             r.p50.as_secs_f64() * 1000.0,
             r.p95.as_secs_f64() * 1000.0,
             r.p50.as_secs_f64() / floor.p50.as_secs_f64(),
             r.throughput,
             r.throughput / fresh.throughput,
+            r.cpu_per_render.as_secs_f64() * 1000.0,
             r.peak_rss >> 20
         ));
     }
-    out.push_str(&format!(
-        "\npug's Chromium RSS over {} renders (c=4, no recycling): start {} MiB",
-        a.long,
-        rss_start >> 20
-    ));
-    for (n, rss) in &rss_at {
-        out.push_str(&format!(", after {n}: {} MiB", rss >> 20));
+    for (mode, start, at) in [
+        ("fresh context per render", rss_start, &rss_at),
+        ("page reused ×50", reuse_rss_start, &reuse_rss_at),
+    ] {
+        out.push_str(&format!(
+            "\npug's Chromium RSS over {} renders ({mode}; c=4, no browser recycling): start {} MiB",
+            a.long,
+            start >> 20
+        ));
+        for (n, rss) in at {
+            out.push_str(&format!(", after {n}: {} MiB", rss >> 20));
+        }
+        out.push_str(".\n");
     }
-    out.push_str(".\n");
     println!("{out}");
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/renderer/results.md");
     std::fs::write(&path, &out).expect("writes results.md");
     eprintln!("wrote {}", path.display());
+}
+
+/// pug's renderer with `page_reuse`, over HTTP: its rows and its Chromium's memory over
+/// `--long` renders (start, then at each checkpoint).
+async fn pug_renderer_rows(
+    a: &Args,
+    tmp: &std::path::Path,
+    page_url: &str,
+    slow_url: &str,
+    page_reuse: u32,
+    label: &str,
+) -> (Vec<Row>, u64, Vec<(usize, u64)>) {
+    let mut rows = Vec::new();
+    let (page_url, slow_url) = (page_url.to_owned(), slow_url.to_owned());
+    let config = RendererConfig {
+        chrome_path: a.chrome.clone().into(),
+        temp_dir: Some(tmp.to_owned()),
+        auth_tokens: vec!["bench".into()],
+        max_concurrency: 4,
+        renders_per_browser: 0,
+        page_reuse,
+        ..RendererConfig::default()
+    };
+    let renderer = Renderer::start(config, Arc::new(StaticTokens::new(["bench"])))
+        .await
+        .expect("renderer starts");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn({
+        let router = renderer.router();
+        async move { axum::serve(listener, router).await }
+    });
+    let client = reqwest::Client::new();
+    let pug_render = {
+        let client = client.clone();
+        move |url: String| {
+            let client = client.clone();
+            async move {
+                let res = client
+                    .get(format!("http://{addr}/render"))
+                    .header("X-Auth-Token", "bench")
+                    .query(&[
+                        ("url", url.as_str()),
+                        ("width", "1000"),
+                        ("height", "500"),
+                        ("encoding", "png"),
+                        ("renderKey", "k"),
+                        ("domain", "127.0.0.1"),
+                        ("timeout", "30"),
+                    ])
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 200);
+                res.bytes().await.unwrap();
+            }
+        }
+    };
+    {
+        let (r, url) = (pug_render.clone(), page_url.clone());
+        rows.push(
+            measure(&format!("pug renderer{label}"), a.c1, a.c4, move |_| {
+                r(url.clone())
+            })
+            .await,
+        );
+        let (r, url) = (pug_render.clone(), slow_url.clone());
+        rows.push(
+            measure(
+                &format!("pug renderer{label}, page ready 200 ms after its query"),
+                a.c1 / 2,
+                a.c4 / 2,
+                move |_| r(url.clone()),
+            )
+            .await,
+        );
+    }
+
+    // --- RSS of pug's Chromium over many renders (no recycling).
+    let rss_start = children_rss();
+    let mut rss_at = Vec::new();
+    let next = Arc::new(AtomicU64::new(0));
+    let checkpoints = [a.long / 10, a.long / 2, a.long];
+    let mut done = 0;
+    for cp in checkpoints {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let (r, url, next) = (pug_render.clone(), page_url.clone(), next.clone());
+                tokio::spawn(async move {
+                    while next.fetch_add(1, Ordering::Relaxed) < cp as u64 {
+                        r(url.clone()).await;
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.await.unwrap();
+        }
+        next.store(cp as u64, Ordering::Relaxed);
+        done = cp;
+        rss_at.push((cp, children_rss()));
+        eprintln!("after {cp} renders: {} MiB", children_rss() >> 20);
+    }
+    let _ = done;
+    renderer.shutdown().await;
+    (rows, rss_start, rss_at)
 }

@@ -14,6 +14,10 @@ use pug_gateway::{Gateway, GatewaySettings};
 use pug_store::{MasterKey, Store};
 use pug_types::{Phase, TenantId, TenantSpec, TenantStatus};
 
+/// The allocator `pug` itself uses (see `crates/pug/src/main.rs`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let mut upstream = String::from("127.0.0.1:18090");

@@ -204,6 +204,11 @@ fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
 /// A header value from user data: control characters dropped (they cannot come from pug's
 /// validated names, but a display name is free text).
 fn value(s: &str) -> HeaderValue {
+    if !s.chars().any(char::is_control) {
+        if let Ok(v) = HeaderValue::from_str(s) {
+            return v; // the common case, without a second copy
+        }
+    }
     let clean: String = s.chars().filter(|c| !c.is_control()).collect();
     HeaderValue::from_bytes(clean.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static(""))
 }

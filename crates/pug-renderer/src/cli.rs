@@ -47,6 +47,10 @@ pub struct RenderArgs {
     /// Replace Chromium when its processes use more than this many MiB (0 = never).
     #[arg(long, value_name = "MIB")]
     pub max_browser_rss_mb: Option<u64>,
+    /// Renders one browser page serves, wiped between them, before it is closed; 1 = a fresh
+    /// incognito context for every render (env: PUG_RENDERER_PAGE_REUSE).
+    #[arg(long, value_name = "N")]
+    pub page_reuse: Option<u32>,
     /// Encoding of /render when a request names none: png or pdf.
     #[arg(long, value_name = "ENCODING")]
     pub default_encoding: Option<String>,
@@ -101,6 +105,16 @@ impl RenderArgs {
         }
         if let Some(mib) = self.max_browser_rss_mb {
             config.max_browser_rss_bytes = mib << 20;
+        }
+        if let Some(n) = self.page_reuse {
+            match n {
+                0 => problems.push(problem(
+                    "--page-reuse",
+                    "0",
+                    "expected 1 or more (1 = a fresh context for every render)",
+                )),
+                n => config.page_reuse = n,
+            }
         }
         if let Some(enc) = &self.default_encoding {
             match enc.as_str() {

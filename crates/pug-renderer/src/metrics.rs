@@ -132,6 +132,13 @@ pub struct ModeLabel {
     pub mode: ReadinessMode,
 }
 
+/// Label of the page counter: did the render start on a fresh context or a reused page.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PageLabel {
+    /// `fresh` or `reused`.
+    pub page: &'static str,
+}
+
 /// Every metric of the renderer.
 pub struct Metrics {
     /// Registry with `process_*` and everything below.
@@ -148,6 +155,8 @@ pub struct Metrics {
     pub restarts: Family<RestartLabel, Counter>,
     /// `pug_renderer_readiness_mode_total{mode}`.
     pub readiness: Family<ModeLabel, Counter>,
+    /// `pug_renderer_pages_total{page}`.
+    pub pages: Family<PageLabel, Counter>,
 }
 
 impl Metrics {
@@ -207,6 +216,16 @@ impl Metrics {
             "Renders by the signal that found the page ready.",
             readiness.clone(),
         );
+        let pages = Family::<PageLabel, Counter>::default();
+        for page in ["fresh", "reused"] {
+            let _ = pages.get_or_create(&PageLabel { page });
+        }
+        sub.register(
+            "pages",
+            "Renders by the page they started on: a fresh incognito context, or a page reused \
+             (and wiped) for its scope (renderer page_reuse > 1).",
+            pages.clone(),
+        );
         Self {
             registry,
             http_duration,
@@ -215,6 +234,7 @@ impl Metrics {
             render_duration,
             restarts,
             readiness,
+            pages,
         }
     }
 
@@ -241,5 +261,6 @@ mod tests {
         assert!(text.contains("pug_renderer_browser_restarts_total{reason=\"memory\"} 0"));
         assert!(text.contains("pug_renderer_readiness_mode_total{mode=\"binding\"} 0"));
         assert!(text.contains("up 1"));
+        assert!(text.contains("pug_renderer_pages_total{page=\"reused\"} 0"));
     }
 }

@@ -264,8 +264,32 @@ fn param(u: &url::Url, name: &str) -> String {
 
 #[tokio::test]
 async fn timezone_and_language_are_applied() {
+    timezone_language_and_no_leftovers_then(Harness::start().await, |text| {
+        assert!(text.contains("pug_renderer_pages_total{page=\"reused\"} 0"));
+    })
+    .await;
+}
+
+/// One page serving every render (one slot, reuse on): each render still starts from nothing.
+#[tokio::test]
+async fn a_reused_page_keeps_nothing_from_the_last_render() {
+    let h = Harness::start_with(|c| {
+        c.max_concurrency = 1;
+        c.page_reuse = 10;
+    })
+    .await;
+    timezone_language_and_no_leftovers_then(h, |text| {
+        assert!(
+            text.contains("pug_renderer_pages_total{page=\"reused\"} 4"),
+            "the page was not reused: {text}"
+        );
+    })
+    .await;
+}
+
+/// Renders the `tz` page five ways, checks what each saw, then hands `/metrics` to `check`.
+async fn timezone_language_and_no_leftovers_then(h: Harness, check: impl FnOnce(&str)) {
     let pages = pages().await;
-    let h = Harness::start().await;
     let tz_page = "/d-solo/tz/x?delay=0";
 
     // An IANA name.
@@ -285,29 +309,56 @@ async fn timezone_and_language_are_applied() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+    // And not kept for the next request.
+    png(&h, &panel(pages, tz_page, &[])).await;
 
     let reports = reported(pages).await;
-    assert_eq!(reports.len(), 4, "{reports:?}");
+    assert_eq!(reports.len(), 5, "{reports:?}");
     assert_eq!(param(&reports[0], "tz"), "Europe/Berlin");
     assert_eq!(param(&reports[0], "offset"), "-60"); // CET in January: 60 min ahead of UTC
     assert_eq!(param(&reports[1], "offset"), "-120"); // UTC+02:00, as the user meant
     assert_eq!(param(&reports[2], "offset"), "0");
     assert_eq!(param(&reports[3], "language"), "de-DE");
+    assert_ne!(param(&reports[4], "language"), "de-DE");
+    for (i, r) in reports.iter().enumerate() {
+        // Every page leaves storage and a cookie behind; none may reach the next render.
+        assert_eq!(param(r, "stored"), "", "render {i} found storage: {r}");
+        assert_eq!(param(r, "cookies"), "", "render {i} found cookies: {r}");
+    }
     let log = page_log(pages).await;
-    let last_page = log
+    let tz_hits: Vec<_> = log
         .iter()
-        .rev()
-        .find(|hit| hit["path"] == "/d-solo/tz/x")
-        .unwrap();
-    assert_eq!(last_page["accept_language"], "de-DE");
+        .filter(|hit| hit["path"] == "/d-solo/tz/x")
+        .collect();
+    assert_eq!(tz_hits.len(), 5);
+    assert_eq!(tz_hits[3]["accept_language"], "de-DE");
+    for hit in tz_hits {
+        // The render key (each request's own) is expected; the page's cookie is not.
+        let cookie = hit["cookie"].as_str().unwrap();
+        assert!(!cookie.contains("left="), "a cookie crossed renders: {hit}");
+    }
+    check(&metrics_text(&h).await);
     h.shutdown().await;
 }
 
 #[tokio::test]
 async fn render_key_cookie_goes_only_to_its_domain_and_never_to_the_next_render() {
+    render_key_cookie(Harness::start().await).await;
+}
+
+#[tokio::test]
+async fn render_key_cookie_never_reaches_the_next_render_on_a_reused_page() {
+    let h = Harness::start_with(|c| {
+        c.max_concurrency = 1;
+        c.page_reuse = 10;
+    })
+    .await;
+    render_key_cookie(h).await;
+}
+
+async fn render_key_cookie(h: Harness) {
     let pages = pages().await;
     let port = pages.port();
-    let h = Harness::start().await;
     // The page is on "localhost"; it loads an image from 127.0.0.1, another host.
     let page = format!("http://localhost:{port}/d-solo/scenes/x?delay=0&probe=127.0.0.1:{port}");
     let mut q = panel(pages, "/", &[("domain", "localhost")]);

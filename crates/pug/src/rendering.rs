@@ -92,6 +92,7 @@ async fn try_start(
         max_queue: r.max_queue,
         renders_per_browser: r.renders_per_browser,
         max_browser_rss_bytes: r.max_browser_rss_mb << 20,
+        page_reuse: r.page_reuse.max(1),
         temp_dir: None,
         ..RendererConfig::default()
     };

@@ -10,8 +10,8 @@
 //!   `binding` (Grafana ≥ 12: `__grafanaRenderBindingSupported` + `REPORT_RENDER_COMPLETE` through
 //!   `__grafanaImageRendererMessageChannel`), `scenes` (`__grafanaSceneContext` +
 //!   `__grafanaRunningQueryCount`), `legacy` (`.panel-solo` + `window.panelsRendered`), `never`
-//!   (binding supported, never reports), or `tz` (reports its timezone, offset and language to
-//!   `/render-test/report`, then draws; readiness as `legacy`). `probe` adds an image from another host, to see where
+//!   (binding supported, never reports), or `tz` (reports its timezone, offset, language and any
+//!   storage or cookie an earlier page left to `/render-test/report`, leaves some itself, then draws; readiness as `legacy`). `probe` adds an image from another host, to see where
 //!   the `renderKey` cookie goes.
 //! - `GET /d/{style}/{slug}?panels=N&qdelay=MS` — a dashboard of N panels (300 px each, under a
 //!   40 px header) inside Grafana's `#page-scrollbar`; each panel runs its query only when it
@@ -157,10 +157,17 @@ if (style === 'legacy' || style === 'tz') window.panelsRendered = 0;
   await sleep(num('delay', 300));
   if (style === 'tz') {{
     const jan = new Date(Date.UTC(2024, 0, 15, 12)).getTimezoneOffset();
+    // What an earlier page may have left (a renderer must not let it through), then leave
+    // some of the same for the next one.
     const q = new URLSearchParams({{
       tz: Intl.DateTimeFormat().resolvedOptions().timeZone, offset: String(jan),
       language: navigator.language,
+      stored: (localStorage.getItem('left') || '') + (sessionStorage.getItem('left') || ''),
+      cookies: document.cookie,
     }});
+    localStorage.setItem('left', 'local');
+    sessionStorage.setItem('left', 'session');
+    document.cookie = 'left=1; path=/; max-age=3600';
     await fetch(base + '/render-test/report?' + q);
   }}
   draw(document.getElementById('chart'));

@@ -15,11 +15,13 @@ use chromiumoxide::Browser;
 use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, Notify, RwLock};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::page::{self, Blank};
 use crate::config::RendererConfig;
 use crate::error::{RenderError, RendererError};
+use crate::security::Scope;
 
 /// Flags every Chromium of pug gets, whatever `RENDERING_ARGS` says.
 const BASE_ARGS: &[&str] = &[
@@ -37,7 +39,11 @@ const BASE_ARGS: &[&str] = &[
     "--disable-renderer-backgrounding",
     "--disable-hang-monitor",
     "--disable-client-side-phishing-detection",
-    "--disable-features=Translate,MediaRouter,OptimizationHints",
+    // SpareRendererForSitePerProcess: after every navigation Chromium starts a spare renderer
+    // process for the next one, in that context; with a context per render it is never used
+    // (bench/renderer counted 3-4 renderer processes started per render). BackForwardCache:
+    // a left page would stay alive in memory for a back navigation that never comes.
+    "--disable-features=Translate,MediaRouter,OptimizationHints,SpareRendererForSitePerProcess,BackForwardCache",
     "--metrics-recording-only",
     "--password-store=basic",
     "--use-mock-keychain",
@@ -72,7 +78,17 @@ pub struct Instance {
     /// Blank pages prepared ahead of time by a background task, so a render does not wait for
     /// a page to open. Each is a fresh context that nothing has been loaded into.
     spares: tokio::sync::Mutex<mpsc::Receiver<Blank>>,
+    /// Wiped pages waiting for the next render of their scope (`page_reuse` > 1), oldest
+    /// first, with the time each came back.
+    warm: std::sync::Mutex<Vec<(Scope, Blank, Instant)>>,
+    /// At most this many renders per page (1: a fresh context for every render).
+    page_reuse: u32,
+    /// At most this many wiped pages are kept (each holds a renderer process).
+    max_warm: usize,
 }
+
+/// A wiped page unused this long is closed (its renderer process is memory nobody uses).
+const WARM_IDLE: Duration = Duration::from_secs(60);
 
 /// Marks one render as running on an [`Instance`] until dropped.
 pub struct InUse(Arc<Instance>);
@@ -192,6 +208,9 @@ impl Instance {
             profile: std::sync::Mutex::new(Some(profile)),
             scratch,
             spares: tokio::sync::Mutex::new(spare_rx),
+            warm: std::sync::Mutex::new(Vec::new()),
+            page_reuse: config.page_reuse.max(1),
+            max_warm: config.max_concurrency.max(1),
         });
         if config.spare_pages > 0 {
             tokio::spawn(prepare_spares(Arc::downgrade(&instance), spare_tx));
@@ -199,12 +218,49 @@ impl Instance {
         Ok(instance)
     }
 
-    /// A blank page in a fresh context: a prepared one if there is one, else a new one.
-    pub async fn take_blank(&self) -> Result<Blank, RenderError> {
-        if let Ok(blank) = self.spares.lock().await.try_recv() {
-            return Ok(blank);
+    /// A blank page for a render of `scope`: a wiped page that served this scope before if
+    /// there is one, else a prepared fresh one, else a new one.
+    pub async fn take_blank(&self, scope: &Scope) -> Result<Blank, RenderError> {
+        let warm = {
+            let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
+            warm.iter()
+                .rposition(|(s, _, _)| s == scope)
+                .map(|i| warm.remove(i).1)
+        };
+        let mut blank = match warm {
+            Some(blank) => blank,
+            None => match self.spares.lock().await.try_recv() {
+                Ok(blank) => blank,
+                Err(_) => page::create_blank(self).await?,
+            },
+        };
+        blank.uses += 1;
+        Ok(blank)
+    }
+
+    /// Whether a page that has served `uses` renders may serve another.
+    pub fn reusable(&self, uses: u32) -> bool {
+        uses < self.page_reuse
+    }
+
+    /// Keeps a wiped page for the next render of `scope`. Returns the contexts to dispose:
+    /// the oldest pages beyond the limit and pages idle for too long.
+    pub fn give_back(&self, scope: Scope, blank: Blank) -> Vec<Blank> {
+        let now = Instant::now();
+        let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
+        warm.push((scope, blank, now));
+        let mut retired = Vec::new();
+        while warm.len() > self.max_warm {
+            retired.push(warm.remove(0).1);
         }
-        page::create_blank(self).await
+        retired.extend(idle(&mut warm, now));
+        retired
+    }
+
+    /// Takes out the wiped pages nobody has used for a while (to dispose).
+    pub fn take_idle(&self) -> Vec<Blank> {
+        let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
+        idle(&mut warm, Instant::now())
     }
 
     /// Registers one render on this instance.
@@ -305,6 +361,17 @@ impl Instance {
         }
         tracing::info!(id = self.id, pid = self.pid, "Chromium stopped");
     }
+}
+
+fn idle(warm: &mut Vec<(Scope, Blank, Instant)>, now: Instant) -> Vec<Blank> {
+    let mut out = Vec::new();
+    while warm
+        .first()
+        .is_some_and(|(_, _, at)| now.duration_since(*at) > WARM_IDLE)
+    {
+        out.push(warm.remove(0).1);
+    }
+    out
 }
 
 /// Keeps the spare channel full; ends when the instance is gone or its browser fails.

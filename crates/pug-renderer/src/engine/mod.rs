@@ -28,7 +28,7 @@ use self::page::{PageSession, Viewport};
 use crate::config::RendererConfig;
 use crate::error::{RenderError, RendererError};
 use crate::metrics::{
-    Metrics, ModeLabel, ReadinessMode, RenderLabels, RestartLabel, RestartReason,
+    Metrics, ModeLabel, PageLabel, ReadinessMode, RenderLabels, RestartLabel, RestartReason,
 };
 use crate::params::{CsvRequest, Encoding, Height, RenderRequest};
 use crate::security::{Scope, UrlPolicy};
@@ -282,13 +282,16 @@ impl Inner {
             .observe(started.elapsed().as_secs_f64());
     }
 
-    /// Runs `work` on a blank page in a fresh incognito context of the current Chromium,
+    /// Runs `work` on a blank page of the current Chromium — in a fresh incognito context, or
+    /// (`reuse`, with `page_reuse` > 1) a wiped page that served `scope` before —
     /// bounded by the deadline and by the browser's death. The context is disposed after the
     /// result is returned (the slot stays taken until then).
     async fn with_context<T, F, Fut>(
         self: &Arc<Self>,
         deadline: Instant,
         timeout: Duration,
+        scope: &Scope,
+        reuse: bool,
         work: F,
     ) -> Result<T, RenderError>
     where
@@ -307,7 +310,7 @@ impl Inner {
         let in_use = instance.begin();
 
         let blank = tokio::select! {
-            blank = instance.take_blank() => match blank {
+            blank = instance.take_blank(scope) => match blank {
                 Ok(blank) => blank,
                 // The page may have failed because the browser died under it.
                 Err(RenderError::Internal(_)) if instance.is_dead() => {
@@ -318,7 +321,9 @@ impl Inner {
             _ = tokio::time::sleep_until(deadline) => return Err(RenderError::Timeout(timeout)),
             _ = instance.dead.cancelled() => return Err(RenderError::BrowserFailed),
         };
-        let ctx = blank.ctx.clone();
+        let page = if blank.uses > 1 { "reused" } else { "fresh" };
+        self.metrics.pages.get_or_create(&PageLabel { page }).inc();
+        let kept = blank.clone();
         let result = tokio::select! {
             res = work(instance.clone(), blank) => res,
             _ = tokio::time::sleep_until(deadline) => Err(RenderError::Timeout(timeout)),
@@ -331,13 +336,30 @@ impl Inner {
                 other => other,
             };
         }
+        // Only a page whose render finished is reused; one cut short by a timeout or error
+        // may still be busy, so its context goes.
+        let reuse = reuse && result.is_ok() && instance.reusable(kept.uses);
         let inner = self.clone();
+        let scope = scope.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(5),
-                page::dispose_context(&instance, ctx),
-            )
-            .await;
+            let mut retired = vec![kept.clone()];
+            if reuse {
+                let wiped =
+                    tokio::time::timeout(Duration::from_secs(5), page::wipe(&instance, &kept))
+                        .await;
+                match wiped {
+                    Ok(Ok(())) => retired = instance.give_back(scope, kept),
+                    Ok(Err(e)) => tracing::debug!(error = %e, "wiping a page failed; closing it"),
+                    Err(_) => tracing::debug!("wiping a page timed out; closing it"),
+                }
+            }
+            for blank in retired {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    page::dispose_context(&instance, blank.ctx),
+                )
+                .await;
+            }
             drop(in_use);
             drop(permit);
             let quota = inner.config.renders_per_browser;
@@ -370,33 +392,52 @@ impl Inner {
         let policy = self.policy.clone();
         let readiness = self.config.readiness.clone();
         let max_full = self.config.viewport.max_full_page_height;
-        self.with_context(deadline, timeout, |instance, blank| async move {
-            let session = PageSession::open(
-                blank.page,
-                &req.page,
-                viewport,
-                policy,
-                scope,
-                &instance.user_agent,
-            )
-            .await?;
-            session.navigate(&req.page.url).await?;
-            let mode = session.wait_ready(&readiness, true).await?;
-            if full_page && req.encoding == Encoding::Png {
-                session
-                    .fit_to_content(viewport, max_full, &readiness)
-                    .await?;
-            }
-            let bytes = match req.encoding {
-                Encoding::Png => session.png().await?,
-                Encoding::Pdf => session.pdf(&req.pdf, req.scale).await?,
-            };
-            Ok(Rendered {
-                bytes,
-                encoding: req.encoding,
-                readiness: mode,
-            })
-        })
+        self.with_context(
+            deadline,
+            timeout,
+            &scope.clone(),
+            true,
+            |instance, blank| async move {
+                let t0 = Instant::now();
+                let session = PageSession::open(
+                    blank,
+                    &req.page,
+                    viewport,
+                    policy,
+                    scope,
+                    &instance.user_agent,
+                )
+                .await?;
+                let t1 = Instant::now();
+                session.navigate(&req.page.url).await?;
+                let t2 = Instant::now();
+                let mode = session.wait_ready(&readiness, true).await?;
+                if full_page && req.encoding == Encoding::Png {
+                    session
+                        .fit_to_content(viewport, max_full, &readiness)
+                        .await?;
+                }
+                let t3 = Instant::now();
+                let bytes = match req.encoding {
+                    Encoding::Png => session.png().await?,
+                    Encoding::Pdf => session.pdf(&req.pdf, req.scale).await?,
+                };
+                let ms = |a: Instant, b: Instant| b.duration_since(a).as_millis() as u64;
+                tracing::debug!(
+                    prepare_ms = ms(t0, t1),
+                    navigate_ms = ms(t1, t2),
+                    ready_ms = ms(t2, t3),
+                    capture_ms = ms(t3, Instant::now()),
+                    ?mode,
+                    "render phases"
+                );
+                Ok(Rendered {
+                    bytes,
+                    encoding: req.encoding,
+                    readiness: mode,
+                })
+            },
+        )
         .await
     }
 
@@ -415,31 +456,38 @@ impl Inner {
             scale: 1.0,
         };
         let poll = self.config.readiness.poll_interval;
-        self.with_context(deadline, timeout, |instance, blank| async move {
-            let dir = tempfile::Builder::new()
-                .prefix("csv-")
-                .tempdir_in(&instance.scratch)
-                .map_err(|e| {
-                    RenderError::Internal(format!("creating a download directory: {e}"))
-                })?;
-            page::allow_downloads(&instance, &blank.ctx, dir.path()).await?;
-            let session = PageSession::open(
-                blank.page,
-                &req.page,
-                viewport,
-                policy,
-                scope,
-                &instance.user_agent,
-            )
-            .await?;
-            session.navigate(&req.page.url).await?;
-            let (downloaded, bytes) = page::wait_for_csv(dir.path(), poll).await?;
-            let file_name = req
-                .file_name
-                .or_else(|| crate::security::safe_csv_file_name(&downloaded))
-                .unwrap_or_else(|| "data.csv".to_owned());
-            Ok(CsvFile { bytes, file_name })
-        })
+        // A download directory is a per-context setting: CSV exports never reuse a page.
+        self.with_context(
+            deadline,
+            timeout,
+            &scope.clone(),
+            false,
+            |instance, blank| async move {
+                let dir = tempfile::Builder::new()
+                    .prefix("csv-")
+                    .tempdir_in(&instance.scratch)
+                    .map_err(|e| {
+                        RenderError::Internal(format!("creating a download directory: {e}"))
+                    })?;
+                page::allow_downloads(&instance, &blank.ctx, dir.path()).await?;
+                let session = PageSession::open(
+                    blank,
+                    &req.page,
+                    viewport,
+                    policy,
+                    scope,
+                    &instance.user_agent,
+                )
+                .await?;
+                session.navigate(&req.page.url).await?;
+                let (downloaded, bytes) = page::wait_for_csv(dir.path(), poll).await?;
+                let file_name = req
+                    .file_name
+                    .or_else(|| crate::security::safe_csv_file_name(&downloaded))
+                    .unwrap_or_else(|| "data.csv".to_owned());
+                Ok(CsvFile { bytes, file_name })
+            },
+        )
         .await
     }
 }
@@ -470,6 +518,10 @@ async fn supervise(inner: Arc<Inner>) {
             }
             _ = tokio::time::sleep(interval) => {
                 let Some(i) = &current else { continue };
+                for blank in i.take_idle() {
+                    let i = i.clone();
+                    tokio::spawn(async move { page::dispose_context(&i, blank.ctx).await });
+                }
                 let ping_timeout = interval.clamp(Duration::from_secs(1), Duration::from_secs(5));
                 if !i.ping(ping_timeout).await {
                     tracing::warn!(id = i.id, "Chromium does not answer; replacing it");

@@ -25,14 +25,16 @@ use chromiumoxide::cdp::browser_protocol::fetch::{
     self, ContinueRequestParams, EventRequestPaused, FailRequestParams, RequestPattern,
     RequestStage,
 };
+use chromiumoxide::cdp::browser_protocol::network::ClearBrowserCacheParams;
 use chromiumoxide::cdp::browser_protocol::network::{
     ErrorReason, EventLoadingFailed, EventLoadingFinished, EventRequestWillBeSent, ResourceType,
     SetCookieParams,
 };
 use chromiumoxide::cdp::browser_protocol::page::{
     AddScriptToEvaluateOnNewDocumentParams, CaptureScreenshotFormat, CaptureScreenshotParams,
-    NavigateParams, PrintToPdfParams,
+    NavigateParams, PrintToPdfParams, RemoveScriptToEvaluateOnNewDocumentParams, ScriptIdentifier,
 };
+use chromiumoxide::cdp::browser_protocol::storage::{ClearCookiesParams, ClearDataForOriginParams};
 use chromiumoxide::cdp::browser_protocol::target::CreateTargetParams;
 use chromiumoxide::cdp::js_protocol::runtime::{
     AddBindingParams, EvaluateParams, EventBindingCalled,
@@ -84,6 +86,8 @@ struct Shared {
     refused: Mutex<Option<String>>,
     /// Wakes the readiness loop early (binding called, navigation refused).
     changed: Notify,
+    /// Where the origins the page talks to are recorded (for [`wipe`]).
+    residue: Arc<Mutex<Residue>>,
 }
 
 /// What [`OBSERVE_JS`] returns.
@@ -117,14 +121,34 @@ fn cdp(what: &str) -> impl Fn(chromiumoxide::error::CdpError) -> RenderError + '
     move |e| RenderError::Internal(format!("{what}: {e}"))
 }
 
-/// A fresh incognito context holding one blank page: what every render starts from. Prepared
-/// ahead of time (see [`Instance`]'s spare pages), since opening a page costs more than most
-/// renders.
+/// An incognito context holding one page at `about:blank`: what every render starts from.
+/// Prepared ahead of time (see [`Instance`]'s spare pages), since opening a page costs more
+/// than most renders.
+///
+/// With `page_reuse` > 1 a page serves several renders of one scope: between two renders it is
+/// wiped ([`wipe`]) of everything a render leaves behind, so only the renderer process and the
+/// context's shell are reused (they are what costs: ~0.3 s of CPU per context on a 2-core VM).
+#[derive(Clone)]
 pub struct Blank {
-    /// The context (own cookies, cache, storage); disposed after the render.
+    /// The context (own cookies, cache, storage); disposed when the page retires.
     pub ctx: BrowserContextId,
     /// Its page, at `about:blank`.
     pub page: Page,
+    /// Renders this page has started.
+    pub uses: u32,
+    /// What the renders left behind, for [`wipe`].
+    pub residue: Arc<Mutex<Residue>>,
+}
+
+/// What renders leave in a page that [`wipe`] must remove.
+#[derive(Default)]
+pub struct Residue {
+    /// Request interception and Grafana's binding are installed (they survive navigations).
+    prepared: bool,
+    /// Origins the page has sent requests to (their storage is cleared).
+    origins: HashSet<String>,
+    /// Scripts added to run in every new document.
+    scripts: Vec<ScriptIdentifier>,
 }
 
 /// Creates a context and a blank page in it.
@@ -140,12 +164,95 @@ pub async fn create_blank(instance: &Instance) -> Result<Blank, RenderError> {
         .build()
         .map_err(RenderError::Internal)?;
     match browser.new_page(target).await {
-        Ok(page) => Ok(Blank { ctx, page }),
+        Ok(page) => Ok(Blank {
+            ctx,
+            page,
+            uses: 0,
+            residue: Arc::default(),
+        }),
         Err(e) => {
             let _ = browser.dispose_browser_context(ctx).await;
             Err(RenderError::Internal(format!("opening a page: {e}")))
         }
     }
+}
+
+/// Makes a used page blank again for the next render of the same scope: leaves the document
+/// (so no script of it runs any more), then removes cookies, storage of every origin it
+/// talked to, the HTTP cache, and the per-render startup scripts. Emulation overrides are
+/// not reset here: [`PageSession::open`] sets all of them on every render.
+///
+/// An error means the page must not be reused (the caller disposes its context).
+pub async fn wipe(instance: &Instance, blank: &Blank) -> Result<(), RenderError> {
+    let page = &blank.page;
+    leave_document(page).await?;
+    let (origins, scripts) = {
+        let mut r = blank
+            .residue
+            .lock()
+            .map_err(|_| RenderError::Internal("poisoned".into()))?;
+        (
+            std::mem::take(&mut r.origins),
+            std::mem::take(&mut r.scripts),
+        )
+    };
+    for id in scripts {
+        page.execute(RemoveScriptToEvaluateOnNewDocumentParams::new(id))
+            .await
+            .map_err(cdp("removing a startup script"))?;
+    }
+    for origin in origins {
+        page.execute(ClearDataForOriginParams::new(origin, "all"))
+            .await
+            .map_err(cdp("clearing storage"))?;
+    }
+    page.execute(ClearBrowserCacheParams::default())
+        .await
+        .map_err(cdp("clearing the cache"))?;
+    let cookies = ClearCookiesParams {
+        browser_context_id: Some(blank.ctx.clone()),
+    };
+    instance
+        .browser()
+        .await
+        .execute(cookies)
+        .await
+        .map_err(cdp("clearing cookies"))?;
+    Ok(())
+}
+
+/// Replaces the page's document with `about:blank` by a navigation the page itself starts:
+/// `about:blank` then inherits the page's origin and stays in its renderer process. A
+/// navigation from the browser side (`Page.navigate`) would start a new process for
+/// `about:blank` and another one for the next render's URL — most of what reusing saves.
+async fn leave_document(page: &Page) -> Result<(), RenderError> {
+    let url_is_blank = || async {
+        let eval = EvaluateParams::builder()
+            .expression("document.URL")
+            .return_by_value(true)
+            .build()
+            .map_err(RenderError::Internal)?;
+        // Fails while the document is being swapped: not blank yet.
+        Ok::<bool, RenderError>(match page.execute(eval).await {
+            Ok(res) => {
+                res.result.result.value.as_ref().and_then(|v| v.as_str()) == Some("about:blank")
+            }
+            Err(_) => false,
+        })
+    };
+    if url_is_blank().await? {
+        return Ok(());
+    }
+    let go = EvaluateParams::builder()
+        .expression("location.replace('about:blank')")
+        .build()
+        .map_err(RenderError::Internal)?;
+    page.execute(go).await.map_err(cdp("leaving the page"))?;
+    // The caller bounds the wait.
+    while !url_is_blank().await? {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
 }
 
 /// Disposes a context and everything in it (pages, cookies, cache, storage).
@@ -160,15 +267,20 @@ impl PageSession {
     /// Takes a blank page, starts enforcing `policy`/`scope` on its requests, and applies
     /// the request's viewport, timezone, language and cookie.
     pub async fn open(
-        page: Page,
+        blank: Blank,
         req: &PageRequest,
         viewport: Viewport,
         policy: UrlPolicy,
         scope: Scope,
         user_agent: &str,
     ) -> Result<Self, RenderError> {
-        let shared = Arc::new(Shared::default());
+        let Blank { page, residue, .. } = blank;
+        let shared = Arc::new(Shared {
+            residue: residue.clone(),
+            ..Shared::default()
+        });
         let mut tasks = JoinSet::new();
+        let prepared = residue.lock().map(|r| r.prepared).unwrap_or(false);
 
         // Listeners first, so no event of the navigation is missed.
         let paused = page
@@ -201,14 +313,6 @@ impl PageSession {
         tasks.spawn(track_network(started, finished, failed, shared.clone()));
         tasks.spawn(watch_binding(bindings, shared.clone()));
 
-        let fetch = fetch::EnableParams::builder()
-            .pattern(
-                RequestPattern::builder()
-                    .url_pattern("*")
-                    .request_stage(RequestStage::Request)
-                    .build(),
-            )
-            .build();
         let metrics = SetDeviceMetricsOverrideParams::new(
             viewport.width as i64,
             viewport.height as i64,
@@ -220,26 +324,47 @@ impl PageSession {
             "window.__grafanaImageRendererReadinessTimeoutMs = {};",
             req.timeout.as_millis()
         ));
-        futures::try_join!(
-            page.execute(fetch),
+        // Every override is set on every render, so a reused page keeps none of the last one's.
+        // An empty timezone id restores the browser's own.
+        let timezone = SetTimezoneOverrideParams::new(req.timezone.clone().unwrap_or_default());
+        let mut ua = SetUserAgentOverrideParams::new(user_agent.to_owned());
+        ua.accept_language = req.accept_language.clone();
+        if !prepared {
+            let fetch = fetch::EnableParams::builder()
+                .pattern(
+                    RequestPattern::builder()
+                        .url_pattern("*")
+                        .request_stage(RequestStage::Request)
+                        .build(),
+                )
+                .build();
+            futures::try_join!(
+                page.execute(fetch),
+                page.execute(AddBindingParams::new(BINDING)),
+            )
+            .map_err(cdp("preparing the page"))?;
+            if let Ok(mut r) = residue.lock() {
+                r.prepared = true;
+            }
+        }
+        let (_, added, _) = futures::try_join!(
             page.execute(metrics),
-            page.execute(AddBindingParams::new(BINDING)),
             page.execute(script),
+            page.execute(ua),
         )
         .map_err(cdp("preparing the page"))?;
-        if let Some(tz) = &req.timezone {
-            page.execute(SetTimezoneOverrideParams::new(tz.clone()))
-                .await
-                .map_err(|_| {
-                    RenderError::BadRequest(format!("timezone {tz:?} is not known to the browser"))
-                })?;
+        if let Ok(mut r) = residue.lock() {
+            r.scripts.push(added.result.identifier.clone());
         }
-        if let Some(lang) = &req.accept_language {
-            let mut ua = SetUserAgentOverrideParams::new(user_agent.to_owned());
-            ua.accept_language = Some(lang.clone());
-            page.execute(ua)
+        if req.timezone.is_some() || prepared {
+            page.execute(timezone)
                 .await
-                .map_err(cdp("setting the language"))?;
+                .map_err(|_| match &req.timezone {
+                    Some(tz) => RenderError::BadRequest(format!(
+                        "timezone {tz:?} is not known to the browser"
+                    )),
+                    None => RenderError::Internal("resetting the timezone failed".into()),
+                })?;
         }
         if let Some(key) = &req.render_key {
             let mut domain = key.domain.clone();
@@ -535,7 +660,16 @@ async fn enforce_policy(
     let main_frame = page.target_id().as_ref().to_owned();
     while let Some(ev) = paused.next().await {
         let is_document = ev.resource_type == ResourceType::Document;
-        let verdict = match Url::parse(&ev.request.url) {
+        let parsed = Url::parse(&ev.request.url);
+        if let Ok(url) = &parsed {
+            let origin = url.origin();
+            if origin.is_tuple() {
+                if let Ok(mut r) = shared.residue.lock() {
+                    r.origins.insert(origin.ascii_serialization());
+                }
+            }
+        }
+        let verdict = match parsed {
             Err(_) => Err(format!("{:?} is not a valid URL", ev.request.url)),
             Ok(url) if is_document => match policy.check_navigation(&url, &scope) {
                 Ok(()) => UrlPolicy::check_resolved(&url).await.map_err(|r| r.0),
