@@ -86,7 +86,8 @@ nginx_conf proxy "upstream grafana { server 127.0.0.1:$UP_PORT; keepalive 128; }
   }"
 
 "$bench_bin" --upstream "127.0.0.1:$UP_PORT" --listen "127.0.0.1:$PUG_PORT" --tenants "$TENANTS" > "$work/pug.out" 2> "$work/pug.err" &
-pids+=($!)
+pug_pid=$!
+pids+=($pug_pid)
 for _ in $(seq 1 600); do
   grep -q '^ready' "$work/pug.out" 2>/dev/null && break
   sleep 0.1
@@ -111,29 +112,47 @@ to_ms() { awk -v v="$1" 'BEGIN {
   else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.3f", v * 1000 }
   else print v }'; }
 
-run() { # name url [header]
-  local name=$1 url=$2; shift 2
+# CPU seconds (user, system) used so far by the processes in $@ (a proxy's workers).
+cpu_of() { # pid...
+  local tick; tick=$(getconf CLK_TCK)
+  for p in "$@"; do cat "/proc/$p/stat"; done 2>/dev/null |
+    awk -v t="$tick" '{ u += $14; s += $15 } END { printf "%f %f", u / t, s / t }'
+}
+nginx_workers() { pgrep -P "$(cat "$work/$1/nginx.pid")" | tr '\n' ' '; }
+
+run() { # name url pids [header]: pids are the proxy's processes ("" for none)
+  local name=$1 url=$2 procs=$3; shift 3
   "$WRK" -t"$THREADS" -c"$CONNECTIONS" -d2s "$@" "$url" > /dev/null # warm-up
+  local before after
+  # shellcheck disable=SC2086
+  before=$(cpu_of $procs)
   "$WRK" -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" > "$work/$name.wrk"
-  local rps p50 p99 errors
+  # shellcheck disable=SC2086
+  after=$(cpu_of $procs)
+  local rps p50 p99 errors requests cpu
   rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/$name.wrk")
   p50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$work/$name.wrk")")
   p99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$work/$name.wrk")")
+  requests=$(awk '/requests in/ {print $1}' "$work/$name.wrk")
+  # The proxy's own CPU per request, user + system, in microseconds.
+  cpu=$(awk -v b="$before" -v a="$after" -v n="$requests" 'BEGIN {
+    split(b, x, " "); split(a, y, " ");
+    if (n > 0 && a != "0.000000 0.000000") printf "%.1f+%.1f", (y[1] - x[1]) * 1e6 / n, (y[2] - x[2]) * 1e6 / n; else print "-" }')
   errors=$(awk '/Non-2xx|Socket errors/ {print}' "$work/$name.wrk" | tr '\n' ' ')
-  printf '%s %s %s %s\n' "$name" "$rps" "$p50" "$p99" >> "$work/results"
+  printf '%s %s %s %s %s\n' "$name" "$rps" "$p50" "$p99" "$cpu" >> "$work/results"
   [ -z "$errors" ] || echo "$name: $errors" >&2
 }
 
-run direct "http://127.0.0.1:$UP_PORT$path"
-run nginx "http://127.0.0.1:$NGINX_PORT$path"
-run pug "http://127.0.0.1:$PUG_PORT$path" -H "Cookie: $cookie"
+run direct "http://127.0.0.1:$UP_PORT$path" ""
+run nginx "http://127.0.0.1:$NGINX_PORT$path" "$(nginx_workers proxy)"
+run pug "http://127.0.0.1:$PUG_PORT$path" "$pug_pid" -H "Cookie: $cookie"
 
 echo
 echo "gateway benchmark: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, GET $path, $TENANTS tenants in pug, $(nproc) cores"
-printf '| %-8s | %12s | %9s | %9s |\n' target "requests/s" "p50 (ms)" "p99 (ms)"
-printf '|%s|%s|%s|%s|\n' ---------- -------------- ----------- -----------
-while read -r name rps p50 p99; do
-  printf '| %-8s | %12s | %9s | %9s |\n' "$name" "$rps" "$p50" "$p99"
+printf '| %-8s | %12s | %9s | %9s | %27s |\n' target "requests/s" "p50 (ms)" "p99 (ms)" "proxy CPU/request user+sys (µs)"
+printf '|%s|%s|%s|%s|%s|\n' ---------- -------------- ----------- ----------- -----------------------------
+while read -r name rps p50 p99 cpu; do
+  printf '| %-8s | %12s | %9s | %9s | %27s |\n' "$name" "$rps" "$p50" "$p99" "$cpu"
 done < "$work/results"
 awk '$1 == "nginx" {nr = $2; n99 = $4} $1 == "pug" {pr = $2; p99 = $4}
   END { printf "\npug vs nginx: %.2fx requests/s (target >= 1.00), p99 %.2fx (target <= 1.10)\n", pr / nr, p99 / n99 }' "$work/results"
