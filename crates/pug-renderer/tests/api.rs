@@ -250,6 +250,29 @@ async fn allow_list_applies_to_the_url_and_to_redirects() {
     h.shutdown().await;
 }
 
+/// An iframe is a document too: one from a host outside the list is never loaded, and the
+/// render still completes.
+///
+/// Known defect, hence ignored: the refused iframe is never loaded (that part holds), but under
+/// load the render sometimes hangs until its timeout (408): the blocked frame's error page gets
+/// a process and CDP target of its own, which the page-level interception does not handle, so
+/// the document never reaches `complete`. Open work: attach to child targets and apply the
+/// policy there. Reproduce: `cargo nextest run -p pug-renderer --run-ignored all -E
+/// 'test(iframes) | test(allow_list)'` a few times.
+#[tokio::test]
+#[ignore = "known defect: a refused iframe can stall the render until its timeout"]
+async fn allow_list_applies_to_iframes() {
+    let other = support::pages().await;
+    let pages = support::pages().await;
+    let h = Harness::start_with(|c| c.allowed_hosts = vec![pages.to_string()]).await;
+    let page = format!("http://{pages}/d-solo/scenes/x?delay=200&frame={other}");
+    let res = h.get("/render", &render_query(page)).await;
+    assert_eq!(res.status(), 200);
+    let log = page_log(other).await;
+    assert!(log.is_empty(), "an iframe loaded a refused host: {log:?}");
+    h.shutdown().await;
+}
+
 /// Two tenants, each token bound to its own Grafana.
 struct Tenants {
     a: SocketAddr,

@@ -3,7 +3,7 @@
 //! *signals* Grafana's frontend gives a renderer, not Grafana's UI.
 //!
 //! Routes (relative to the sub path), all stateless except the request log:
-//! - `GET /d-solo/{style}/{slug}?delay=MS&qdelay=MS&probe=HOST:PORT` — one panel filling the
+//! - `GET /d-solo/{style}/{slug}?delay=MS&qdelay=MS&probe=HOST:PORT&frame=HOST:PORT` — one panel filling the
 //!   viewport. Its query (`/api/ds/query`) answers after `qdelay` ms, then the chart is drawn
 //!   `delay` ms later (a timer, so network idleness alone would capture a blank panel), in solid
 //!   red `#e02f44`. `style` is how the page reports readiness:
@@ -11,7 +11,7 @@
 //!   `__grafanaImageRendererMessageChannel`), `scenes` (`__grafanaSceneContext` +
 //!   `__grafanaRunningQueryCount`), `legacy` (`.panel-solo` + `window.panelsRendered`), `never`
 //!   (binding supported, never reports), or `tz` (reports its timezone, offset, language and any
-//!   storage or cookie an earlier page left to `/render-test/report`, leaves some itself, then draws; readiness as `legacy`). `probe` adds an image from another host, to see where
+//!   storage or cookie an earlier page left to `/render-test/report`, leaves some itself, then draws; readiness as `legacy`). `probe` adds an image from another host, `frame` an iframe of another host's panel, to see where
 //!   the `renderKey` cookie goes.
 //! - `GET /d/{style}/{slug}?panels=N&qdelay=MS` — a dashboard of N panels (300 px each, under a
 //!   40 px header) inside Grafana's `#page-scrollbar`; each panel runs its query only when it
@@ -146,6 +146,12 @@ const style = {style_js};
 if (params.get('probe')) {{
   const img = new Image(); img.src = 'http://' + params.get('probe') + '/render-test/probe.png';
   img.style.position = 'absolute'; img.style.width = '1px'; document.body.appendChild(img);
+}}
+if (params.get('frame')) {{
+  const f = document.createElement('iframe');
+  f.src = 'http://' + params.get('frame') + '/d-solo/scenes/framed?delay=0';
+  f.style.position = 'absolute'; f.style.width = '10px'; f.style.height = '10px';
+  document.body.appendChild(f);
 }}
 if (style === 'binding' || style === 'never') window.__grafanaRenderBindingSupported = true;
 if (style === 'scenes') {{ window.__grafanaSceneContext = {{}}; window.__grafanaRunningQueryCount = 0; }}
