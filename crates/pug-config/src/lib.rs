@@ -456,6 +456,12 @@ impl Config {
         if self.renderer.max_concurrency == 0 {
             return bad("renderer.max_concurrency must be at least 1".into());
         }
+        if self.renderer.page_reuse == 0 {
+            return bad(
+                "renderer.page_reuse must be at least 1 (1 = a fresh browser context for every render)"
+                    .into(),
+            );
+        }
         if self.renderer.mode != RendererMode::Off && self.renderer.listen == self.listen {
             return bad(format!(
                 "renderer.listen and listen are both {}; give the renderer its own port (default 127.0.0.1:8081) or set renderer.mode = \"off\"",
@@ -587,6 +593,21 @@ mod tests {
             assert!(err.contains("its own port"), "{err}");
             jail.set_env("PUG_RENDERER_MODE", "sometimes");
             assert!(Config::load(None, BTreeMap::new()).is_err());
+            jail.set_env("PUG_RENDERER_MODE", "off");
+            jail.set_env("PUG_RENDERER_PAGE_REUSE", "50");
+            assert_eq!(
+                Config::load(None, BTreeMap::new())
+                    .unwrap()
+                    .renderer
+                    .page_reuse,
+                50
+            );
+            jail.set_env("PUG_RENDERER_PAGE_REUSE", "0");
+            let err = Config::load(None, BTreeMap::new()).unwrap_err().to_string();
+            assert!(
+                err.contains("renderer.page_reuse must be at least 1"),
+                "{err}"
+            );
             Ok(())
         });
     }
