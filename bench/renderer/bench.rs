@@ -226,6 +226,17 @@ async fn screenshot_after_load(page: &Page, url: &str) {
     page.execute(shot).await.expect("screenshot");
 }
 
+/// The `renderKey` cookie the stand-in's pages require, for the modes that set it themselves.
+fn render_key_cookie() -> chromiumoxide::cdp::browser_protocol::network::SetCookieParams {
+    chromiumoxide::cdp::browser_protocol::network::SetCookieParams::builder()
+        .name("renderKey")
+        .value("k")
+        .domain("127.0.0.1")
+        .path("/")
+        .build()
+        .unwrap()
+}
+
 async fn new_page(browser: &Browser) -> Page {
     let page = browser.new_page("about:blank").await.unwrap();
     page.execute(SetDeviceMetricsOverrideParams::new(
@@ -265,14 +276,7 @@ async fn main() {
         }
         let tabs = Arc::new(tabs);
         // The page needs a renderKey cookie; set it once for the shared default context.
-        let cookie = chromiumoxide::cdp::browser_protocol::network::SetCookieParams::builder()
-            .name("renderKey")
-            .value("k")
-            .domain("127.0.0.1")
-            .path("/")
-            .build()
-            .unwrap();
-        tabs[0].execute(cookie).await.unwrap();
+        tabs[0].execute(render_key_cookie()).await.unwrap();
         let url = page_url.clone();
         rows.push(
             measure(
@@ -328,15 +332,7 @@ async fn main() {
                             root.join(format!("fresh-{}", counter.fetch_add(1, Ordering::Relaxed)));
                         let (mut browser, task) = launch(&chrome, &dir).await;
                         let page = new_page(&browser).await;
-                        let cookie =
-                            chromiumoxide::cdp::browser_protocol::network::SetCookieParams::builder()
-                                .name("renderKey")
-                                .value("k")
-                                .domain("127.0.0.1")
-                                .path("/")
-                                .build()
-                                .unwrap();
-                        page.execute(cookie).await.unwrap();
+                        page.execute(render_key_cookie()).await.unwrap();
                         screenshot_after_load(&page, &url).await;
                         let _ = browser.close().await;
                         let _ = browser.wait().await;
