@@ -44,6 +44,14 @@ const BASE_ARGS: &[&str] = &[
     // (bench/renderer counted 3-4 renderer processes started per render). BackForwardCache:
     // a left page would stay alive in memory for a back navigation that never comes.
     "--disable-features=Translate,MediaRouter,OptimizationHints,SpareRendererForSitePerProcess,BackForwardCache",
+    // Frames of another site stay in the page's renderer process. With site isolation, such a
+    // frame gets a process and a CDP session of its own, which a page's request interception
+    // does not cover: its requests would skip the URL policy (cloud-metadata addresses
+    // included), and its document's end is never reported to the page, which then never
+    // looks idle (every render with a cross-site iframe ran into its timeout). Site isolation
+    // guards sites from each other inside one browser; here every render has its own context
+    // and all its sites are one tenant's.
+    "--disable-site-isolation-trials",
     "--metrics-recording-only",
     "--password-store=basic",
     "--use-mock-keychain",

@@ -310,7 +310,14 @@ impl PageSession {
             scope,
             shared.clone(),
         ));
-        tasks.spawn(track_network(started, finished, failed, shared.clone()));
+        let main_frame = page.target_id().as_ref().to_owned();
+        tasks.spawn(track_network(
+            main_frame,
+            started,
+            finished,
+            failed,
+            shared.clone(),
+        ));
         tasks.spawn(watch_binding(bindings, shared.clone()));
 
         let metrics = SetDeviceMetricsOverrideParams::new(
@@ -700,8 +707,13 @@ async fn enforce_policy(
     }
 }
 
-/// Counts requests in flight (EventSource and WebSocket never finish, so they are left out).
+/// Counts requests in flight. Left out: EventSource and WebSocket (they never finish);
+/// `data:` and `blob:` URLs (no network; the error page Chromium shows in a blocked frame
+/// starts `data:` images that never report an end); and the documents of child frames (a frame
+/// in a process of its own reports its document's end to its own CDP session, never to this
+/// one, and the main document's `readyState` already waits for every frame's load).
 async fn track_network(
+    main_frame: String,
     mut started: chromiumoxide::listeners::EventStream<EventRequestWillBeSent>,
     mut finished: chromiumoxide::listeners::EventStream<EventLoadingFinished>,
     mut failed: chromiumoxide::listeners::EventStream<EventLoadingFailed>,
@@ -716,7 +728,10 @@ async fn track_network(
         tokio::select! {
             Some(ev) = started.next() => {
                 let streaming = matches!(ev.r#type, Some(ResourceType::EventSource | ResourceType::WebSocket));
-                if !streaming {
+                let child_document = ev.r#type == Some(ResourceType::Document)
+                    && ev.frame_id.as_ref().is_some_and(|f| f.as_ref() != main_frame);
+                let local = ev.request.url.starts_with("data:") || ev.request.url.starts_with("blob:");
+                if !streaming && !child_document && !local {
                     if let Ok(mut s) = shared.in_flight.lock() {
                         s.insert(ev.request_id.as_ref().to_owned());
                     }

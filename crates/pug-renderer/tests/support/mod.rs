@@ -29,7 +29,12 @@ pub fn chromium() -> PathBuf {
 
 /// Serves a router on 127.0.0.1:0 until the test ends.
 pub async fn serve(router: axum::Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on("127.0.0.1", router).await
+}
+
+/// Serves a router on `ip`:0 (another loopback address is another site to the browser).
+pub async fn serve_on(ip: &str, router: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await });
     addr
@@ -38,6 +43,12 @@ pub async fn serve(router: axum::Router) -> SocketAddr {
 /// The render-test pages of the grafana-standin.
 pub async fn pages() -> SocketAddr {
     serve(render_pages::routes()).await
+}
+
+/// The render-test pages on another loopback address: another site, so the browser gives its
+/// frames a process of their own.
+pub async fn pages_on_another_site() -> SocketAddr {
+    serve_on("127.0.0.2", render_pages::routes()).await
 }
 
 /// A renderer on a local port with a private temp directory.
