@@ -471,6 +471,20 @@ impl RendererConfig {
             vp.default_scale.to_string(),
             "larger than RENDERING_VIEWPORT_MAX_DEVICE_SCALE_FACTOR",
         );
+        for arg in &self.chrome_args {
+            // These put frames of other sites in processes of their own, out of reach of the
+            // page's request interception: the URL policy would no longer see their requests.
+            let flag = arg.trim_start_matches('-');
+            let isolating = ["site-per-process", "isolate-origins"]
+                .iter()
+                .any(|f| flag == *f || flag.starts_with(&format!("{f}=")));
+            check(
+                !isolating,
+                "RENDERING_ARGS",
+                arg.clone(),
+                "site isolation would move iframes out of the renderer's URL policy; remove this flag",
+            );
+        }
         for host in &self.allowed_hosts {
             check(
                 crate::security::HostPattern::parse(host).is_some(),
@@ -661,6 +675,7 @@ mod tests {
             ("RENDERING_MODE", "fast"),
             ("HTTP_PROTOCOL", "https"),
             ("PUG_RENDERER_PAGE_REUSE", "0"),
+            ("RENDERING_ARGS", "--no-sandbox,--site-per-process"),
         ])
         .unwrap_err();
         let ConfigError::Invalid(problems) = &err;
@@ -674,6 +689,7 @@ mod tests {
             "RENDERING_MODE",
             "HTTP_PROTOCOL",
             "PUG_RENDERER_PAGE_REUSE",
+            "RENDERING_ARGS",
         ] {
             assert!(names.contains(&expected), "{expected} missing in {err}");
         }
