@@ -74,7 +74,7 @@ async fn main() {
         .unwrap();
     // Served as `pug serve` serves its port.
     let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
-    let app = gateway.router();
+    let app = gateway.service(axum::Router::new());
     tokio::spawn(pug_gateway::server::serve(
         listener,
         app,

@@ -31,6 +31,7 @@ pub mod pages;
 pub mod path;
 mod proxy;
 pub mod server;
+mod upstream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -207,12 +208,16 @@ impl Gateway {
     /// Puts the gateway in front of `app` (pug's API): tenant traffic and pug's login pages go
     /// to the gateway, everything else to `app`.
     pub fn wrap(&self, app: Router) -> Router {
-        let gateway = self.clone();
-        Router::new().fallback(move |req: Request| {
-            let gateway = gateway.clone();
-            let app = app.clone();
-            async move { gateway.dispatch(req, app).await }
-        })
+        Router::new().fallback_service(self.service(app))
+    }
+
+    /// The gateway in front of `app` as the service [`server::serve`] calls for each request:
+    /// what [`Gateway::wrap`] does, without axum's router on the path of tenant traffic.
+    pub fn service(&self, app: Router) -> GatewayService {
+        GatewayService {
+            gateway: self.clone(),
+            app,
+        }
     }
 
     /// The gateway alone (pug's API answers 404), for tests and benchmarks.
@@ -245,6 +250,29 @@ impl Gateway {
                 serde_json::Value::Null,
             ),
         }
+    }
+}
+
+/// The gateway in front of pug's API router, as a service (see [`Gateway::service`]).
+#[derive(Clone)]
+pub struct GatewayService {
+    gateway: Gateway,
+    app: Router,
+}
+
+impl tower::Service<Request> for GatewayService {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Response, Self::Error>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let (gateway, app) = (self.gateway.clone(), self.app.clone());
+        Box::pin(async move { Ok(gateway.dispatch(req, app).await) })
     }
 }
 
@@ -517,7 +545,7 @@ impl Inner {
         };
         proxy::forward(
             proxy::Forward {
-                client: proxy::client(self.settings.connect_timeout),
+                connect_timeout: self.settings.connect_timeout,
                 tenant: id,
                 route: &route,
                 identity: &principal,

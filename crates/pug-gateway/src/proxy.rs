@@ -13,51 +13,12 @@ use axum::http::{
     header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode,
 };
 use http_body::Body as _;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use pug_store::SessionRecord;
 use pug_types::{Phase, TenantId, TenantStatus};
 
 use crate::auth::GrafanaRole;
 use crate::pages;
-
-/// The pooled HTTP/1.1 client to tenants' instances.
-pub(crate) type HttpClient = Client<HttpConnector, Body>;
-
-thread_local! {
-    /// This thread's client, by connect timeout.
-    static CLIENT: std::cell::RefCell<Option<(Duration, HttpClient)>> = const { std::cell::RefCell::new(None) };
-}
-
-/// The calling thread's client (keep-alive pool, connect timeout, no Nagle). One pool per
-/// thread keeps an upstream connection on the event loop of the requests that use it (see
-/// [`crate::server`]): a shared pool would hand one thread's connection to another and
-/// wake a third for every request.
-pub(crate) fn client(connect_timeout: Duration) -> HttpClient {
-    CLIENT.with(|c| {
-        let mut c = c.borrow_mut();
-        match &*c {
-            Some((t, client)) if *t == connect_timeout => client.clone(),
-            _ => {
-                let client = build_client(connect_timeout);
-                *c = Some((connect_timeout, client.clone()));
-                client
-            }
-        }
-    })
-}
-
-fn build_client(connect_timeout: Duration) -> HttpClient {
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(512)
-        .build(http)
-}
 
 /// How long a replica that refused a connection is skipped.
 const COOL_DOWN_MS: u64 = 2_000;
@@ -140,7 +101,7 @@ impl Route {
 
 /// Everything [`forward`] needs besides the request.
 pub(crate) struct Forward<'a> {
-    pub client: HttpClient,
+    pub connect_timeout: Duration,
     pub tenant: &'a TenantId,
     pub route: &'a Route,
     /// Who the request is from, as the tenant's Grafana is told.
@@ -279,14 +240,13 @@ fn filter_cookies(h: &mut HeaderMap) {
 
 fn build(
     method: &Method,
-    addr: &str,
     path_and_query: &str,
     headers: HeaderMap,
     body: Body,
 ) -> Option<Request<Body>> {
     let mut req = Request::builder()
         .method(method.clone())
-        .uri(format!("http://{addr}{path_and_query}"))
+        .uri(path_and_query)
         .body(body)
         .ok()?;
     *req.headers_mut() = headers;
@@ -326,7 +286,7 @@ pub(crate) async fn forward(f: Forward<'_>, req: Request<Body>) -> Response<Body
         let Some(h) = headers.take().or_else(|| spare.take()) else {
             break None;
         };
-        let Some(upstream) = build(&parts.method, addr, f.path_and_query, h, body) else {
+        let Some(upstream) = build(&parts.method, f.path_and_query, h, body) else {
             return pages::error(
                 html,
                 StatusCode::BAD_REQUEST,
@@ -335,7 +295,8 @@ pub(crate) async fn forward(f: Forward<'_>, req: Request<Body>) -> Response<Body
                 serde_json::Value::Null,
             );
         };
-        match tokio::time::timeout(f.response_timeout, f.client.request(upstream)).await {
+        let sent = crate::upstream::send(addr, upstream, f.connect_timeout);
+        match tokio::time::timeout(f.response_timeout, sent).await {
             Ok(Ok(resp)) => break Some(resp),
             Ok(Err(e)) => {
                 if e.is_connect() {
@@ -420,7 +381,7 @@ pub(crate) async fn forward(f: Forward<'_>, req: Request<Body>) -> Response<Body
         );
     }
     strip_hop_by_hop(&mut rparts.headers);
-    Response::from_parts(rparts, Body::new(rbody))
+    Response::from_parts(rparts, rbody)
 }
 
 /// The 503 for a tenant with no ready replica.

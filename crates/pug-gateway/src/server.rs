@@ -2,13 +2,20 @@
 //!
 //! Owns: accepting connections on the one listener, handing each to a worker thread, and each
 //! worker's event loop, which serves its connections from first byte to close, including the
-//! upstream connections they open (each thread has its own pool, see [`crate::proxy`]).
+//! upstream connections they open (each thread has its own pool, see [`crate::upstream`]).
 //!
 //! Why not axum's `serve` on the process's multi-threaded runtime: there, one proxied request
 //! hops between threads several times (client connection task → handler → upstream
 //! connection task and back), each hop a futex wake-up, and on a small machine that cost is
 //! most of the gateway's CPU. nginx's model, one event loop per core that owns its
 //! connections, avoids it: on 2 cores it took `bench/gateway` from 9.4k to 17k requests/s.
+//!
+//! Why hyper's connection builder here and not `axum::serve` on each worker: the service a
+//! connection calls is the gateway itself ([`crate::Gateway::service`]), so tenant traffic
+//! never passes axum's router; with that and the per-thread upstream pool, pug's CPU per
+//! proxied request in `bench/gateway` fell from ~9 to ~… µs (see bench/gateway/results.md).
+//! Connections are served as `axum::serve` serves them: HTTP/1.1 or HTTP/2 (prior
+//! knowledge), upgrades, graceful shutdown, the peer address as `ConnectInfo`.
 //!
 //! Why one acceptor and not `SO_REUSEPORT` sockets per worker: with reuse-port, a second pug
 //! (or anything of the same user) could bind the same port and silently take part of the
@@ -19,15 +26,24 @@
 //! Must not: run blocking or long CPU work on a worker (one thread serves many connections);
 //! the store, controller and timers stay on the main runtime.
 
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::serve::ListenerExt as _;
-use axum::Router;
-use tokio::net::{TcpListener, TcpStream};
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::extract::Request;
+use axum::response::Response;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tower::{Service, ServiceExt as _};
 
 /// The number of workers for a configured value: `0` means one per CPU core.
 pub fn worker_count(configured: usize) -> usize {
@@ -37,15 +53,22 @@ pub fn worker_count(configured: usize) -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Serves `app` on `listener` with `workers` worker threads until `shutdown` is cancelled, then
-/// lets open requests finish (graceful shutdown) and returns.
-pub async fn serve(
+/// Serves `service` (pug's router, or the gateway in front of it: see
+/// [`crate::Gateway::service`]) on `listener` with `workers` worker threads until `shutdown` is
+/// cancelled, then lets open requests finish (graceful shutdown) and returns.
+///
+/// Each request carries its peer address as axum's `ConnectInfo<SocketAddr>`, as with
+/// `into_make_service_with_connect_info`.
+pub async fn serve<S>(
     listener: TcpListener,
-    app: Router,
+    service: S,
     workers: usize,
     shutdown: CancellationToken,
-) -> io::Result<()> {
-    let local = listener.local_addr()?;
+) -> io::Result<()>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
     let mut senders = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
     for i in 0..workers.max(1) {
@@ -55,24 +78,11 @@ pub async fn serve(
             .enable_all()
             .thread_name(format!("pug-http-{i}"))
             .build()?;
-        let app = app.clone();
+        let service = service.clone();
         let shutdown = shutdown.clone();
         let thread = std::thread::Builder::new()
             .name(format!("pug-http-{i}"))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let listener = Handed { rx, local }.tap_io(|_| {});
-                    let served = axum::serve(
-                        listener,
-                        app.into_make_service_with_connect_info::<SocketAddr>(),
-                    )
-                    .with_graceful_shutdown(shutdown.cancelled_owned())
-                    .await;
-                    if let Err(e) = served {
-                        tracing::error!(worker = i, error = %e, "HTTP worker failed");
-                    }
-                });
-            })?;
+            .spawn(move || runtime.block_on(worker(rx, service, shutdown)))?;
         threads.push(thread);
     }
 
@@ -122,40 +132,60 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// A worker's side of the hand-off: the connections the acceptor gives it.
-struct Handed {
-    rx: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl axum::serve::Listener for Handed {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
-        loop {
-            match self.rx.recv().await {
-                // Registers the socket with this worker's event loop.
-                Some((stream, peer)) => match TcpStream::from_std(stream) {
-                    Ok(s) => return (s, peer),
-                    Err(e) => tracing::warn!(error = %e, "cannot adopt a connection"),
-                },
-                // The acceptor stopped: shutdown is under way and ends this worker.
-                None => std::future::pending::<()>().await,
+/// One worker's event loop: serves the connections the acceptor hands it, HTTP/1.1 or
+/// HTTP/2 (prior knowledge) with upgrades, as `axum::serve` does, until shutdown; then tells
+/// each connection to finish its current request and waits for them.
+async fn worker<S>(
+    mut rx: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    service: S,
+    shutdown: CancellationToken,
+) where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http2().enable_connect_protocol();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            handed = rx.recv() => match handed {
+                Some(h) => h,
+                None => break,
+            },
+        };
+        // Registers the socket with this worker's event loop.
+        let stream = match TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot adopt a connection");
+                continue;
             }
-        }
+        };
+        let service = service.clone();
+        let hyper_service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(ConnectInfo(peer));
+            service.clone().oneshot(req)
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), hyper_service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::trace!(error = %e, "connection ended with an error");
+            }
+        });
     }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
-    }
+    graceful.shutdown().await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::extract::ConnectInfo;
     use axum::routing::get;
+    use axum::Router;
 
     #[tokio::test]
     async fn serves_on_every_worker_with_peer_addresses_and_stops_gracefully() {

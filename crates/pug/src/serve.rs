@@ -180,7 +180,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         renderer_address: renderer.as_ref().map(|r| r.address.clone()),
     };
     // Tenant traffic and the login pages go to the gateway; /api/v1, /metrics, /healthz to the API.
-    let app = gateway.wrap(crate::swarm_cmd::with_swarm(pug_api::router(state), swarm));
+    let app = gateway.service(crate::swarm_cmd::with_swarm(pug_api::router(state), swarm));
 
     let controller_task = tokio::spawn(pug_controller::run(controller, shutdown.clone()));
 

@@ -187,15 +187,14 @@ impl Env {
         let gateway = Gateway::new(store.clone(), settings, &mut registry)
             .await
             .unwrap();
-        let app = gateway.router();
-        tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await
-            .unwrap();
-        });
+        // Served as `pug serve` serves its port.
+        let app = gateway.service(axum::Router::new());
+        tokio::spawn(pug_gateway::server::serve(
+            listener,
+            app,
+            2,
+            tokio_util::sync::CancellationToken::new(),
+        ));
         Self {
             store,
             gateway,
