@@ -416,9 +416,10 @@ impl Inner {
     async fn tenant_request(self: Arc<Self>, id: TenantId, path: String, req: Request) -> Response {
         let start = Instant::now();
         self.metrics.in_flight.inc();
-        let response = self.tenant_response(&id, &path, req).await;
+        let mut routed = None;
+        let response = self.tenant_response(&id, &path, req, &mut routed).await;
         let class = metrics::class_index(response.status().as_u16());
-        let handles = match self.route(&id) {
+        let handles = match routed.or_else(|| self.route(&id)) {
             Some(route) => route.metrics[class]
                 .get_or_init(|| self.metrics.handles(id.as_str(), class))
                 .clone(),
@@ -427,7 +428,15 @@ impl Inner {
         track(response, self.metrics.clone(), handles, start)
     }
 
-    async fn tenant_response(&self, id: &TenantId, path: &str, req: Request) -> Response {
+    /// The answer to a request for tenant `id`; `routed` gets the tenant's route once it is
+    /// known (for the metrics, without a second lookup).
+    async fn tenant_response(
+        &self,
+        id: &TenantId,
+        path: &str,
+        req: Request,
+        routed: &mut Option<Arc<Route>>,
+    ) -> Response {
         let html = pages::wants_html(req.headers());
         let peer = peer_of(&req);
 
@@ -524,22 +533,21 @@ impl Inner {
                 }
             },
         };
+        *routed = Some(route.clone());
         if route.endpoints.is_empty() {
             return proxy::unavailable(html, id, route.phase);
         }
 
         // 5. Forward.
-        let path_and_query = match req.uri().query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path.to_owned(),
+        let path_and_query: std::borrow::Cow<'_, str> = match req.uri().query() {
+            Some(q) => format!("{path}?{q}").into(),
+            None => path.into(),
         };
-        let metrics = self.metrics.clone();
-        let tenant_label = id.to_string();
-        let on_connect_error = move || {
-            metrics
+        let on_connect_error = || {
+            self.metrics
                 .connect_errors
                 .get_or_create(&metrics::TenantLabels {
-                    tenant: tenant_label.clone(),
+                    tenant: id.to_string(),
                 })
                 .inc();
         };

@@ -74,8 +74,9 @@ impl Route {
     /// `except`.
     fn pick(&self, except: Option<usize>) -> Option<usize> {
         let n = self.endpoints.len();
-        if n == 0 {
-            return None;
+        if n <= 1 {
+            // One replica: cool-downs cannot change the choice (and no clock is read).
+            return (n == 1 && except != Some(0)).then_some(0);
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = pug_store::now_ms() as u64;
@@ -117,22 +118,28 @@ pub(crate) struct Forward<'a> {
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// obsolete ones proxies still drop.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-];
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    // Constants, not strings: comparing two standard names is an integer compare, where a
+    // string would be parsed and hashed for each of the 9 names on every request.
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == header::PROXY_AUTHENTICATE
+        || matches!(name.as_str(), "proxy-connection" | "keep-alive")
+}
 
 /// Cookies that belong to pug and never reach a tenant's Grafana.
 pub(crate) const PUG_COOKIES: [&str; 2] = [crate::SESSION_COOKIE, crate::CSRF_COOKIE];
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: one pass over the names finds out without a lookup per name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -140,13 +147,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    for name in named {
+    let hop: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| is_hop_by_hop(k))
+        .cloned()
+        .collect();
+    for name in named.into_iter().chain(hop) {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    headers.remove("proxy-authenticate");
 }
 
 /// The value of `Upgrade` if this is an upgrade request (`Connection: upgrade`).
@@ -174,24 +182,36 @@ fn value(s: &str) -> HeaderValue {
     HeaderValue::from_bytes(clean.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+// Built once (a `&str` name is parsed on every use).
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_WEBAUTH_USER: HeaderName = HeaderName::from_static("x-webauth-user");
+const X_WEBAUTH_EMAIL: HeaderName = HeaderName::from_static("x-webauth-email");
+const X_WEBAUTH_NAME: HeaderName = HeaderName::from_static("x-webauth-name");
+const X_WEBAUTH_ROLE: HeaderName = HeaderName::from_static("x-webauth-role");
+
 /// The request headers the tenant's Grafana gets.
 fn upstream_headers(mut h: HeaderMap, f: &Forward<'_>, upgrade: Option<&HeaderValue>) -> HeaderMap {
     let forwarded_host = h.get(header::HOST).cloned();
-    let previous_xff = h.remove("x-forwarded-for");
+    let previous_xff = h.remove(X_FORWARDED_FOR);
     strip_hop_by_hop(&mut h);
     // Nothing the client says about identity reaches Grafana: every auth-proxy header (pug
     // sets its own below), credentials Grafana would accept instead, and pug's own cookies.
+    // One pass over the names finds them (usually none), instead of a lookup per name.
     let spoofable: Vec<HeaderName> = h
         .keys()
-        .filter(|k| k.as_str().starts_with("x-webauth-"))
+        .filter(|k| {
+            **k == header::AUTHORIZATION
+                || **k == header::FORWARDED
+                || k.as_str().starts_with("x-webauth-")
+                || k.as_str() == "x-real-ip"
+        })
         .cloned()
         .collect();
     for k in spoofable {
         h.remove(k);
     }
-    h.remove(header::AUTHORIZATION);
-    h.remove("x-real-ip");
-    h.remove("forwarded");
     filter_cookies(&mut h);
 
     let client_ip = f.peer.ip().to_canonical().to_string();
@@ -199,15 +219,15 @@ fn upstream_headers(mut h: HeaderMap, f: &Forward<'_>, upgrade: Option<&HeaderVa
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client_ip}"),
         _ => client_ip,
     };
-    h.insert("x-forwarded-for", value(&xff));
-    h.insert("x-forwarded-proto", HeaderValue::from_static(f.proto));
+    h.insert(X_FORWARDED_FOR, value(&xff));
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(f.proto));
     if let Some(host) = forwarded_host {
-        h.insert("x-forwarded-host", host);
+        h.insert(X_FORWARDED_HOST, host);
     }
-    h.insert("x-webauth-user", value(&f.identity.user));
-    h.insert("x-webauth-email", value(&f.identity.email));
-    h.insert("x-webauth-name", value(&f.identity.display_name));
-    h.insert("x-webauth-role", HeaderValue::from_static(f.role.as_str()));
+    h.insert(X_WEBAUTH_USER, value(&f.identity.user));
+    h.insert(X_WEBAUTH_EMAIL, value(&f.identity.email));
+    h.insert(X_WEBAUTH_NAME, value(&f.identity.display_name));
+    h.insert(X_WEBAUTH_ROLE, HeaderValue::from_static(f.role.as_str()));
     if let Some(up) = upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, up.clone());
@@ -217,24 +237,32 @@ fn upstream_headers(mut h: HeaderMap, f: &Forward<'_>, upgrade: Option<&HeaderVa
 
 /// Drops pug's cookies from the `Cookie` header(s).
 fn filter_cookies(h: &mut HeaderMap) {
-    let mut kept: Vec<String> = Vec::new();
-    let mut any = false;
+    let ours = |pair: &str| PUG_COOKIES.contains(&pair.split('=').next().unwrap_or("").trim());
+    let any_ours = h.get_all(header::COOKIE).iter().any(|v| {
+        v.to_str().map_or(true, |v| {
+            v.split(';')
+                .any(|pair| ours(pair) || pair.trim().is_empty())
+        })
+    });
+    if !any_ours {
+        return;
+    }
+    let mut kept = String::new();
     for v in h.get_all(header::COOKIE) {
-        any = true;
         let Ok(v) = v.to_str() else { continue };
         for pair in v.split(';') {
             let name = pair.split('=').next().unwrap_or("").trim();
             if !name.is_empty() && !PUG_COOKIES.contains(&name) {
-                kept.push(pair.trim().to_owned());
+                if !kept.is_empty() {
+                    kept.push_str("; ");
+                }
+                kept.push_str(pair.trim());
             }
         }
     }
-    if !any {
-        return;
-    }
     h.remove(header::COOKIE);
     if !kept.is_empty() {
-        h.insert(header::COOKIE, value(&kept.join("; ")));
+        h.insert(header::COOKIE, value(&kept));
     }
 }
 
