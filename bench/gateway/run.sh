@@ -3,6 +3,8 @@
 # answer, like Grafana's /api/health), three ways in one run:
 #   direct  — wrk → upstream
 #   nginx   — wrk → nginx (Debian's package) as a plain reverse proxy with keep-alive → upstream
+#   floor   — wrk → a bare hyper proxy on the gateway's own pieces, doing nothing else
+#             (examples/proxy_floor.rs): what pug's HTTP stack costs before any of pug's work
 #   pug     — wrk → pug's gateway (1,000 tenants registered, signed-in session) → upstream
 # 64 connections, 20 s each (DURATION, CONNECTIONS, TENANTS override). Prints a table.
 #
@@ -19,6 +21,7 @@ TENANTS=${TENANTS:-1000}
 UP_PORT=${UP_PORT:-18090}
 NGINX_PORT=${NGINX_PORT:-18091}
 PUG_PORT=${PUG_PORT:-18092}
+FLOOR_PORT=${FLOOR_PORT:-18093}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 WRK=${WRK:-$(command -v wrk || echo /usr/bin/wrk)}
 
@@ -35,9 +38,10 @@ cleanup() {
 trap cleanup EXIT
 
 echo "building the gateway benchmark server (release)…" >&2
-cargo build --release -q -p pug-gateway --example gateway_bench
+cargo build --release -q -p pug-gateway --example gateway_bench --example proxy_floor
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 bench_bin="$target_dir/release/examples/gateway_bench"
+floor_bin="$target_dir/release/examples/proxy_floor"
 
 nginx_conf() { # name, body
   mkdir -p "$work/$1"
@@ -94,7 +98,10 @@ for _ in $(seq 1 600); do
 done
 grep -q '^ready' "$work/pug.out" || { echo "the gateway did not start:" >&2; cat "$work/pug.err" >&2; exit 1; }
 cookie=$(sed -n 's/^cookie=//p' "$work/pug.out")
-for port in $UP_PORT $NGINX_PORT; do
+"$floor_bin" "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$UP_PORT" > "$work/floor.out" 2> "$work/floor.err" &
+floor_pid=$!
+pids+=($floor_pid)
+for port in $UP_PORT $NGINX_PORT $FLOOR_PORT; do
   for _ in $(seq 1 100); do
     curl -fsS -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null && break
     sleep 0.1
@@ -145,6 +152,7 @@ run() { # name url pids [header]: pids are the proxy's processes ("" for none)
 
 run direct "http://127.0.0.1:$UP_PORT$path" ""
 run nginx "http://127.0.0.1:$NGINX_PORT$path" "$(nginx_workers proxy)"
+run floor "http://127.0.0.1:$FLOOR_PORT$path" "$floor_pid"
 run pug "http://127.0.0.1:$PUG_PORT$path" "$pug_pid" -H "Cookie: $cookie"
 
 echo

@@ -4,7 +4,7 @@
 //! `ready` on stdout, then serves until killed.
 //!
 //! `cargo run --release -p pug-gateway --example gateway_bench -- --upstream 127.0.0.1:18090
-//!  --listen 127.0.0.1:18092 --tenants 1000`
+//!  --listen 127.0.0.1:18092 --tenants 1000 [--workers N]`
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,6 +23,7 @@ async fn main() {
     let mut upstream = String::from("127.0.0.1:18090");
     let mut listen: SocketAddr = "127.0.0.1:18092".parse().unwrap();
     let mut tenants = 1000usize;
+    let mut workers = 0usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let v = args.next().expect("every flag takes a value");
@@ -30,6 +31,7 @@ async fn main() {
             "--upstream" => upstream = v,
             "--listen" => listen = v.parse().expect("--listen host:port"),
             "--tenants" => tenants = v.parse().expect("--tenants N"),
+            "--workers" => workers = v.parse().expect("--workers N (0: one per core)"),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -78,7 +80,7 @@ async fn main() {
     tokio::spawn(pug_gateway::server::serve(
         listener,
         app,
-        pug_gateway::server::worker_count(config.gateway.workers),
+        pug_gateway::server::worker_count(workers),
         tokio_util::sync::CancellationToken::new(),
     ));
     // Sign in through the real login form, as a browser would.

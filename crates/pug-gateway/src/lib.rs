@@ -227,13 +227,15 @@ impl Gateway {
 
     async fn dispatch(&self, req: Request, app: Router) -> Response {
         match self.inner.classify(&req) {
-            Target::Pug => match app.oneshot(req).await {
+            Target::Pug => match Box::pin(app.oneshot(req)).await {
                 Ok(r) => r,
                 Err(never) => match never {},
             },
             Target::Tenant(id, path) => self.inner.clone().tenant_request(id, path, req).await,
-            Target::Login(tenant) => self.inner.login(tenant, req).await,
-            Target::Logout(tenant) => self.inner.logout(tenant, req).await,
+            // Boxed: these large futures would otherwise make every request's future (moved
+            // and zeroed per request) as large as theirs. Likewise below for the rare paths.
+            Target::Login(tenant) => Box::pin(self.inner.login(tenant, req)).await,
+            Target::Logout(tenant) => Box::pin(self.inner.logout(tenant, req)).await,
             Target::Redirect(to) => redirect(StatusCode::MOVED_PERMANENTLY, &to),
             Target::BadPath(e) => pages::error(
                 pages::wants_html(req.headers()),
@@ -458,7 +460,7 @@ impl Inner {
                         .finish();
                     format!("{path}?{q}")
                 };
-                return self.embed_login(id, &token, &clean, html).await;
+                return Box::pin(self.embed_login(id, &token, &clean, html)).await;
             }
         }
 
@@ -520,7 +522,7 @@ impl Inner {
         // 4. Route.
         let route = match self.route(id) {
             Some(r) => r,
-            None => match self.route_from_store(id).await {
+            None => match Box::pin(self.route_from_store(id)).await {
                 Some(r) => r,
                 None => {
                     return pages::error(
@@ -580,7 +582,7 @@ impl Inner {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
         {
-            let claims = self.verify_embed(token.trim(), tenant).await?;
+            let claims = Box::pin(self.verify_embed(token.trim(), tenant)).await?;
             return Ok(Some(Arc::new(session_of_claims(tenant, &claims, 0))));
         }
         let Some(id) =
@@ -593,7 +595,7 @@ impl Inner {
             .sessions
             .get(id, || {
                 let (store, id) = (store.clone(), SecretString::from(id.to_owned()));
-                async move { Ok(store.session(&id).await?.map(Arc::new)) }
+                Box::pin(async move { Ok(store.session(&id).await?.map(Arc::new)) })
             })
             .await
             .map_err(RequestError::Store)?;
@@ -610,7 +612,7 @@ impl Inner {
             .members
             .get(user, || {
                 let (store, user) = (store.clone(), user.to_owned());
-                async move {
+                Box::pin(async move {
                     let roles: HashMap<TenantId, GrafanaRole> = store
                         .memberships_of(&user)
                         .await?
@@ -618,7 +620,7 @@ impl Inner {
                         .filter_map(|(t, r)| GrafanaRole::parse(&r).map(|r| (t, r)))
                         .collect();
                     Ok::<_, StoreError>(Arc::new(roles))
-                }
+                })
             })
             .await?;
         Ok(roles.get(tenant).copied())
