@@ -45,6 +45,11 @@ const FLAGS: &[&str] = &[
     "--disable-sync",
     "--disable-dev-shm-usage",
     "--hide-scrollbars",
+    // As pug's renderer runs it: tabs other than the focused one are not throttled (without
+    // these, a screenshot of a background tab can wait for a frame that never comes).
+    "--disable-background-timer-throttling",
+    "--disable-backgrounding-occluded-windows",
+    "--disable-renderer-backgrounding",
 ];
 
 struct Args {
@@ -134,6 +139,15 @@ fn machine_cpu() -> Duration {
     Duration::from_secs_f64(ticks as f64 / hz as f64)
 }
 
+/// CPU time this process has spent (pug's renderer for its rows, the page server, the client).
+fn own_cpu() -> Duration {
+    let hz = procfs::ticks_per_second() as f64;
+    procfs::process::Process::myself()
+        .and_then(|p| p.stat())
+        .map(|s| Duration::from_secs_f64((s.utime + s.stime) as f64 / hz))
+        .unwrap_or_default()
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -166,6 +180,7 @@ where
     lat.sort();
     let next = Arc::new(AtomicU64::new(0));
     let cpu = machine_cpu();
+    let own = own_cpu();
     let t = Instant::now();
     let workers: Vec<_> = (0..4)
         .map(|w| {
@@ -182,6 +197,7 @@ where
     }
     let throughput = m as f64 / t.elapsed().as_secs_f64();
     let cpu_per_render = machine_cpu().saturating_sub(cpu) / m.max(1) as u32;
+    let own_per_render = own_cpu().saturating_sub(own) / m.max(1) as u32;
     let row = Row {
         name: name.to_owned(),
         p50: percentile(&lat, 0.5),
@@ -191,11 +207,12 @@ where
         peak_rss: rss.finish(),
     };
     eprintln!(
-        "{name}: p50 {:?} p95 {:?} {:.1}/s cpu/render {:?} peak {} MiB",
+        "{name}: p50 {:?} p95 {:?} {:.1}/s cpu/render {:?} (this process {:?}) peak {} MiB",
         row.p50,
         row.p95,
         row.throughput,
         row.cpu_per_render,
+        own_per_render,
         row.peak_rss >> 20
     );
     row
@@ -238,7 +255,14 @@ fn render_key_cookie() -> chromiumoxide::cdp::browser_protocol::network::SetCook
 }
 
 async fn new_page(browser: &Browser) -> Page {
-    let page = browser.new_page("about:blank").await.unwrap();
+    // A window of its own, as each of pug's pages has (one per context): a background tab of
+    // a shared window is not drawn, and its screenshot can wait forever.
+    let target = chromiumoxide::cdp::browser_protocol::target::CreateTargetParams::builder()
+        .url("about:blank")
+        .new_window(true)
+        .build()
+        .unwrap();
+    let page = browser.new_page(target).await.unwrap();
     page.execute(SetDeviceMetricsOverrideParams::new(
         WIDTH as i64,
         HEIGHT as i64,
