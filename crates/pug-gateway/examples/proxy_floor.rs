@@ -43,7 +43,8 @@ async fn forward(
                 .await
                 .expect("the upstream refused a connection");
             stream.set_nodelay(true).expect("TCP_NODELAY");
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
             tokio::spawn(conn);
             sender
         }

@@ -12,8 +12,8 @@
 //!
 //! Why hyper's connection builder here and not `axum::serve` on each worker: the service a
 //! connection calls is the gateway itself ([`crate::Gateway::service`]), so tenant traffic
-//! never passes axum's router; with that and the per-thread upstream pool, pug's CPU per
-//! proxied request in `bench/gateway` fell from ~9 to ~6.5 µs (see bench/gateway/results.md).
+//! never passes axum's router; with that and the per-thread upstream pool, pug's user CPU per
+//! proxied request in `bench/gateway` fell from ~9 to ~6.3 µs (see bench/gateway/results.md).
 //! Connections are served as `axum::serve` serves them: HTTP/1.1 or HTTP/2 (prior
 //! knowledge), upgrades, graceful shutdown, the peer address as `ConnectInfo`.
 //!
