@@ -354,6 +354,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_response_dropped_before_its_end_does_not_give_its_connection_back() {
+        let (addr, accepted) = server(usize::MAX).await;
+        let req = Request::get("/a").body(Body::empty()).unwrap();
+        let unread = send(&addr, req, Duration::from_secs(2)).await.unwrap();
+        drop(unread);
+        assert_eq!(get(&addr, "/b").await.unwrap(), "/b");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_expire() {
+        let (addr, accepted) = server(usize::MAX).await;
+        get(&addr, "/a").await.unwrap();
+        // Age the pooled connection past the idle timeout.
+        POOL.with(|p| {
+            for queue in p.borrow_mut().idle.values_mut() {
+                for idle in queue.iter_mut() {
+                    idle.since = Instant::now()
+                        .checked_sub(IDLE_TIMEOUT + Duration::from_secs(1))
+                        .unwrap();
+                }
+            }
+        });
+        get(&addr, "/b").await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // Only the new connection is kept.
+        let kept: usize = POOL.with(|p| p.borrow().idle.values().map(VecDeque::len).sum());
+        assert_eq!(kept, 1);
+    }
+
+    #[tokio::test]
     async fn a_refused_connection_is_a_connect_error() {
         let closed = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
