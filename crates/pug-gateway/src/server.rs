@@ -228,6 +228,35 @@ mod tests {
         assert!(std::net::TcpStream::connect(addr).is_err());
     }
 
+    #[tokio::test]
+    async fn serves_http2_with_prior_knowledge_too() {
+        use http_body_util::BodyExt as _;
+        let app = Router::new().route(
+            "/",
+            get(|req: Request| async move { format!("{:?}", req.version()) }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, app, 1, shutdown.clone()));
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::get(format!("http://{addr}/"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"HTTP/2.0");
+        drop(sender);
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+    }
+
     #[test]
     fn zero_workers_means_one_per_core() {
         assert!(worker_count(0) >= 1);
