@@ -28,47 +28,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-nginx_conf() { # name, server block(s)
-  mkdir -p "$work/$1"
-  cat > "$work/$1/nginx.conf" <<CONF
-worker_processes auto;
-daemon off;
-pid $work/$1/nginx.pid;
-error_log $work/$1/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/$1/body;
-  proxy_temp_path $work/$1/proxy;
-  fastcgi_temp_path $work/$1/fastcgi;
-  uwsgi_temp_path $work/$1/uwsgi;
-  scgi_temp_path $work/$1/scgi;
-  keepalive_requests 1000000;
-  $2
-}
-CONF
-  "$NGINX" -p "$work/$1" -c "$work/$1/nginx.conf" &
-  pids+=($!)
-}
-nginx_conf upstream "server {
-    listen 127.0.0.1:$UP_PORT;
-    location / {
-      default_type application/json;
-      return 200 '{\"database\":\"ok\",\"version\":\"11.3.0\",\"commit\":\"bench\"}';
-    }
-  }"
-nginx_conf proxy "upstream grafana { server 127.0.0.1:$UP_PORT; keepalive 128; }
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location / {
-      proxy_pass http://grafana;
-      proxy_http_version 1.1;
-      proxy_set_header Connection \"\";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_buffering off;
-    }
-  }"
+. "$(cd "$(dirname "$0")" && pwd)/nginx.sh"
+start_upstream_and_nginx
 
 start() { # name bin port
   "$2" --upstream "127.0.0.1:$UP_PORT" --listen "127.0.0.1:$3" --tenants 1000 > "$work/$1.out" 2> "$work/$1.err" &
