@@ -58,15 +58,25 @@ struct Args {
     c4: usize,
     fresh: usize,
     long: usize,
+    /// Where the table goes.
+    results: std::path::PathBuf,
 }
 
 fn args() -> Args {
     let mut a = Args {
-        chrome: std::env::var("CHROME_BIN").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+        // The browser pug picks (Chromium's headless shell before Chromium), unless named.
+        chrome: std::env::var("CHROME_BIN").unwrap_or_else(|_| {
+            pug_renderer::config::find_browser()
+                .expect("no browser: apt-get install chromium-headless-shell (or chromium)")
+                .display()
+                .to_string()
+        }),
         c1: 50,
         c4: 100,
         fresh: 20,
         long: 1000,
+        results: std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../bench/renderer/results.md"),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     for pair in argv.chunks(2) {
@@ -77,8 +87,10 @@ fn args() -> Args {
             "--c4" => a.c4 = v.parse().expect("--c4 N"),
             "--fresh" => a.fresh = v.parse().expect("--fresh N"),
             "--long" => a.long = v.parse().expect("--long N"),
+            "--results" => a.results = v.into(),
             other => panic!(
-                "unknown flag {other}; flags: --chrome PATH --c1 N --c4 N --fresh N --long N"
+                "unknown flag {other}; flags: --chrome PATH --c1 N --c4 N --fresh N --long N \
+                 --results FILE"
             ),
         }
     }
@@ -379,8 +391,9 @@ async fn main() {
         .unwrap_or_default();
     let mut out = String::new();
     out.push_str(&format!(
-        "Renderer benchmark — {chromium}, {} CPUs, page {WIDTH}×{HEIGHT} PNG.\n\
+        "Renderer benchmark — {chromium} (`{}`), {} CPUs, page {WIDTH}×{HEIGHT} PNG.\n\
          c=1: {} sequential renders (fresh: {}); c=4: {} renders by 4 workers (fresh: {}).\n\n",
+        a.chrome,
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
@@ -419,10 +432,8 @@ async fn main() {
         out.push_str(".\n");
     }
     println!("{out}");
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/renderer/results.md");
-    std::fs::write(&path, &out).expect("writes results.md");
-    eprintln!("wrote {}", path.display());
+    std::fs::write(&a.results, &out).expect("writes the results file");
+    eprintln!("wrote {}", a.results.display());
 }
 
 /// pug's renderer with `page_reuse`, over HTTP: its rows and its Chromium's memory over

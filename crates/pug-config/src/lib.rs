@@ -136,7 +136,9 @@ pub struct RendererConfig {
     /// Where the renderer's own API listens; tenants' Grafana reach it here. It has its own
     /// port because Grafana calls it directly, not through the gateway.
     pub listen: SocketAddr,
-    /// The Chromium executable (a name on `PATH` or a path).
+    /// The Chromium executable (a name on `PATH` or a path). Empty (the default): the first
+    /// installed of the renderer's candidates, Chromium's headless shell before Chromium (see
+    /// `pug_renderer::config::BROWSER_CANDIDATES`).
     pub chrome_path: String,
     /// Renders running at once.
     pub max_concurrency: usize,
@@ -166,7 +168,7 @@ impl Default for RendererConfig {
         Self {
             mode: RendererMode::Auto,
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
-            chrome_path: "chromium".into(),
+            chrome_path: String::new(),
             max_concurrency: 5,
             max_queue: 50,
             renders_per_browser: 1000,

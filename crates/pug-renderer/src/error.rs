@@ -28,7 +28,7 @@ pub enum RendererError {
     },
     /// Chromium could not be started.
     #[error(
-        "cannot start Chromium at {path:?}: {reason}. Install it (Debian: `apt-get install chromium`) \
+        "cannot start Chromium at {path:?}: {reason}. Install it (Debian: `apt-get install chromium-headless-shell`, or `chromium`) \
          or point CHROME_BIN / BROWSER_PATH / --chrome at it"
     )]
     Launch {

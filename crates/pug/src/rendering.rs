@@ -59,7 +59,7 @@ pub async fn start(
         Ok(embedded) => Ok(Some(embedded)),
         Err(e) if mode == RendererMode::Auto => {
             tracing::warn!(
-                "rendering is off: {e:#}; install Chromium (apt-get install chromium) or set renderer.chrome_path, or set renderer.mode = \"off\" to silence this"
+                "rendering is off: {e:#}; install Chromium (apt-get install chromium-headless-shell, or chromium) or set renderer.chrome_path, or set renderer.mode = \"off\" to silence this"
             );
             Ok(None)
         }
@@ -78,8 +78,16 @@ async fn try_start(
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} (renderer.listen); give the renderer another port")
     })?;
-    let Some(chrome_path) = which(&r.chrome_path) else {
-        bail!("Chromium ({}) was not found", r.chrome_path);
+    let chrome_path = if r.chrome_path.is_empty() {
+        pug_renderer::config::find_browser().with_context(|| {
+            format!(
+                "no browser found (looked for {})",
+                pug_renderer::config::BROWSER_CANDIDATES.join(", ")
+            )
+        })?
+    } else {
+        pug_renderer::config::find_executable(&r.chrome_path)
+            .with_context(|| format!("Chromium ({}) was not found", r.chrome_path))?
     };
     let renderer_config = RendererConfig {
         addr,
@@ -182,17 +190,4 @@ async fn refresh_tokens(
     }
     tokens.replace(entries);
     Ok(())
-}
-
-/// The executable `name` resolves to: a path as given, else the first match on `PATH`.
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    let path = std::path::Path::new(name);
-    if name.contains('/') {
-        return path.is_file().then(|| path.to_owned());
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    })
 }

@@ -15,13 +15,16 @@ pub const TOKEN: &str = "test-token";
 
 /// The Chromium the tests drive. Missing Chromium fails the test, never skips it.
 pub fn chromium() -> PathBuf {
+    // The browser pug itself picks (Chromium's headless shell before Chromium), unless
+    // CHROME_BIN names another (CHROME_BIN=/usr/bin/chromium runs them on the full browser).
     let path = std::env::var_os("CHROME_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+        .or_else(pug_renderer::config::find_browser)
+        .unwrap_or_else(|| PathBuf::from("chromium"));
     assert!(
         path.exists(),
         "Chromium not found at {}: these tests need a real browser. Install it with \
-         `apt-get install chromium` (Debian), or set CHROME_BIN.",
+         `apt-get install chromium-headless-shell chromium` (Debian), or set CHROME_BIN.",
         path.display()
     );
     path
