@@ -109,16 +109,20 @@ pub fn verify_password(hash: &str, password: &str) -> bool {
 /// Signs and checks cookie values with HMAC-SHA256 under the store's gateway key.
 #[derive(Clone)]
 pub struct Signer {
-    key: Vec<u8>,
+    /// The MAC already keyed (its inner and outer key blocks hashed): every cookie of every
+    /// request is checked, and cloning this state is cheaper than keying anew each time.
+    keyed: Hmac<Sha256>,
 }
 
 impl Signer {
     pub fn new(key: &[u8]) -> Self {
-        Self { key: key.to_vec() }
+        Self {
+            keyed: Hmac::<Sha256>::new_from_slice(key).expect("any key length"),
+        }
     }
 
     fn mac(&self, purpose: &str, value: &str) -> Hmac<Sha256> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
+        let mut mac = self.keyed.clone();
         mac.update(purpose.as_bytes());
         mac.update(b"\0");
         mac.update(value.as_bytes());
@@ -135,8 +139,13 @@ impl Signer {
     /// The value of a signed string, if its signature is good.
     pub fn verify<'a>(&self, purpose: &str, signed: &'a str) -> Option<&'a str> {
         let (value, sig) = signed.rsplit_once('.')?;
-        let sig = URL_SAFE_NO_PAD.decode(sig).ok()?;
-        self.mac(purpose, value).verify_slice(&sig).ok()?;
+        // A SHA-256 MAC is 32 bytes (43 characters): anything longer is refused unread.
+        let mut buf = [0u8; 32];
+        if sig.len() != 43 {
+            return None;
+        }
+        let n = URL_SAFE_NO_PAD.decode_slice(sig, &mut buf).ok()?;
+        self.mac(purpose, value).verify_slice(&buf[..n]).ok()?;
         Some(value)
     }
 }
@@ -245,6 +254,13 @@ mod tests {
         assert_eq!(Signer::new(b"other").verify("session", &v), None);
         assert_eq!(s.verify("session", "abc.AAAA"), None);
         assert_eq!(s.verify("session", "abc"), None);
+        // One character of the signature changed, or one added: refused.
+        let (value, sig) = v.rsplit_once('.').unwrap();
+        let first = if sig.starts_with('A') { 'B' } else { 'A' };
+        let tampered = format!("{value}.{first}{}", &sig[1..]);
+        assert_eq!(s.verify("session", &tampered), None);
+        assert_eq!(s.verify("session", &format!("{v}A")), None);
+        assert_eq!(s.verify("session", &format!("abd.{sig}")), None);
     }
 
     #[test]

@@ -193,3 +193,99 @@ fn tenants_render_through_the_embedded_renderer_and_only_their_own_pages() {
         "{metrics}"
     );
 }
+
+/// Processes whose parent chain leads to `root`, with their state (from `/proc`).
+fn descendants(root: u32) -> Vec<u32> {
+    let mut parent = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid …": comm may hold spaces, the last ')' ends it.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if let Some(ppid) = fields.get(1).and_then(|p| p.parse::<u32>().ok()) {
+            parent.insert(pid, ppid);
+        }
+    }
+    parent
+        .keys()
+        .copied()
+        .filter(|&pid| {
+            let mut p = pid;
+            while let Some(&up) = parent.get(&p) {
+                if up == root {
+                    return true;
+                }
+                if up <= 1 {
+                    return false;
+                }
+                p = up;
+            }
+            false
+        })
+        .collect()
+}
+
+/// Whether `pid` still runs (a zombie waiting for its reaper does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+/// A renderer that dies without cleaning up (SIGKILL, the OOM killer) takes its Chromium with
+/// it: the browser and its helper processes do not outlive pug holding their memory.
+#[test]
+fn a_killed_renderer_leaves_no_chromium_behind() {
+    chromium_installed();
+    let port = free_port();
+    let mut child = std::process::Command::new(support::pug_bin())
+        .args(["render", "--addr", &format!("127.0.0.1:{port}")])
+        .env("AUTH_TOKEN", "t")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("pug render starts");
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    wait_for(T, "pug render to answer /healthz", || {
+        support::http_get(&url).ok().filter(|(s, _)| *s == 200)
+    });
+    let pid = child.id();
+    let browser = wait_for(T, "pug render's Chromium and its helpers", || {
+        let procs = descendants(pid);
+        (procs.len() >= 2).then_some(procs)
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let left = loop {
+        let left: Vec<u32> = browser.iter().copied().filter(|&p| running(p)).collect();
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for pid in &left {
+        // Not to leave them to the next test either.
+        let _ = std::process::Command::new("kill")
+            .arg("-9")
+            .arg(pid.to_string())
+            .status();
+    }
+    assert!(
+        left.is_empty(),
+        "Chromium processes {left:?} outlived the killed renderer (pid {pid})"
+    );
+}

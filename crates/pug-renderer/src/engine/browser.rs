@@ -134,8 +134,10 @@ impl Instance {
         std::fs::create_dir_all(&scratch)
             .map_err(|e| launch_err(format!("cannot create a download directory: {e}")))?;
 
+        let executable = launcher(profile.path(), &config.chrome_path)
+            .map_err(|e| launch_err(format!("cannot write the launch script: {e}")))?;
         let mut builder = BrowserConfig::builder()
-            .chrome_executable(&config.chrome_path)
+            .chrome_executable(executable)
             .user_data_dir(profile.path().join("profile"))
             .disable_default_args()
             .viewport(None)
@@ -380,6 +382,35 @@ fn idle(warm: &mut Vec<(Scope, Blank, Instant)>, now: Instant) -> Vec<Blank> {
         out.push(warm.remove(0).1);
     }
     out
+}
+
+/// What is started for `chrome`: where util-linux's `setpriv` is installed, a script in the
+/// profile directory that `exec`s the browser with a parent-death signal, so that the kernel
+/// kills the browser when pug dies (killed, out of memory) instead of leaving it running with
+/// its memory; else the browser itself. The script `exec`s, so the process pug holds is the
+/// browser (its pid, its descendants, its exit).
+///
+/// Written by hand: chromiumoxide starts the browser itself and offers no hook into the child
+/// before `exec` (where `prctl(PR_SET_PDEATHSIG)` would go), and `setpriv` must come before the
+/// browser's arguments, which chromiumoxide puts first.
+fn launcher(profile: &std::path::Path, chrome: &std::path::Path) -> std::io::Result<PathBuf> {
+    const SETPRIV: &str = "/usr/bin/setpriv";
+    // A script on a `noexec` file system could not run: start the browser directly there.
+    let noexec = nix::sys::statvfs::statvfs(profile)
+        .is_ok_and(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_NOEXEC));
+    if noexec || !std::path::Path::new(SETPRIV).is_file() {
+        return Ok(chrome.to_owned());
+    }
+    // A browser given by name is looked up on PATH by setpriv, as chromiumoxide would.
+    let quoted = format!("'{}'", chrome.display().to_string().replace('\'', "'\\''"));
+    let script = profile.join("launch-browser");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\nexec {SETPRIV} --pdeathsig KILL -- {quoted} \"$@\"\n"),
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700))?;
+    Ok(script)
 }
 
 /// Keeps the spare channel full; ends when the instance is gone or its browser fails.
