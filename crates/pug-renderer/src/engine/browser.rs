@@ -388,7 +388,9 @@ fn idle(warm: &mut Vec<(Scope, Blank, Instant)>, now: Instant) -> Vec<Blank> {
 /// profile directory that `exec`s the browser with a parent-death signal, so that the kernel
 /// kills the browser when pug dies (killed, out of memory) instead of leaving it running with
 /// its memory; else the browser itself. The script `exec`s, so the process pug holds is the
-/// browser (its pid, its descendants, its exit).
+/// browser (its pid, its descendants, its exit). The kernel sends the signal when the *thread*
+/// that started the browser ends: launches run on async runtime workers, which live as long as
+/// the runtime; never launch from `spawn_blocking`, whose threads end when idle.
 ///
 /// Written by hand: chromiumoxide starts the browser itself and offers no hook into the child
 /// before `exec` (where `prctl(PR_SET_PDEATHSIG)` would go), and `setpriv` must come before the
