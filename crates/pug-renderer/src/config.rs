@@ -22,7 +22,7 @@ use crate::params::Encoding;
 /// mode, without the full browser's profile machinery. An incognito context, and the renderer
 /// process of its first page, cost a quarter of the CPU they cost in the full browser's
 /// headless mode (bench/renderer: ~130 against ~540 ms of CPU per render with a fresh context
-/// on a 2-core VM), which doubles pug's throughput. The full browser works too.
+/// on a 2-core VM), which more than doubles pug's throughput. The full browser works too.
 ///
 /// Debian's `/usr/bin/chromium-headless-shell` is a shell script that does not `exec` the
 /// browser (killing it would leave the browser running), so the binary behind it is named.

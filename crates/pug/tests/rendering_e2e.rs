@@ -194,50 +194,8 @@ fn tenants_render_through_the_embedded_renderer_and_only_their_own_pages() {
     );
 }
 
-/// Processes whose parent chain leads to `root`, with their state (from `/proc`).
-fn descendants(root: u32) -> Vec<u32> {
-    let mut parent = std::collections::HashMap::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid …": comm may hold spaces, the last ')' ends it.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if let Some(ppid) = fields.get(1).and_then(|p| p.parse::<u32>().ok()) {
-            parent.insert(pid, ppid);
-        }
-    }
-    parent
-        .keys()
-        .copied()
-        .filter(|&pid| {
-            let mut p = pid;
-            while let Some(&up) = parent.get(&p) {
-                if up == root {
-                    return true;
-                }
-                if up <= 1 {
-                    return false;
-                }
-                p = up;
-            }
-            false
-        })
-        .collect()
-}
-
 /// Whether `pid` still runs (a zombie waiting for its reaper does not).
-fn running(pid: u32) -> bool {
+fn running(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         stat.rsplit_once(')')
             .and_then(|(_, r)| r.split_whitespace().next())
@@ -264,14 +222,14 @@ fn a_killed_renderer_leaves_no_chromium_behind() {
     });
     let pid = child.id();
     let browser = wait_for(T, "pug render's Chromium and its helpers", || {
-        let procs = descendants(pid);
+        let procs = pug_renderer::engine::browser::descendants(pid);
         (procs.len() >= 2).then_some(procs)
     });
     child.kill().unwrap();
     child.wait().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let left = loop {
-        let left: Vec<u32> = browser.iter().copied().filter(|&p| running(p)).collect();
+        let left: Vec<i32> = browser.iter().copied().filter(|&p| running(p)).collect();
         if left.is_empty() || std::time::Instant::now() > deadline {
             break left;
         }
