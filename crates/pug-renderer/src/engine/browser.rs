@@ -204,7 +204,7 @@ impl Instance {
                 return Err(launch_err(format!("no answer over CDP: {e}")));
             }
         };
-        tracing::info!(id, pid, "Chromium started");
+        tracing::info!(id, pid, browser = %config.chrome_path.display(), "Chromium started");
         let (spare_tx, spare_rx) = mpsc::channel(config.spare_pages.max(1));
         let instance = Arc::new(Self {
             id,
