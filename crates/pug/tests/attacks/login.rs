@@ -1,0 +1,1 @@
+//! Attacks on login (filled in by issue 14's work).

@@ -1,0 +1,1 @@
+//! Attacks on process_isolation (filled in by issue 14's work).

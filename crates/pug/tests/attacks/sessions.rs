@@ -1,0 +1,1 @@
+//! Attacks on sessions (filled in by issue 14's work).
