@@ -9,8 +9,8 @@ use axum::Json;
 use pug_store::{generate_secret, secret};
 use pug_types::{
     find_expansion, DashboardSpec, DatasourceSpec, DesiredState, Event, ExpansionContext,
-    GrafanaVersion, InvalidInput, Overrides,
-    SecretString, Tenant, TenantId, TenantSpec, MAX_REPLICAS,
+    GrafanaVersion, InvalidInput, Overrides, SecretString, Tenant, TenantId, TenantSpec,
+    MAX_REPLICAS,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

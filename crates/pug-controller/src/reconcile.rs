@@ -68,7 +68,9 @@ async fn delete(c: &Controller, t: &Tenant) -> Result<Outcome, ReconcileError> {
         if t.spec.labels.get(PURGE_LABEL).map(String::as_str) == Some("true") {
             match c.store.secret(&t.id, secret::DATABASE_PASSWORD).await? {
                 Some(password) => dbs.drop(&t.id, &password).await?,
-                None => tracing::warn!(tenant = %t.id, "no database password stored; no database to drop"),
+                None => {
+                    tracing::warn!(tenant = %t.id, "no database password stored; no database to drop")
+                }
             }
             c.store
                 .add_event(

@@ -16,8 +16,8 @@
 
 use pug_orchestrator::DatabaseSettings;
 use pug_types::{ExposeSecret, SecretString, TenantId};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sha2::{Digest, Sha256};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
 /// Errors of tenant database management.
@@ -199,7 +199,11 @@ impl TenantDatabases {
 
     /// Drops the database and role of the tenant incarnation whose database password is
     /// `password` (absent is success).
-    pub async fn drop(&self, tenant: &TenantId, password: &SecretString) -> Result<(), TenantDbError> {
+    pub async fn drop(
+        &self,
+        tenant: &TenantId,
+        password: &SecretString,
+    ) -> Result<(), TenantDbError> {
         let name = self.name_of(tenant, password);
         let sql = |action: &'static str| {
             let tenant = tenant.to_string();

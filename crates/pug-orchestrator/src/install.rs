@@ -323,7 +323,9 @@ impl Installer {
             let chunk = chunk.map_err(|e| format!("cannot read the checksum {sum_url}: {e}"))?;
             text.extend_from_slice(&chunk);
             if text.len() > MAX_SUM {
-                return Err(format!("{sum_url} is larger than {MAX_SUM} bytes; not a checksum file"));
+                return Err(format!(
+                    "{sum_url} is larger than {MAX_SUM} bytes; not a checksum file"
+                ));
             }
         }
         let text = String::from_utf8_lossy(&text);

@@ -122,7 +122,11 @@ impl InstanceSpec {
     /// otherwise be the admin.
     pub fn admin_email(&self) -> String {
         let digest = Sha256::digest(
-            format!("pug admin email\0{}", self.secrets.secret_key.expose_secret()).as_bytes(),
+            format!(
+                "pug admin email\0{}",
+                self.secrets.secret_key.expose_secret()
+            )
+            .as_bytes(),
         );
         format!("pug-admin-{}@pug.invalid", &hex::encode(digest)[..16])
     }
@@ -396,7 +400,10 @@ mod tests {
             }
             for path in spellings {
                 let err = Overrides::default().insert(&path, "x");
-                assert!(err.is_err(), "{path} (pug enforces {section}.{key}) was accepted");
+                assert!(
+                    err.is_err(),
+                    "{path} (pug enforces {section}.{key}) was accepted"
+                );
             }
         }
     }

@@ -219,7 +219,10 @@ async fn oversized_release_is_refused() {
         },
     );
     let err = installer.ensure(&v("11.3.0")).await.unwrap_err();
-    assert!(err.to_string().contains("larger than the 100 bytes"), "{err}");
+    assert!(
+        err.to_string().contains("larger than the 100 bytes"),
+        "{err}"
+    );
     let left: Vec<_> = std::fs::read_dir(dir.path().join("grafana"))
         .unwrap()
         .flatten()
@@ -250,9 +253,7 @@ async fn checksum_comes_from_the_configured_source() {
             ..insecure()
         },
     );
-    assert!(installer
-        .checksum_url(&v("11.3.0"))
-        .starts_with(&checksums));
+    assert!(installer.checksum_url(&v("11.3.0")).starts_with(&checksums));
     let err = installer.ensure(&v("11.3.0")).await.unwrap_err();
     assert!(err.to_string().contains("checksum mismatch"), "{err}");
 }

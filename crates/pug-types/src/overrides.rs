@@ -46,7 +46,10 @@ const RESERVED: &[(&str, &str)] = &[
         "auth.proxy.*",
         "the gateway authenticates people through it",
     ),
-    ("auth.jwt.*", "the gateway may authenticate people through it"),
+    (
+        "auth.jwt.*",
+        "the gateway may authenticate people through it",
+    ),
     (
         "auth.login_cookie_name",
         "every tenant has a cookie name of its own",
@@ -180,7 +183,11 @@ impl Overrides {
 
     /// [`Overrides::set`], allowing values Grafana expands (`$__file{…}`, `${VAR}`) when
     /// `allow_expansion` (the operator's `controller.allow_setting_expansion`).
-    pub fn set_with(&mut self, assignment: &str, allow_expansion: bool) -> Result<(), InvalidInput> {
+    pub fn set_with(
+        &mut self,
+        assignment: &str,
+        allow_expansion: bool,
+    ) -> Result<(), InvalidInput> {
         let (path, value) = assignment.split_once('=').ok_or_else(|| {
             InvalidInput::new(
                 "overrides",
@@ -304,7 +311,9 @@ fn check_name(section: &str, key: &str) -> Result<(), InvalidInput> {
             // `grafana_env_name(prefix, "")` ends in `_`: `GF_AUTH_PROXY_`.
             Some(prefix) => env.starts_with(&grafana_env_name(prefix, "")),
             None => {
-                let (s, k) = reserved.rsplit_once('.').expect("reserved entries have a section");
+                let (s, k) = reserved
+                    .rsplit_once('.')
+                    .expect("reserved entries have a section");
                 env == grafana_env_name(s, k)
             }
         };
@@ -485,7 +494,10 @@ mod tests {
             "auth.ldap.bind_password=x",
         ] {
             let err = Overrides::default().set(bad).unwrap_err();
-            assert!(err.message.contains("not supported as overrides yet"), "{bad}: {err}");
+            assert!(
+                err.message.contains("not supported as overrides yet"),
+                "{bad}: {err}"
+            );
         }
     }
 
@@ -499,10 +511,17 @@ mod tests {
             "server.domain=$HOME",
         ] {
             let err = Overrides::default().set(bad).unwrap_err();
-            assert!(err.message.contains("allow_setting_expansion"), "{bad}: {err}");
+            assert!(
+                err.message.contains("allow_setting_expansion"),
+                "{bad}: {err}"
+            );
             Overrides::default().set_with(bad, true).unwrap();
         }
-        for fine in ["server.domain=a$", "server.domain=costs $5", "server.domain=$ x"] {
+        for fine in [
+            "server.domain=a$",
+            "server.domain=costs $5",
+            "server.domain=$ x",
+        ] {
             Overrides::default().set(fine).unwrap();
         }
     }

@@ -26,7 +26,7 @@ fn create(pug: &Pug, body: Value) -> (u16, Value) {
 /// The security review's F2: on docker and swarm every override becomes `GF_<SECTION>_<KEY>`
 /// and the container keeps the last duplicate, so `auth.proxy_header_name=X-Pwn` replaced
 /// pug's `GF_AUTH_PROXY_HEADER_NAME` (and any Viewer sending `X-Pwn: admin` was server admin).
-/// Every spelling of a reserved variable is refused with a 400, and nothing is created.
+/// Every spelling of a reserved variable is refused with a 422, and nothing is created.
 #[test]
 fn override_spelled_as_another_gf_variable_cannot_reach_a_reserved_setting() {
     let pug = Pug::start(PORTS_OVERRIDES, &[]);
@@ -56,7 +56,7 @@ fn override_spelled_as_another_gf_variable_cannot_reach_a_reserved_setting() {
             &pug,
             json!({"id": id, "version": "11.3.0", "set": [assignment]}),
         );
-        assert_eq!(status, 400, "{assignment} was accepted: {body}");
+        assert_eq!(status, 422, "{assignment} was accepted: {body}");
         let error = body["error"].as_str().unwrap_or_default();
         assert!(
             error.contains("managed by pug") || error.contains("read the setting from a file"),
@@ -80,7 +80,7 @@ fn override_spelled_as_another_gf_variable_cannot_reach_a_reserved_setting() {
         "/api/v1/tenants/f2ok",
         Some(json!({"set": ["auth_proxy.header_name=X-Pwn"]})),
     );
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 422, "{body}");
 }
 
 /// The security review's F3, Grafana side: the gateway sends `X-WEBAUTH-USER: <login>` and
@@ -142,7 +142,7 @@ fn person_named_admin_is_not_the_grafana_server_admin() {
 
 /// The security review's F14: Grafana expands `$__file{…}`, `$__env{…}` and `${VAR}` in ini
 /// values and provisioning values, so a tenant could read `master.key` (process backend) or
-/// any file and variable of its container into a setting it can see. Refused with a 400
+/// any file and variable of its container into a setting it can see. Refused with a 422
 /// naming the field, unless the operator allows expansion; secret-bearing overrides are
 /// refused too (overrides are kept and shown in clear).
 #[test]
@@ -163,7 +163,7 @@ fn setting_values_cannot_read_pugs_files_or_environment() {
             &pug,
             json!({"id": format!("f14-{i}"), "version": "11.3.0", "set": [assignment]}),
         );
-        assert_eq!(status, 400, "{assignment} was accepted: {body}");
+        assert_eq!(status, 422, "{assignment} was accepted: {body}");
         assert!(
             body["error"]
                 .as_str()
@@ -195,7 +195,7 @@ fn setting_values_cannot_read_pugs_files_or_environment() {
             json!({"id": format!("f14-ds-{i}"), "version": "11.3.0",
                    "datasources": [datasource(field, &value)]}),
         );
-        assert_eq!(status, 400, "{field} {value} was accepted: {body}");
+        assert_eq!(status, 422, "{field} {value} was accepted: {body}");
         let error = body["error"].as_str().unwrap_or_default();
         assert!(error.contains(field), "the error names the field: {error}");
     }
@@ -214,7 +214,7 @@ fn setting_values_cannot_read_pugs_files_or_environment() {
             &pug,
             json!({"id": "f14-secret", "version": "11.3.0", "set": [assignment]}),
         );
-        assert_eq!(status, 400, "{assignment}: {body}");
+        assert_eq!(status, 422, "{assignment}: {body}");
         assert!(
             body["error"]
                 .as_str()
