@@ -8,8 +8,9 @@ use axum::http::StatusCode;
 use axum::Json;
 use pug_store::{generate_secret, secret};
 use pug_types::{
-    DashboardSpec, DatasourceSpec, DesiredState, Event, GrafanaVersion, InvalidInput, Overrides,
-    SecretString, Tenant, TenantId, TenantSpec, MAX_REPLICAS,
+    find_expansion, DashboardSpec, DatasourceSpec, DesiredState, Event, ExpansionContext,
+    GrafanaVersion, InvalidInput, Overrides, SecretString, Tenant, TenantId, TenantSpec,
+    MAX_REPLICAS,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -71,13 +72,77 @@ type Provisioned = (
     Vec<(String, SecretString)>,
 );
 
+/// Refuses a provisioning value Grafana would expand (`$VAR`, `${VAR}`, `$__file{…}`; Grafana
+/// interpolates every string value of a datasource, `jsonData` and `secureJsonData`
+/// included), unless the operator allows expansion. Dashboards are not checked: Grafana reads
+/// dashboard files as JSON without interpolating them, and `$var` there is a dashboard
+/// variable.
+fn check_datasource_expansion(
+    input: &DatasourceInput,
+    allow_expansion: bool,
+) -> Result<(), InvalidInput> {
+    fn strings<'a>(path: String, v: &'a serde_json::Value, out: &mut Vec<(String, &'a str)>) {
+        match v {
+            serde_json::Value::String(s) => out.push((path, s)),
+            serde_json::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    strings(format!("{path}[{i}]"), item, out);
+                }
+            }
+            serde_json::Value::Object(map) => {
+                for (k, item) in map {
+                    strings(format!("{path}.{k}"), item, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    if allow_expansion {
+        return Ok(());
+    }
+    let mut values: Vec<(String, &str)> = vec![
+        ("name".into(), &input.name),
+        ("type".into(), &input.kind),
+        ("url".into(), &input.url),
+    ];
+    if let Some(access) = &input.access {
+        values.push(("access".into(), access));
+    }
+    if let Some(user) = &input.basic_auth_user {
+        values.push(("basic_auth_user".into(), user));
+    }
+    for (k, v) in &input.json_data {
+        strings(format!("json_data.{k}"), v, &mut values);
+    }
+    for (k, v) in &input.secure_json_data {
+        values.push((format!("secure_json_data.{k}"), v));
+    }
+    for (field, value) in values {
+        if let Some(found) = find_expansion(value, ExpansionContext::Provisioning) {
+            // The value itself may be a secret: name the field, show only the expansion.
+            return Err(InvalidInput::new(
+                "datasources",
+                format!(
+                    "datasource {:?}: {field} contains {found:?}, which Grafana would replace \
+                     with an environment variable or a file's contents; write $$ for a literal \
+                     $ (the operator can allow expansion with controller.allow_setting_expansion)",
+                    input.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_provisioning(
     datasources: Vec<DatasourceInput>,
     dashboards: Vec<DashboardSpec>,
+    allow_expansion: bool,
 ) -> Result<Provisioned, ApiError> {
     let mut specs = Vec::new();
     let mut secrets = Vec::new();
     for input in datasources {
+        check_datasource_expansion(&input, allow_expansion)?;
         let spec = DatasourceSpec {
             name: input.name,
             kind: input.kind,
@@ -177,6 +242,11 @@ pub(crate) struct DeleteQuery {
 pub(crate) struct EventsQuery {
     #[serde(default = "default_limit")]
     limit: i64,
+}
+
+/// Whether the operator allows values Grafana expands (`controller.allow_setting_expansion`).
+fn allow_expansion(state: &ApiState) -> bool {
+    state.config.controller.allow_setting_expansion
 }
 
 fn default_limit() -> i64 {
@@ -283,7 +353,7 @@ pub(crate) async fn create(
     check_labels(&req.labels)?;
     let mut overrides = Overrides::default();
     for assignment in &req.set {
-        overrides.set(assignment)?;
+        overrides.set_with(assignment, allow_expansion(&state))?;
     }
     let display_name = req.display_name.unwrap_or_else(|| id.to_string());
     if display_name.len() > 200 {
@@ -299,7 +369,7 @@ pub(crate) async fn create(
         )));
     }
     let (datasources, dashboards, provisioned_secrets) =
-        check_provisioning(req.datasources, req.dashboards)?;
+        check_provisioning(req.datasources, req.dashboards, allow_expansion(&state))?;
     let version = check_version(&state, &req.version).await?;
     let spec = TenantSpec {
         display_name,
@@ -372,7 +442,7 @@ pub(crate) async fn update(
     for (section, key, value) in spec.overrides.iter() {
         let path = format!("{section}.{key}");
         if !req.unset.contains(&path) {
-            overrides.insert(&path, value)?;
+            overrides.insert_with(&path, value, allow_expansion(&state))?;
         }
     }
     for path in &req.unset {
@@ -390,7 +460,7 @@ pub(crate) async fn update(
         changes.push(format!("unset {path}"));
     }
     for assignment in &req.set {
-        overrides.set(assignment)?;
+        overrides.set_with(assignment, allow_expansion(&state))?;
         changes.push(format!(
             "set {}",
             assignment.split('=').next().unwrap_or("").trim()
@@ -405,6 +475,7 @@ pub(crate) async fn update(
             req.dashboards
                 .clone()
                 .unwrap_or_else(|| spec.dashboards.clone()),
+            allow_expansion(&state),
         )?;
         if replace_datasources {
             changes.push(format!("{} datasource(s)", datasources.len()));

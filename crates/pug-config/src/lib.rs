@@ -115,6 +115,17 @@ pub struct ProcessConfig {
     /// Where Grafana's release tarballs are downloaded from
     /// (`<base>/grafana-<version>.linux-amd64.tar.gz` and its `.sha256`).
     pub download_base_url: String,
+    /// Accept `http://` for `download_base_url` and `checksum_base_url` (and redirects to
+    /// `http://`). Off by default: a release fetched without TLS can be swapped on the way,
+    /// checksum included.
+    pub allow_insecure_download: bool,
+    /// Where the releases' `.sha256` files are fetched from (`<base>/grafana-<version>.linux-amd64.tar.gz.sha256`).
+    /// Empty (the default): `download_base_url`, i.e. the same origin as the tarball, over
+    /// https; set it to a source you control (a mirror of checksums you verified) so that one
+    /// compromised download host cannot supply both the tarball and its checksum.
+    pub checksum_base_url: String,
+    /// The largest release tarball pug downloads, in MiB (its unpacked size may be 8 times this).
+    pub max_download_mb: u64,
     /// The address instances listen on.
     pub bind_address: String,
     /// The first port pug allocates to instances.
@@ -235,6 +246,10 @@ pub struct ControllerConfig {
     pub readiness_poll_ms: u64,
     /// A replica that exits this many times in a row without becoming healthy marks its tenant failed.
     pub crash_loop_threshold: u32,
+    /// Accept tenant settings and provisioning values that Grafana expands (`$__file{…}`,
+    /// `$__env{…}`, `$__vault{…}`, `${VAR}`, `$VAR`). Off by default: they would let a tenant
+    /// read files and environment variables of the machine or container its Grafana runs on.
+    pub allow_setting_expansion: bool,
 }
 
 /// Which Grafana versions tenants may ask for.
@@ -245,6 +260,9 @@ pub struct GrafanaConfig {
     pub allowed_versions: Vec<String>,
     /// Whether Grafana's plugin preinstaller may fetch plugins from grafana.com on start.
     pub plugin_preinstall: bool,
+    /// `host:port` entries every tenant's datasource proxy may reach (Grafana's
+    /// `security.data_source_proxy_whitelist`). Empty (the default): Grafana allows every host.
+    pub data_source_proxy_whitelist: Vec<String>,
 }
 
 /// A PostgreSQL server on which pug creates a database per tenant (required for replicas > 1).
@@ -322,6 +340,9 @@ impl Default for ProcessConfig {
         Self {
             grafana_bin: String::new(),
             download_base_url: "https://dl.grafana.com/oss/release".into(),
+            allow_insecure_download: false,
+            checksum_base_url: String::new(),
+            max_download_mb: 1024,
             bind_address: "127.0.0.1".into(),
             port_min: 20000,
             port_max: 29999,
@@ -339,6 +360,7 @@ impl Default for ControllerConfig {
             max_backoff_secs: 300,
             readiness_poll_ms: 200,
             crash_loop_threshold: 3,
+            allow_setting_expansion: false,
         }
     }
 }
@@ -413,6 +435,22 @@ impl Config {
 
     fn validated(self) -> Result<Self, ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        for (name, url) in [
+            ("process.download_base_url", &self.process.download_base_url),
+            ("process.checksum_base_url", &self.process.checksum_base_url),
+        ] {
+            let https = url.starts_with("https://");
+            let http = url.starts_with("http://");
+            if !url.is_empty() && !https && !(http && self.process.allow_insecure_download) {
+                return bad(format!(
+                    "{name} ({url}) must be an https:// URL; http:// needs \
+                     process.allow_insecure_download = true"
+                ));
+            }
+        }
+        if self.process.max_download_mb == 0 {
+            return bad("process.max_download_mb must be at least 1".into());
+        }
         if self.process.port_min == 0 || self.process.port_min > self.process.port_max {
             return bad(format!(
                 "process.port_min ({}) must be at least 1 and at most process.port_max ({})",

@@ -66,7 +66,12 @@ async fn delete(c: &Controller, t: &Tenant) -> Result<Outcome, ReconcileError> {
     c.orchestrator.archive(&t.id).await?;
     if let Some(dbs) = &c.databases {
         if t.spec.labels.get(PURGE_LABEL).map(String::as_str) == Some("true") {
-            dbs.drop(&t.id).await?;
+            match c.store.secret(&t.id, secret::DATABASE_PASSWORD).await? {
+                Some(password) => dbs.drop(&t.id, &password).await?,
+                None => {
+                    tracing::warn!(tenant = %t.id, "no database password stored; no database to drop")
+                }
+            }
             c.store
                 .add_event(
                     &t.id,
@@ -441,7 +446,7 @@ async fn instance_specs(
                         "DatabaseCreated",
                         &format!(
                             "PostgreSQL database and role {} created",
-                            dbs.name_of(&t.id)
+                            dbs.name_of(&t.id, &password)
                         ),
                     )
                     .await?;
@@ -516,6 +521,7 @@ async fn instance_specs(
             database: database.clone(),
             rendering,
             plugin_preinstall: config.grafana.plugin_preinstall,
+            data_source_proxy_whitelist: config.grafana.data_source_proxy_whitelist.clone(),
             overrides: t.spec.overrides.clone(),
             provisioning: provisioning.clone(),
         });

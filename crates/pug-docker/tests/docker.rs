@@ -61,6 +61,60 @@ fn containers(namespace: &str, tenant: &str) -> Vec<String> {
     .collect()
 }
 
+/// Attack (security review F1/F18 on the docker backend): a process in tenant A's container
+/// sends `X-WEBAUTH-USER` straight to tenant B's Grafana on the shared network. B's Grafana
+/// trusts auth-proxy headers only from the network's gateway (where pug connects from), so the
+/// request from A's address is refused; from pug's side the same request is accepted (the
+/// control that the attack would work if the check were missing). No Grafana port is published
+/// on the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_container_cannot_sign_in_to_another_tenants_grafana() {
+    let a = format!("da{}", unique());
+    let b = format!("db{}", unique());
+    let (s, backend) = setup(&[&a, &b]).await;
+    let pug = Pug::start(s.store.clone(), backend.clone());
+    let ida = pug.create(&a, GOOD, 1).await;
+    let idb = pug.create(&b, GOOD, 1).await;
+    pug.wait_phase(&ida, Phase::Ready, READY).await;
+    let tb = pug.wait_phase(&idb, Phase::Ready, READY).await;
+    let url = format!("http://{}/t/{b}/api/user", tb.status.endpoints[0]);
+    let from_pug = reqwest::Client::new()
+        .get(&url)
+        .header("X-WEBAUTH-USER", "carol")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(from_pug.status(), 200, "pug's requests are trusted");
+    // From tenant A's container (its own network namespace and address on the pug network).
+    let out = std::process::Command::new("docker")
+        .args([
+            "exec",
+            &backend.container_name(&ida, 0),
+            "/usr/bin/healthcheck",
+            &url,
+        ])
+        .arg("X-WEBAUTH-USER: carol")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("status 407"),
+        "A's container signed in to B's Grafana: {stderr}"
+    );
+    for id in [&ida, &idb] {
+        let ports = docker(&[
+            "inspect",
+            "-f",
+            "{{json .HostConfig.PortBindings}} {{json .NetworkSettings.Ports}}",
+            &backend.container_name(id, 0),
+        ]);
+        assert!(
+            !ports.contains("HostPort"),
+            "a Grafana port is published on the host: {ports}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_scale_upgrade_suspend_resume_delete() {
     let tenant = format!("dl{}", unique());
@@ -137,7 +191,10 @@ async fn create_scale_upgrade_suspend_resume_delete() {
             "http://{}/t/{tenant}/api/user",
             t.status.endpoints[0]
         ))
-        .basic_auth("admin", Some(password.expose_secret()))
+        .basic_auth(
+            pug_orchestrator::InstanceSpec::ADMIN_LOGIN,
+            Some(password.expose_secret()),
+        )
         .send()
         .await
         .unwrap();

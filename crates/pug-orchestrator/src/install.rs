@@ -5,6 +5,13 @@
 //! release tarball from `process.download_base_url`, checked against its published `.sha256`
 //! and unpacked atomically), and a lock per version so concurrent tenants download it once.
 //!
+//! Download safety ([`DownloadPolicy`]): https only (also after redirects) unless the operator
+//! allows http; the tarball is bounded in size (and so is what it unpacks to). The checksum
+//! comes from `process.checksum_base_url` when set, else from the tarball's own origin: over
+//! https that is what Grafana publishes (dl.grafana.com has the `.sha256` next to the tarball
+//! and no signature), it authenticates the origin and catches corruption; an operator who does
+//! not want one host to vouch for itself points `checksum_base_url` at checksums it verified.
+//!
 //! Must not: run Grafana. The process backend does.
 
 use std::collections::HashMap;
@@ -25,25 +32,96 @@ pub struct Installation {
     pub home: PathBuf,
 }
 
+/// What a download may be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadPolicy {
+    /// Accept `http://` URLs and redirects (`process.allow_insecure_download`).
+    pub allow_insecure: bool,
+    /// The largest tarball, in bytes; it may unpack to 8 times this.
+    pub max_bytes: u64,
+    /// Where `.sha256` files come from; `None`: the download base URL.
+    pub checksum_base_url: Option<String>,
+}
+
+impl Default for DownloadPolicy {
+    fn default() -> Self {
+        Self {
+            allow_insecure: false,
+            max_bytes: 1 << 30,
+            checksum_base_url: None,
+        }
+    }
+}
+
+/// Refuses a URL that is not https, unless insecure downloads are allowed.
+fn check_scheme(url: &str, allow_insecure: bool) -> Result<(), String> {
+    if url.starts_with("https://") || (allow_insecure && url.starts_with("http://")) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{url} is not an https:// URL; Grafana releases are downloaded over https only \
+             (set process.allow_insecure_download = true to allow http)"
+        ))
+    }
+}
+
 /// Finds and installs Grafana releases.
 #[derive(Debug)]
 pub struct Installer {
     grafana_bin: Option<PathBuf>,
     dir: PathBuf,
     base_url: String,
+    policy: DownloadPolicy,
     client: reqwest::Client,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Installer {
     /// `grafana_bin`: one executable for every version; `dir`: where releases are unpacked.
+    /// Downloads follow [`DownloadPolicy::default`] (https only, at most 1 GiB).
     pub fn new(grafana_bin: Option<PathBuf>, dir: PathBuf, base_url: &str) -> Self {
+        Self::with_policy(grafana_bin, dir, base_url, DownloadPolicy::default())
+    }
+
+    /// [`Installer::new`] with an explicit download policy.
+    pub fn with_policy(
+        grafana_bin: Option<PathBuf>,
+        dir: PathBuf,
+        base_url: &str,
+        policy: DownloadPolicy,
+    ) -> Self {
+        let allow_insecure = policy.allow_insecure;
+        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= 10 {
+                attempt.error("more than 10 redirects")
+            } else if let Err(e) = check_scheme(attempt.url().as_str(), allow_insecure) {
+                attempt.error(format!("redirected to {e}"))
+            } else {
+                attempt.follow()
+            }
+        });
+        let client = reqwest::Client::builder()
+            .redirect(redirects)
+            .build()
+            .unwrap_or_default();
         Self {
             grafana_bin,
             dir,
             base_url: base_url.trim_end_matches('/').to_owned(),
-            client: reqwest::Client::new(),
+            policy,
+            client,
             locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The `.sha256` URL of a version.
+    pub fn checksum_url(&self, version: &GrafanaVersion) -> String {
+        match &self.policy.checksum_base_url {
+            Some(base) => format!(
+                "{}/grafana-{version}.linux-amd64.tar.gz.sha256",
+                base.trim_end_matches('/')
+            ),
+            None => format!("{}.sha256", self.tarball_url(version)),
         }
     }
 
@@ -71,11 +149,12 @@ impl Installer {
         if self.installed(version).is_some() {
             return Ok(());
         }
-        let url = format!("{}.sha256", self.tarball_url(version));
+        let url = self.checksum_url(version);
         let unknown = |reason: String| OrchestratorError::UnknownVersion {
             version: version.to_string(),
             reason,
         };
+        check_scheme(&url, self.policy.allow_insecure).map_err(unknown)?;
         match self
             .client
             .get(&url)
@@ -126,7 +205,12 @@ impl Installer {
             reason,
         };
         let url = self.tarball_url(version);
-        let expected = self.expected_sha256(&url).await.map_err(fail)?;
+        check_scheme(&url, self.policy.allow_insecure).map_err(fail)?;
+        let expected = self
+            .expected_sha256(&self.checksum_url(version))
+            .await
+            .map_err(fail)?;
+        let max = self.policy.max_bytes;
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| fail(format!("cannot create {}: {e}", self.dir.display())))?;
         let staging = tempfile::Builder::new()
@@ -143,6 +227,16 @@ impl Installer {
             .await
             .and_then(|r| r.error_for_status())
             .map_err(|e| fail(format!("download from {url} failed: {}", error_chain(&e))))?;
+        let too_big = |size: u64| {
+            format!(
+                "{url} is {size} bytes or more, larger than the {max} bytes allowed; raise \
+                 process.max_download_mb if this release really is that large"
+            )
+        };
+        if let Some(len) = response.content_length().filter(|len| *len > max) {
+            return Err(fail(too_big(len)));
+        }
+        let mut received: u64 = 0;
         let bar = indicatif::ProgressBar::new(response.content_length().unwrap_or(0));
         bar.set_style(
             indicatif::ProgressStyle::with_template(
@@ -159,6 +253,10 @@ impl Installer {
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| fail(format!("download from {url} broke off: {e}")))?;
+            received += chunk.len() as u64;
+            if received > max {
+                return Err(fail(too_big(received)));
+            }
             hasher.update(&chunk);
             bar.inc(chunk.len() as u64);
             file.write_all(&chunk)
@@ -177,7 +275,8 @@ impl Installer {
         let unpack_dir = staging.path().join("unpacked");
         let tarball_for_unpack = tarball.clone();
         let unpack_to = unpack_dir.clone();
-        tokio::task::spawn_blocking(move || unpack(&tarball_for_unpack, &unpack_to))
+        let max_unpacked = max.saturating_mul(8);
+        tokio::task::spawn_blocking(move || unpack(&tarball_for_unpack, &unpack_to, max_unpacked))
             .await
             .map_err(|e| fail(format!("unpacking panicked: {e}")))?
             .map_err(|e| fail(format!("cannot unpack {url}: {e}")))?;
@@ -206,19 +305,30 @@ impl Installer {
         Ok(())
     }
 
-    async fn expected_sha256(&self, url: &str) -> Result<String, String> {
-        let sum_url = format!("{url}.sha256");
-        let text = self
+    async fn expected_sha256(&self, sum_url: &str) -> Result<String, String> {
+        check_scheme(sum_url, self.policy.allow_insecure)?;
+        let response = self
             .client
-            .get(&sum_url)
+            .get(sum_url)
             .timeout(std::time::Duration::from_secs(30))
             .send()
             .await
             .and_then(|r| r.error_for_status())
-            .map_err(|e| format!("cannot fetch the checksum {sum_url}: {}", error_chain(&e)))?
-            .text()
-            .await
-            .map_err(|e| format!("cannot read the checksum {sum_url}: {e}"))?;
+            .map_err(|e| format!("cannot fetch the checksum {sum_url}: {}", error_chain(&e)))?;
+        // A checksum file is one line; more than 4 KiB is not one.
+        const MAX_SUM: usize = 4096;
+        let mut text = Vec::new();
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| format!("cannot read the checksum {sum_url}: {e}"))?;
+            text.extend_from_slice(&chunk);
+            if text.len() > MAX_SUM {
+                return Err(format!(
+                    "{sum_url} is larger than {MAX_SUM} bytes; not a checksum file"
+                ));
+            }
+        }
+        let text = String::from_utf8_lossy(&text);
         let sum = text
             .split_whitespace()
             .next()
@@ -231,14 +341,22 @@ impl Installer {
     }
 }
 
-/// Unpacks a .tar.gz; the tar crate refuses entries that would land outside `to`.
-fn unpack(tarball: &Path, to: &Path) -> std::io::Result<()> {
+/// Unpacks a .tar.gz of at most `max_bytes` of file contents; the tar crate refuses entries
+/// that would land outside `to`.
+fn unpack(tarball: &Path, to: &Path, max_bytes: u64) -> std::io::Result<()> {
+    let mut total: u64 = 0;
     std::fs::create_dir_all(to)?;
     let file = std::fs::File::open(tarball)?;
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
     archive.set_preserve_permissions(true);
     for entry in archive.entries()? {
         let mut entry = entry?;
+        total = total.saturating_add(entry.header().size()?);
+        if total > max_bytes {
+            return Err(std::io::Error::other(format!(
+                "the release unpacks to more than {max_bytes} bytes"
+            )));
+        }
         if !entry.unpack_in(to)? {
             return Err(std::io::Error::other(format!(
                 "entry {} points outside the release",

@@ -1,10 +1,14 @@
 //! The Grafana settings of one instance: only Grafana's own settings, nothing patched.
 //!
 //! Owns: [`InstanceSpec`] and its translation into `grafana.ini` settings (see
-//! `research/multitenant.md` §2): `root_url` and `serve_from_sub_path`, `auth.proxy` with the
-//! gateway as the only whitelisted sender, a per-tenant `admin_password` and `secret_key`,
-//! sign-up off, update checks off, plugin preinstall off unless allowed, the database, the
-//! renderer, then the tenant's own overrides.
+//! `research/multitenant.md` §2), in three layers: pug's defaults (sign-up off, update checks
+//! off), then the tenant's own overrides, then what pug enforces: `root_url` and
+//! `serve_from_sub_path`, `auth.proxy` with the gateway as the only whitelisted sender, a
+//! server admin whose login and email nobody signed in through the gateway can have
+//! ([`InstanceSpec::ADMIN_LOGIN`], [`InstanceSpec::admin_email`]), `csrf_always_check`, the
+//! operator's datasource proxy whitelist, plugin preinstall off unless allowed, the database,
+//! the renderer, and the per-tenant `admin_password` and `secret_key`. Enforced settings come
+//! last so that every backend applies pug's value.
 //!
 //! Must not: decide where files go or how a value reaches Grafana (ini file, environment,
 //! Docker secret). Backends do that with [`Setting::value`].
@@ -36,6 +40,9 @@ pub struct InstanceSpec {
     pub rendering: Option<RenderingSettings>,
     /// Whether Grafana's plugin preinstaller may reach grafana.com on start.
     pub plugin_preinstall: bool,
+    /// `host:port` entries the tenant's datasource proxy may reach
+    /// (`security.data_source_proxy_whitelist`; empty: Grafana allows every host).
+    pub data_source_proxy_whitelist: Vec<String>,
     pub overrides: Overrides,
     /// Datasources and dashboards provisioned into this Grafana.
     pub provisioning: crate::Provisioning,
@@ -83,9 +90,7 @@ pub struct Setting {
 impl Setting {
     /// The `GF_<SECTION>_<KEY>` environment variable Grafana reads this setting from.
     pub fn env_name(&self) -> String {
-        format!("GF_{}_{}", self.section, self.key)
-            .to_ascii_uppercase()
-            .replace(['.', '-'], "_")
+        pug_types::grafana_env_name(&self.section, &self.key)
     }
 }
 
@@ -104,8 +109,33 @@ impl InstanceSpec {
         }
     }
 
-    /// Every setting, in the order Grafana would apply them (the tenant's overrides last; the
-    /// settings pug owns cannot be overridden: see `pug_types::Overrides`).
+    /// The login of the tenant's Grafana server admin (`security.admin_user`). Its `+` is a
+    /// character pug user names and embed subjects cannot contain (`[a-z0-9._@-]`), so no
+    /// person signed in through the gateway is ever looked up as this account. (Not `:`, which
+    /// would break HTTP basic auth for the account: Basic splits at the first `:`.)
+    pub const ADMIN_LOGIN: &'static str = "pug+admin";
+
+    /// The email of the tenant's Grafana server admin (`security.admin_email`): derived from
+    /// the tenant's `secret_key`, so nobody can guess it, on the reserved `.invalid` domain
+    /// (RFC 2606), so it is nobody's address. Grafana also finds auth-proxy users by email;
+    /// a signed-in person whose email were `admin@localhost` (Grafana's default) would
+    /// otherwise be the admin.
+    pub fn admin_email(&self) -> String {
+        let digest = Sha256::digest(
+            format!(
+                "pug admin email\0{}",
+                self.secrets.secret_key.expose_secret()
+            )
+            .as_bytes(),
+        );
+        format!("pug-admin-{}@pug.invalid", &hex::encode(digest)[..16])
+    }
+
+    /// Every setting, in the order Grafana would apply them: pug's defaults a tenant may
+    /// override, then the tenant's overrides, then the settings pug enforces (none of which an
+    /// override can name, see `pug_types::Overrides`; they come last anyway, so that every
+    /// backend applies pug's value whatever was stored: an ini file keeps the last value of a
+    /// key, a container keeps the last of duplicate variables), then the secrets.
     pub fn settings(&self) -> Vec<Setting> {
         let mut out = Vec::new();
         let mut plain = |section: &str, key: &str, value: &str| {
@@ -115,6 +145,19 @@ impl InstanceSpec {
                 value: Value::Plain(value.into()),
             })
         };
+        // Defaults a tenant may change.
+        plain("auth", "disable_signout_menu", "true");
+        plain("users", "allow_sign_up", "false");
+        plain("users", "allow_org_create", "false");
+        plain("analytics", "reporting_enabled", "false");
+        plain("analytics", "check_for_updates", "false");
+        plain("analytics", "check_for_plugin_updates", "false");
+        plain("snapshots", "external_enabled", "false");
+        // The tenant's overrides.
+        for (section, key, value) in self.overrides.applicable() {
+            plain(section, key, value);
+        }
+        // What pug enforces.
         plain("server", "http_port", &self.port.to_string());
         plain("server", "root_url", &self.root_url);
         plain(
@@ -136,7 +179,6 @@ impl InstanceSpec {
             "Email:X-WEBAUTH-EMAIL Role:X-WEBAUTH-ROLE Name:X-WEBAUTH-NAME",
         );
         plain("auth.proxy", "whitelist", &self.proxy_whitelist.join(", "));
-        plain("auth", "disable_signout_menu", "true");
         // A per-tenant cookie name, so tenants that share a host (path mode) never read each
         // other's Grafana session cookie.
         plain(
@@ -144,13 +186,20 @@ impl InstanceSpec {
             "login_cookie_name",
             &format!("grafana_session_{}", self.tenant.as_str().replace('-', "_")),
         );
-        plain("security", "admin_user", "admin");
-        plain("users", "allow_sign_up", "false");
-        plain("users", "allow_org_create", "false");
-        plain("analytics", "reporting_enabled", "false");
-        plain("analytics", "check_for_updates", "false");
-        plain("analytics", "check_for_plugin_updates", "false");
-        plain("snapshots", "external_enabled", "false");
+        plain("security", "admin_user", Self::ADMIN_LOGIN);
+        plain("security", "admin_email", &self.admin_email());
+        plain("security", "disable_initial_admin_creation", "false");
+        // Sibling tenant hosts are same-site: Grafana's CSRF check must not depend on its
+        // login cookie being present.
+        plain("security", "csrf_always_check", "true");
+        // Hosts the tenant's datasource proxy may reach (Grafana: empty is every host).
+        plain(
+            "security",
+            "data_source_proxy_whitelist",
+            &self.data_source_proxy_whitelist.join(" "),
+        );
+        plain("server", "static_root_path", "public");
+        plain("panels", "disable_sanitize_html", "false");
         plain(
             "plugins",
             "preinstall_disabled",
@@ -182,9 +231,6 @@ impl InstanceSpec {
         if let Some(r) = &self.rendering {
             plain("rendering", "server_url", &r.server_url);
             plain("rendering", "callback_url", &r.callback_url);
-        }
-        for (section, key, value) in self.overrides.iter() {
-            plain(section, key, value);
         }
         let mut secret = |section: &str, key: &str, value: &SecretString| {
             out.push(Setting {
@@ -280,6 +326,7 @@ mod tests {
             database: DatabaseSettings::Sqlite,
             rendering: None,
             plugin_preinstall: false,
+            data_source_proxy_whitelist: Vec::new(),
             overrides: Overrides::default(),
             provisioning: Default::default(),
         }
@@ -312,6 +359,71 @@ mod tests {
         let mut d = spec();
         d.secrets.secret_key = SecretString::from("other");
         assert_ne!(a.hash(), d.hash());
+    }
+
+    /// The settings pug enforces (everything after the overrides) cannot be overridden under
+    /// any spelling: neither their ini path nor another path with the same `GF_` variable.
+    #[test]
+    fn no_override_reaches_an_enforced_setting() {
+        let mut s = spec();
+        s.rendering = Some(RenderingSettings {
+            server_url: "http://r".into(),
+            callback_url: "http://c".into(),
+        });
+        s.secrets.renderer_token = Some(SecretString::from("t"));
+        s.database = DatabaseSettings::Postgres {
+            host: "h:5432".into(),
+            name: "n".into(),
+            user: "u".into(),
+            password: SecretString::from("p"),
+            ssl_mode: "disable".into(),
+        };
+        let all = s.settings();
+        let first_enforced = all
+            .iter()
+            .position(|x| (x.section.as_str(), x.key.as_str()) == ("server", "http_port"))
+            .unwrap();
+        for setting in &all[first_enforced..] {
+            let (section, key) = (&setting.section, &setting.key);
+            let mut spellings = vec![format!("{section}.{key}")];
+            // Move each `_` of the key into the section and each `.` of the section into the
+            // key: all the same variable for Grafana.
+            let full = format!("{section}.{key}");
+            for (i, c) in full.char_indices() {
+                if c == '_' || c == '.' {
+                    let mut other = full.clone();
+                    other.replace_range(i..i + 1, if c == '_' { "." } else { "_" });
+                    if other.contains('.') {
+                        spellings.push(other);
+                    }
+                }
+            }
+            for path in spellings {
+                let err = Overrides::default().insert(&path, "x");
+                assert!(
+                    err.is_err(),
+                    "{path} (pug enforces {section}.{key}) was accepted"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn overrides_come_before_what_pug_enforces() {
+        let mut s = spec();
+        s.overrides.set("users.allow_sign_up=true").unwrap();
+        let all = s.settings();
+        let names: Vec<String> = all.iter().map(Setting::env_name).collect();
+        let at = |n: &str| names.iter().rposition(|x| x == n).unwrap();
+        assert!(at("GF_USERS_ALLOW_SIGN_UP") < at("GF_AUTH_PROXY_HEADER_NAME"));
+        let ini = render_ini(&all, &[]);
+        assert!(ini.contains("allow_sign_up = true\n"), "{ini}");
+        assert!(ini.contains("admin_user = pug+admin\n"));
+        assert!(ini.contains("csrf_always_check = true\n"));
+        assert!(s.admin_email().ends_with("@pug.invalid"));
+        let mut other = spec();
+        other.secrets.secret_key = SecretString::from("other");
+        assert_ne!(s.admin_email(), other.admin_email());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use pug_orchestrator::install::Installer;
+use pug_orchestrator::install::{DownloadPolicy, Installer};
 use pug_orchestrator::OrchestratorError;
 use pug_types::GrafanaVersion;
 use sha2::{Digest, Sha256};
@@ -118,7 +118,7 @@ async fn downloads_verifies_and_unpacks_releases() {
     files.insert("grafana-11.6.0.linux-amd64.tar.gz".into(), not_grafana);
     let (base, releases) = start(files).await;
     let dir = tempfile::tempdir().unwrap();
-    let installer = Installer::new(None, dir.path().join("grafana"), &base);
+    let installer = Installer::with_policy(None, dir.path().join("grafana"), &base, insecure());
 
     // Known versions pass the check without a download; unknown ones are refused.
     installer.check(&v("11.3.0")).await.unwrap();
@@ -167,6 +167,95 @@ async fn downloads_verifies_and_unpacks_releases() {
     // A missing release cannot be installed, and says why.
     let err = installer.ensure(&v("11.9.9")).await.unwrap_err();
     assert!(err.to_string().contains("checksum"), "{err}");
+}
+
+/// The local test servers speak http.
+fn insecure() -> DownloadPolicy {
+    DownloadPolicy {
+        allow_insecure: true,
+        ..Default::default()
+    }
+}
+
+fn one_release(version: &str) -> HashMap<String, Vec<u8>> {
+    let good = tarball(version, "#!/bin/sh\n");
+    HashMap::from([
+        (
+            format!("grafana-{version}.linux-amd64.tar.gz.sha256"),
+            sha(&good).into_bytes(),
+        ),
+        (format!("grafana-{version}.linux-amd64.tar.gz"), good),
+    ])
+}
+
+/// Attack (security review F19): a release served over plain http can be swapped together
+/// with its checksum on the way. Without `allow_insecure`, nothing is fetched over http.
+#[tokio::test]
+async fn release_over_plain_http_is_refused() {
+    let (base, releases) = start(one_release("11.3.0")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let installer = Installer::new(None, dir.path().join("grafana"), &base);
+    let err = installer.check(&v("11.3.0")).await.unwrap_err();
+    assert!(err.to_string().contains("https"), "{err}");
+    let err = installer.ensure(&v("11.3.0")).await.unwrap_err();
+    assert!(err.to_string().contains("https"), "{err}");
+    assert_eq!(releases.downloads.load(Ordering::SeqCst), 0);
+    assert!(!dir.path().join("grafana/11.3.0").exists());
+}
+
+/// Attack: a download host that sends an endless (or huge) tarball fills the disk; the
+/// download stops at the configured bound and leaves nothing behind.
+#[tokio::test]
+async fn oversized_release_is_refused() {
+    let (base, _) = start(one_release("11.3.0")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let installer = Installer::with_policy(
+        None,
+        dir.path().join("grafana"),
+        &base,
+        DownloadPolicy {
+            max_bytes: 100,
+            ..insecure()
+        },
+    );
+    let err = installer.ensure(&v("11.3.0")).await.unwrap_err();
+    assert!(
+        err.to_string().contains("larger than the 100 bytes"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("grafana"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "nothing remains: {left:?}");
+}
+
+/// With `checksum_base_url`, the download host cannot vouch for its own tarball: a swapped
+/// tarball whose checksum the download host publishes is still refused.
+#[tokio::test]
+async fn checksum_comes_from_the_configured_source() {
+    let mut swapped = one_release("11.3.0");
+    let evil = tarball("11.3.0", "#!/bin/sh\necho evil\n");
+    swapped.insert(
+        "grafana-11.3.0.linux-amd64.tar.gz.sha256".into(),
+        sha(&evil).into_bytes(),
+    );
+    swapped.insert("grafana-11.3.0.linux-amd64.tar.gz".into(), evil);
+    let (download, _) = start(swapped).await;
+    let (checksums, _) = start(one_release("11.3.0")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let installer = Installer::with_policy(
+        None,
+        dir.path().join("grafana"),
+        &download,
+        DownloadPolicy {
+            checksum_base_url: Some(checksums.clone()),
+            ..insecure()
+        },
+    );
+    assert!(installer.checksum_url(&v("11.3.0")).starts_with(&checksums));
+    let err = installer.ensure(&v("11.3.0")).await.unwrap_err();
+    assert!(err.to_string().contains("checksum mismatch"), "{err}");
 }
 
 #[tokio::test]

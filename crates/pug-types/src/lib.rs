@@ -16,7 +16,7 @@ mod tenant;
 mod version;
 
 pub use id::TenantId;
-pub use overrides::Overrides;
+pub use overrides::{find_expansion, grafana_env_name, ExpansionContext, Overrides};
 pub use tenant::{
     DashboardSpec, DatasourceSpec, DesiredState, Event, Phase, Tenant, TenantSpec, TenantStatus,
     MAX_REPLICAS,

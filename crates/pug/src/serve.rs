@@ -91,10 +91,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     );
                 }
             }
-            let installer = Installer::new(
+            let installer = Installer::with_policy(
                 grafana_bin,
                 data_dir.join("grafana"),
                 &config.process.download_base_url,
+                pug_orchestrator::install::DownloadPolicy {
+                    allow_insecure: config.process.allow_insecure_download,
+                    max_bytes: config.process.max_download_mb.saturating_mul(1 << 20),
+                    checksum_base_url: (!config.process.checksum_base_url.is_empty())
+                        .then(|| config.process.checksum_base_url.clone()),
+                },
             );
             let backend = ProcessBackend::new(
                 ProcessSettings {

@@ -50,6 +50,19 @@ fn database_exists(url: &str, name: &str) -> bool {
     })
 }
 
+/// The database a tenant's Grafana uses, as the stand-in reports its settings.
+fn database_of(pug: &Pug, id: &str) -> String {
+    let t = pug.tenant(id);
+    let endpoint = t["status"]["endpoints"][0].as_str().unwrap().to_owned();
+    let (_, settings) =
+        support::http_get(&format!("http://{endpoint}/t/{id}/api/standin/settings")).unwrap();
+    let settings: serde_json::Value = serde_json::from_str(&settings).unwrap();
+    settings["sections"]["database"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// Tenant ids unique to this run, so reruns on one server do not collide.
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", std::process::id())
@@ -74,15 +87,19 @@ fn tenants_get_their_own_postgres_database() {
     ]);
     let t = pug.tenant(&ha);
     assert_eq!(t["status"]["ready_replicas"], 2);
-    let db = format!("pug_{}", ha.replace('-', "_"));
-    assert!(database_exists(&url, &db));
 
-    // Both replicas use that database with the tenant's own role; its password is nowhere in
-    // the API's answers.
+    // Both replicas use the tenant's own database (named per incarnation: `pug_<id>_<hex>`)
+    // with the tenant's own role; its password is nowhere in the API's answers.
     let endpoint = t["status"]["endpoints"][1].as_str().unwrap().to_owned();
     let (_, settings) =
         support::http_get(&format!("http://{endpoint}/t/{ha}/api/standin/settings")).unwrap();
     let settings: serde_json::Value = serde_json::from_str(&settings).unwrap();
+    let db = database_of(&pug, &ha);
+    assert!(
+        db.starts_with(&format!("pug_{}_", ha.replace('-', "_"))),
+        "{db}"
+    );
+    assert!(database_exists(&url, &db));
     assert_eq!(settings["sections"]["database"]["type"], "postgres");
     assert_eq!(settings["sections"]["database"]["name"], db.as_str());
     assert_eq!(settings["sections"]["database"]["user"], db.as_str());
@@ -104,8 +121,8 @@ fn tenants_get_their_own_postgres_database() {
     );
 
     let gone = unique("gone");
-    let gone_db = format!("pug_{}", gone.replace('-', "_"));
     pug.ok(&["tenant", "create", &gone, "--version", "11.3.0", "--wait"]);
+    let gone_db = database_of(&pug, &gone);
     assert!(database_exists(&url, &gone_db));
     pug.ok(&["tenant", "delete", &gone, "--purge"]);
     support::wait_for(

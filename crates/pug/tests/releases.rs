@@ -86,6 +86,8 @@ fn releases_are_downloaded_and_bad_upgrades_rolled_back() {
         &[
             ("PUG_PROCESS_GRAFANA_BIN", ""),
             ("PUG_PROCESS_DOWNLOAD_BASE_URL", &base),
+            // The local release server speaks http.
+            ("PUG_PROCESS_ALLOW_INSECURE_DOWNLOAD", "true"),
             ("PUG_CONTROLLER_READY_TIMEOUT_SECS", "5"),
             ("PUG_CONTROLLER_MAX_BACKOFF_SECS", "1"),
         ],

@@ -5,6 +5,10 @@
 //!   `whitelist` the request is refused ([`Identity::Refused`]) and never served as that user;
 //!   otherwise the user is the header value (a login, or an email with
 //!   `header_property = email`), with `Email`/`Name`/`Role`/`Groups`/`Login` from `headers`.
+//!   Like Grafana's user sync, an existing account is found by login or by email (case
+//!   insensitive): a header naming the admin account's login (`[security] admin_user`, as
+//!   seeded) or email (`admin_email`) signs in AS the server admin (`isGrafanaAdmin`), whatever
+//!   role header comes with it.
 //! * `Authorization: Basic` for `[security] admin_user` (`[auth.basic] enabled`, Grafana's
 //!   default) with the password the database was seeded with.
 //! * otherwise anonymous.
@@ -88,6 +92,16 @@ pub fn authenticate(
             };
             let login = extra("Login").unwrap_or(login);
             let email = extra("Email").unwrap_or(email);
+            let is_admin = (!settings.admin_user.is_empty()
+                && login.eq_ignore_ascii_case(&settings.admin_user))
+                || (!email.is_empty()
+                    && !settings.admin_email.is_empty()
+                    && email.eq_ignore_ascii_case(&settings.admin_email));
+            let login = if is_admin {
+                settings.admin_user.clone()
+            } else {
+                login
+            };
             return Identity::User(User {
                 name: extra("Name").unwrap_or_else(|| login.clone()),
                 role: extra("Role").unwrap_or_else(|| ap.auto_assign_org_role.clone()),
@@ -96,7 +110,7 @@ pub fn authenticate(
                     .unwrap_or_default(),
                 login,
                 email,
-                is_grafana_admin: false,
+                is_grafana_admin: is_admin,
                 authenticated_by: "auth.proxy",
             });
         }
@@ -112,7 +126,7 @@ pub fn authenticate(
             if user == settings.admin_user && pass_hash == admin_password_sha256 {
                 return Identity::User(User {
                     login: user.to_string(),
-                    email: "admin@localhost".to_string(),
+                    email: settings.admin_email.clone(),
                     name: String::new(),
                     role: "Admin".to_string(),
                     groups: Vec::new(),

@@ -251,7 +251,7 @@ async fn run_server(args: ServerArgs, env: HashMap<String, String>) -> Result<()
         Some(h) => h,
         None => std::env::current_dir().context("no --homepath and no working directory")?,
     };
-    let settings = Settings::load(&LoadInput {
+    let mut settings = Settings::load(&LoadInput {
         home: &home,
         config: args.config.as_deref(),
         cfg_args: &args.positional,
@@ -281,7 +281,18 @@ async fn run_server(args: ServerArgs, env: HashMap<String, String>) -> Result<()
             .with_context(|| format!("failed to write pidfile {}", pidfile.display()))?;
     }
 
-    let admin_password_sha256 = database::open(&settings.database, &settings.admin_password)?;
+    // The admin account is the one in the database (seeded on first start, as Grafana does).
+    let admin = database::open(
+        &settings.database,
+        database::Admin {
+            login: settings.admin_user.clone(),
+            email: settings.admin_email.clone(),
+            password_sha256: settings.admin_password.clone(),
+        },
+    )?;
+    settings.admin_user = admin.login;
+    settings.admin_email = admin.email;
+    let admin_password_sha256 = admin.password_sha256;
     if !database::healthy(&settings.database).await {
         logging::error(
             "sqlstore",

@@ -633,6 +633,8 @@ pub struct Settings {
     pub auth_proxy: AuthProxy,
     pub basic_auth: bool,
     pub admin_user: String,
+    /// `[security] admin_email`: the admin account's email.
+    pub admin_email: String,
     pub admin_password: String,
     pub secret_key: String,
     pub allow_sign_up: bool,
@@ -792,6 +794,7 @@ impl Settings {
             auth_proxy,
             basic_auth: get_bool(&ini, "auth.basic", "enabled"),
             admin_user: get(&ini, "security", "admin_user").to_string(),
+            admin_email: get(&ini, "security", "admin_email").to_string(),
             admin_password: get(&ini, "security", "admin_password").to_string(),
             secret_key: get(&ini, "security", "secret_key").to_string(),
             allow_sign_up: get_bool(&ini, "users", "allow_sign_up"),

@@ -1,5 +1,6 @@
 //! A container health check for images without a shell or `wget` (the test images are
-//! `FROM scratch`): `healthcheck http://127.0.0.1:PORT/PATH` exits 0 when the answer is 2xx.
+//! `FROM scratch`): `healthcheck http://127.0.0.1:PORT/PATH [HEADER: VALUE]...` exits 0 when the
+//! answer is 2xx (the extra headers let attack tests send a request from inside a container).
 //!
 //! Built with plain `rustc` (std only) by `build.sh`, statically linked.
 
@@ -9,7 +10,8 @@ use std::time::Duration;
 
 fn main() {
     let url = std::env::args().nth(1).unwrap_or_default();
-    let code = match check(&url) {
+    let headers: Vec<String> = std::env::args().skip(2).collect();
+    let code = match check(&url, &headers) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("{url}: {e}");
@@ -19,7 +21,7 @@ fn main() {
     std::process::exit(code);
 }
 
-fn check(url: &str) -> Result<(), String> {
+fn check(url: &str, headers: &[String]) -> Result<(), String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or("only http:// URLs are supported")?;
@@ -35,7 +37,8 @@ fn check(url: &str) -> Result<(), String> {
         TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(3)))
         .map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n{extra}\r\n").map_err(|e| e.to_string())?;
     let mut head = [0u8; 12];
     s.read_exact(&mut head).map_err(|e| e.to_string())?;
     let status = String::from_utf8_lossy(&head[9..12]).to_string();
