@@ -704,11 +704,19 @@ mod tests {
             jail.set_env("PUG_PROCESS_ISOLATION", "maybe");
             assert!(Config::load(None, BTreeMap::new()).is_err());
             jail.set_env("PUG_PROCESS_ISOLATION", "off");
-            for (base, count) in [("0", "10"), ("999", "10"), ("4294967000", "1000"), ("200000", "0")] {
+            for (base, count) in [
+                ("0", "10"),
+                ("999", "10"),
+                ("4294967000", "1000"),
+                ("200000", "0"),
+            ] {
                 jail.set_env("PUG_PROCESS_TENANT_UID_BASE", base);
                 jail.set_env("PUG_PROCESS_TENANT_UID_COUNT", count);
                 let err = Config::load(None, BTreeMap::new()).unwrap_err().to_string();
-                assert!(err.contains("process.tenant_uid_base"), "{base} {count}: {err}");
+                assert!(
+                    err.contains("process.tenant_uid_base"),
+                    "{base} {count}: {err}"
+                );
             }
             Ok(())
         });

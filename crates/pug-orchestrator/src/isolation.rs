@@ -89,9 +89,13 @@ impl Firewall for Iptables {
 pub enum Decision {
     Isolate,
     /// Serve without isolation; `reason` is what pug says at start.
-    Shared { reason: String },
+    Shared {
+        reason: String,
+    },
     /// Refuse to start (`required`), with one line saying why and how to fix it.
-    Refuse { reason: String },
+    Refuse {
+        reason: String,
+    },
 }
 
 /// Whether pug isolates, given the mode and the first thing that prevents it (if any).
@@ -118,14 +122,17 @@ pub fn host_problem(euid: u32, ancestors: &[(PathBuf, u32)]) -> Option<String> {
              (run pug as root to isolate tenants)"
         ));
     }
-    ancestors.iter().find(|(_, mode)| mode & 0o001 == 0).map(|(dir, mode)| {
-        format!(
+    ancestors
+        .iter()
+        .find(|(_, mode)| mode & 0o001 == 0)
+        .map(|(dir, mode)| {
+            format!(
             "{} (mode {:o}) is not searchable by other users, so tenants' Grafana could not reach \
              their directories (chmod o+x it, or put the data dir elsewhere)",
             dir.display(),
             mode & 0o7777
         )
-    })
+        })
 }
 
 /// The modes of the directories above `dir`, nearest first.
@@ -221,7 +228,10 @@ fn args(list: &[&str]) -> Vec<String> {
 fn remove_chain(fw: &dyn Firewall, program: &str, chain: &str) {
     // A jump may be there more than once (two pugs raced on one data dir); a few passes at most.
     for _ in 0..8 {
-        if fw.run(program, &args(&["-w", "-D", "OUTPUT", "-j", chain])).is_err() {
+        if fw
+            .run(program, &args(&["-w", "-D", "OUTPUT", "-j", chain]))
+            .is_err()
+        {
             break;
         }
     }
@@ -273,7 +283,9 @@ pub struct Isolation {
 pub enum Started {
     Isolated(Arc<Isolation>),
     /// Not isolated; pug says `reason` at start.
-    Shared { reason: String },
+    Shared {
+        reason: String,
+    },
 }
 
 /// What [`Isolation::start`] needs.
@@ -319,9 +331,8 @@ impl Isolation {
                 })))
             }
             Err(e) => {
-                let reason = format!(
-                    "the firewall cannot be set up ({e}); install the iptables package"
-                );
+                let reason =
+                    format!("the firewall cannot be set up ({e}); install the iptables package");
                 for program in PROGRAMS {
                     remove_chain(s.firewall.as_ref(), program, &chain_name(&s.data_dir));
                 }
@@ -352,7 +363,12 @@ impl Isolation {
 /// pug's data dir 0711 (tenants traverse to their own dir, list nothing), `tenants` 0711,
 /// `archive` 0700, `grafana` (installed releases) 0755.
 fn set_data_dir_modes(data_dir: &Path) -> std::io::Result<()> {
-    for (sub, mode) in [("", 0o711), ("tenants", 0o711), ("archive", 0o700), ("grafana", 0o755)] {
+    for (sub, mode) in [
+        ("", 0o711),
+        ("tenants", 0o711),
+        ("archive", 0o700),
+        ("grafana", 0o755),
+    ] {
         let dir = if sub.is_empty() {
             data_dir.to_owned()
         } else {
@@ -470,12 +486,21 @@ mod tests {
 
     #[test]
     fn host_problems() {
-        let ok = vec![(PathBuf::from("/srv"), 0o40755), (PathBuf::from("/"), 0o40755)];
+        let ok = vec![
+            (PathBuf::from("/srv"), 0o40755),
+            (PathBuf::from("/"), 0o40755),
+        ];
         assert_eq!(host_problem(0, &ok), None);
         assert!(host_problem(1000, &ok).unwrap().contains("not root"));
-        let closed = vec![(PathBuf::from("/tmp/.tmpX"), 0o40700), (PathBuf::from("/"), 0o40755)];
+        let closed = vec![
+            (PathBuf::from("/tmp/.tmpX"), 0o40700),
+            (PathBuf::from("/"), 0o40755),
+        ];
         let p = host_problem(0, &closed).unwrap();
-        assert!(p.contains("/tmp/.tmpX (mode 700)") && p.contains("chmod o+x"), "{p}");
+        assert!(
+            p.contains("/tmp/.tmpX (mode 700)") && p.contains("chmod o+x"),
+            "{p}"
+        );
         // Searchable without being readable is enough.
         assert_eq!(host_problem(0, &[(PathBuf::from("/x"), 0o40711)]), None);
     }
@@ -485,7 +510,10 @@ mod tests {
         let a = chain_name(Path::new("/srv/pug-data"));
         assert_eq!(a, chain_name(Path::new("/srv/pug-data")));
         assert_ne!(a, chain_name(Path::new("/srv/other")));
-        assert!(a.starts_with("PUG-") && a.len() == 12 && a.len() <= 28, "{a}");
+        assert!(
+            a.starts_with("PUG-") && a.len() == 12 && a.len() <= 28,
+            "{a}"
+        );
     }
 
     #[test]
@@ -507,7 +535,10 @@ mod tests {
             ),
         ];
         for (ports, uid, dir, want) in table {
-            assert_eq!(reject_rule("PUG-X", ports, uid, Path::new(dir)).join(" "), want);
+            assert_eq!(
+                reject_rule("PUG-X", ports, uid, Path::new(dir)).join(" "),
+                want
+            );
         }
         // The comment is one argument, spaces and all.
         let rule = reject_rule("PUG-X", (1, 2), 0, Path::new("/tmp/a b"));
@@ -524,7 +555,10 @@ mod tests {
             -A PUG-CCCC0003 -o lo -p tcp -m comment --comment pug -j REJECT\n\
             -A OTHER -m comment --comment \"pug /gone/x\" -j REJECT\n";
         let exists = |p: &Path| p == Path::new("/alive");
-        assert_eq!(stale_chains(listing, exists), vec!["PUG-AAAA0001".to_owned()]);
+        assert_eq!(
+            stale_chains(listing, exists),
+            vec!["PUG-AAAA0001".to_owned()]
+        );
     }
 
     #[derive(Debug, Default)]
@@ -541,7 +575,10 @@ mod tests {
                 return Err(format!("{line} failed"));
             }
             if args.get(1).map(String::as_str) == Some("-S") {
-                return Ok("-A PUG-DEAD0000 -m comment --comment \"pug /nonexistent/pug-x\" -j REJECT\n".into());
+                return Ok(
+                    "-A PUG-DEAD0000 -m comment --comment \"pug /nonexistent/pug-x\" -j REJECT\n"
+                        .into(),
+                );
             }
             Ok(String::new())
         }
@@ -593,6 +630,9 @@ mod tests {
         let status = "Name:\tgrafana\nUid:\t200001\t200001\t200001\t200001\nGid:\t1\t1\t1\t1\n";
         assert_eq!(parse_status_uid(status), Some(200001));
         assert_eq!(parse_status_uid("Name: x\n"), None);
-        assert_eq!(process_uid(std::process::id()), Some(nix::unistd::Uid::current().as_raw()));
+        assert_eq!(
+            process_uid(std::process::id()),
+            Some(nix::unistd::Uid::current().as_raw())
+        );
     }
 }

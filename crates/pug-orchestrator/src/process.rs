@@ -144,7 +144,11 @@ impl ProcessBackend {
         if running == 0 {
             iso.stop();
         } else {
-            tracing::info!(chain = iso.chain(), running, "the firewall chain stays while instances run; the next pug start replaces it");
+            tracing::info!(
+                chain = iso.chain(),
+                running,
+                "the firewall chain stays while instances run; the next pug start replaces it"
+            );
         }
     }
 
@@ -209,8 +213,10 @@ impl ProcessBackend {
         if let Some(user) = user {
             for sub in ["data", "logs", "plugins", "run"] {
                 let path = dir.join(sub);
-                give_to(&path, user)
-                    .map_err(io(format!("cannot give {} to the tenant's user", path.display())))?;
+                give_to(&path, user).map_err(io(format!(
+                    "cannot give {} to the tenant's user",
+                    path.display()
+                )))?;
             }
         }
         // Pid files of earlier runs name other spec hashes; they must not linger.
@@ -376,7 +382,14 @@ impl Orchestrator for ProcessBackend {
             .arg(&pidfile)
             .current_dir(&install.home)
             .env_clear()
-            .env("HOME", if user.is_some() { dir.join("data") } else { dir.clone() })
+            .env(
+                "HOME",
+                if user.is_some() {
+                    dir.join("data")
+                } else {
+                    dir.clone()
+                },
+            )
             .env(
                 "PATH",
                 std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
@@ -491,7 +504,10 @@ impl Orchestrator for ProcessBackend {
         // Nothing of the tenant's user may outlive the tenant (its id goes to the next tenant).
         if self.settings.isolation.is_some() {
             let me = nix::unistd::Uid::effective().as_raw();
-            for uid in tenant_uids_in(&dir).into_iter().filter(|u| *u != me && *u != 0) {
+            for uid in tenant_uids_in(&dir)
+                .into_iter()
+                .filter(|u| *u != me && *u != 0)
+            {
                 for pid in isolation::processes_of(uid) {
                     tracing::info!(%tenant, pid, uid, "killing a leftover process of a deleted tenant's user");
                     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
@@ -624,7 +640,11 @@ fn write_private(path: &Path, contents: &[u8], group: Option<u32>) -> std::io::R
 
 /// `path` (a directory pug owns) owned by pug's user and `gid`, with `mode`.
 fn share_with_group(path: &Path, gid: u32, mode: u32) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(nix::unistd::Uid::effective().as_raw()), Some(gid))?;
+    std::os::unix::fs::lchown(
+        path,
+        Some(nix::unistd::Uid::effective().as_raw()),
+        Some(gid),
+    )?;
     isolation::set_mode(path, mode)
 }
 
@@ -673,7 +693,11 @@ fn chown_tree(path: &Path, user: TenantUser) -> std::io::Result<()> {
 fn tenant_uids_in(tenant_dir: &Path) -> Vec<u32> {
     use std::os::unix::fs::MetadataExt;
     let mut uids = Vec::new();
-    for entry in std::fs::read_dir(tenant_dir).into_iter().flatten().flatten() {
+    for entry in std::fs::read_dir(tenant_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         if let Ok(meta) = std::fs::symlink_metadata(entry.path().join("data")) {
             if !uids.contains(&meta.uid()) {
                 uids.push(meta.uid());

@@ -44,8 +44,8 @@ impl Firewall for Recorder {
 }
 
 /// A "grafana" that writes its pid into `--pidfile` (as the tenant's user, into its `run/`) and
-/// then sleeps in the same process.
-const SCRIPT: &str = "#!/bin/sh\nwhile [ $# -gt 0 ]; do case \"$1\" in --pidfile) pf=\"$2\"; shift;; esac; shift; done\necho $$ > \"$pf\"\nexec sleep 300\n";
+/// then sleeps (the shell stays, so its command line keeps `--pidfile` for adoption).
+const SCRIPT: &str = "#!/bin/sh\nwhile [ $# -gt 0 ]; do case \"$1\" in --pidfile) pf=\"$2\"; shift;; esac; shift; done\necho $$ > \"$pf\"\nsleep 300\n";
 
 fn spec(tenant: &str, port: u16) -> InstanceSpec {
     InstanceSpec {
@@ -103,7 +103,10 @@ async fn instances_run_as_their_tenants_user_without_groups_and_files_are_kept_a
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
 
     let firewall = Arc::new(Recorder::default());
-    let users = Users(HashMap::from([("acme".into(), 230_001), ("bravo".into(), 230_002)]));
+    let users = Users(HashMap::from([
+        ("acme".into(), 230_001),
+        ("bravo".into(), 230_002),
+    ]));
     let Started::Isolated(iso) = Isolation::start(IsolationSettings {
         mode: Mode::Required,
         data_dir: data.clone(),
@@ -145,7 +148,11 @@ async fn instances_run_as_their_tenants_user_without_groups_and_files_are_kept_a
             found = std::fs::read_dir(&run)
                 .unwrap()
                 .flatten()
-                .find(|e| e.file_name().to_string_lossy().starts_with(&format!("{port}-")))
+                .find(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("{port}-"))
+                })
                 .and_then(|e| std::fs::read_to_string(e.path()).ok())
                 .and_then(|s| s.trim().parse().ok());
             if found.is_some() {
@@ -170,7 +177,10 @@ async fn instances_run_as_their_tenants_user_without_groups_and_files_are_kept_a
     assert_eq!(mode_of(&r("tenants")), (0, 0, 0o711));
     assert_eq!(mode_of(&r("tenants/acme")), (0, 230_001, 0o710));
     assert_eq!(mode_of(&r("tenants/acme/replica-0")), (0, 230_001, 0o750));
-    assert_eq!(mode_of(&r("tenants/acme/replica-0/grafana.ini")), (0, 230_001, 0o640));
+    assert_eq!(
+        mode_of(&r("tenants/acme/replica-0/grafana.ini")),
+        (0, 230_001, 0o640)
+    );
     assert_eq!(mode_of(&r("tenants/acme/replica-0/console.log")).2, 0o600);
     for sub in ["data", "logs", "plugins", "run"] {
         let p = r(&format!("tenants/acme/replica-0/{sub}"));
@@ -194,16 +204,25 @@ async fn instances_run_as_their_tenants_user_without_groups_and_files_are_kept_a
     )
     .unwrap();
     again.ensure(&spec("acme", 29_900)).await.unwrap();
-    assert_eq!(pid_of("acme", 29_900), acme, "the adopted instance was kept");
+    assert_eq!(
+        pid_of("acme", 29_900),
+        acme,
+        "the adopted instance was kept"
+    );
 
     // Deleting a tenant: its processes end and its files go to root's private archive.
     let acme_id = TenantId::parse("acme").unwrap();
     again.remove(&acme_id, 0).await.unwrap();
     again.archive(&acme_id).await.unwrap();
     assert!(!r("tenants/acme").exists());
-    assert!(!Path::new(&format!("/proc/{acme}")).exists() || status_field(acme, "State:").starts_with('Z'));
+    assert!(
+        !Path::new(&format!("/proc/{acme}")).exists()
+            || status_field(acme, "State:").starts_with('Z')
+    );
     again.stop_all().await;
     again.shutdown();
     let calls = firewall.0.lock().unwrap().clone();
-    assert!(calls.iter().any(|c| c == &format!("iptables -w -X {}", iso.chain())));
+    assert!(calls
+        .iter()
+        .any(|c| c == &format!("iptables -w -X {}", iso.chain())));
 }

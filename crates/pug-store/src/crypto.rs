@@ -53,13 +53,18 @@ impl MasterKey {
                 // A key file left readable by an older pug (or a copy) is made private again.
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
-                    |e| StoreError::MasterKey(format!("cannot make {} private: {e}", path.display())),
+                    |e| {
+                        StoreError::MasterKey(format!(
+                            "cannot make {} private: {e}",
+                            path.display()
+                        ))
+                    },
                 )?;
                 Self::decode(text.trim()).ok_or_else(|| {
-                StoreError::MasterKey(format!(
-                    "{} does not hold a 32-byte key in base64; restore it from your backup",
-                    path.display()
-                ))
+                    StoreError::MasterKey(format!(
+                        "{} does not hold a 32-byte key in base64; restore it from your backup",
+                        path.display()
+                    ))
                 })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -365,10 +365,11 @@ impl Store {
 
     /// The user id allocated to a tenant's instances, if any.
     pub async fn tenant_uid(&self, id: &TenantId) -> Result<Option<u32>, StoreError> {
-        let uid: Option<i64> = sqlx::query_scalar("SELECT uid FROM tenant_uids WHERE tenant_id = $1")
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let uid: Option<i64> =
+            sqlx::query_scalar("SELECT uid FROM tenant_uids WHERE tenant_id = $1")
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(uid.map(|u| u as u32))
     }
 

@@ -217,12 +217,18 @@ async fn the_store_and_key_files_are_private_even_when_created_readable() {
         .await
         .unwrap();
     for f in ["pug.db", "pug.db-wal", "pug.db-shm", "master.key"] {
-        let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join(f))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{f} has mode {:o}", mode & 0o777);
     }
     // A fresh data dir: created private from the start.
     let fresh = tempfile::tempdir().unwrap();
     let _store = open(fresh.path()).await;
-    let mode = std::fs::metadata(fresh.path().join("pug.db")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(fresh.path().join("pug.db"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
