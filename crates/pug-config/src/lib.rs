@@ -135,6 +135,25 @@ pub struct ProcessConfig {
     /// Stop every instance when `pug serve` exits. Off by default: instances keep serving while
     /// pug restarts, and the next `pug serve` adopts them.
     pub stop_on_exit: bool,
+    /// Whether tenants are isolated from each other and from pug: `auto` (when pug runs as root
+    /// and `iptables` works: each tenant's Grafana runs as a user id of its own, and only pug's
+    /// user may connect to instance ports; otherwise pug says so at start and serves mutually
+    /// trusting tenants only), `required` (refuse to start without it) or `off`.
+    pub isolation: IsolationMode,
+    /// The first numeric user and group id given to a tenant's instances (no `/etc/passwd`
+    /// entry is needed; pick a range no other user of this machine has).
+    pub tenant_uid_base: u32,
+    /// How many ids from `tenant_uid_base` on pug may give out (one per tenant).
+    pub tenant_uid_count: u32,
+}
+
+/// Whether the process backend isolates tenants (`process.isolation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IsolationMode {
+    Auto,
+    Required,
+    Off,
 }
 
 /// The renderer `pug serve` embeds, which every tenant's Grafana is wired to.
@@ -347,6 +366,9 @@ impl Default for ProcessConfig {
             port_min: 20000,
             port_max: 29999,
             stop_on_exit: false,
+            isolation: IsolationMode::Auto,
+            tenant_uid_base: 200_000,
+            tenant_uid_count: 100_000,
         }
     }
 }
@@ -455,6 +477,17 @@ impl Config {
             return bad(format!(
                 "process.port_min ({}) must be at least 1 and at most process.port_max ({})",
                 self.process.port_min, self.process.port_max
+            ));
+        }
+        let p = &self.process;
+        if p.tenant_uid_base < 1000
+            || p.tenant_uid_count == 0
+            || p.tenant_uid_base.checked_add(p.tenant_uid_count).is_none()
+        {
+            return bad(format!(
+                "process.tenant_uid_base ({}) must be at least 1000 and process.tenant_uid_count ({}) at least 1, \
+                 with their sum below 4294967296 (e.g. 200000 and 100000)",
+                p.tenant_uid_base, p.tenant_uid_count
             ));
         }
         if !self.docker.image.contains("{version}") {
@@ -694,6 +727,37 @@ mod tests {
         assert_eq!(names["PUG_PROCESS_GRAFANA_BIN"], "process.grafana_bin");
         assert_eq!(names["PUG_GRAFANA_DATABASE_URL"], "grafana_database.url");
         assert_eq!(names["PUG_DATA_DIR"], "data_dir");
+    }
+
+    #[test]
+    fn process_isolation_settings() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None, BTreeMap::new()).unwrap();
+            assert_eq!(c.process.isolation, IsolationMode::Auto);
+            jail.set_env("PUG_PROCESS_ISOLATION", "required");
+            jail.set_env("PUG_PROCESS_TENANT_UID_BASE", "300000");
+            let c = Config::load(None, BTreeMap::new()).unwrap();
+            assert_eq!(c.process.isolation, IsolationMode::Required);
+            assert_eq!(c.process.tenant_uid_base, 300_000);
+            jail.set_env("PUG_PROCESS_ISOLATION", "maybe");
+            assert!(Config::load(None, BTreeMap::new()).is_err());
+            jail.set_env("PUG_PROCESS_ISOLATION", "off");
+            for (base, count) in [
+                ("0", "10"),
+                ("999", "10"),
+                ("4294967000", "1000"),
+                ("200000", "0"),
+            ] {
+                jail.set_env("PUG_PROCESS_TENANT_UID_BASE", base);
+                jail.set_env("PUG_PROCESS_TENANT_UID_COUNT", count);
+                let err = Config::load(None, BTreeMap::new()).unwrap_err().to_string();
+                assert!(
+                    err.contains("process.tenant_uid_base"),
+                    "{base} {count}: {err}"
+                );
+            }
+            Ok(())
+        });
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Owns: the [`Orchestrator`] trait (one per engine: local processes here, Docker and Swarm in
 //! `pug-docker`), the [`InstanceSpec`] that says what one replica must be, the Grafana settings
 //! every instance gets ([`settings`]), readiness probing ([`probe_health`]), the process backend
-//! ([`process`]) and the resolution and download of Grafana releases ([`install`]).
+//! ([`process`]) with its tenant isolation ([`isolation`]) and the resolution and download of Grafana releases ([`install`]).
 //!
 //! Must not: read the store or decide what should run. The controller decides; an orchestrator
 //! only makes one replica match one spec, reports what runs, and removes what it is told to.
@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod install;
+pub mod isolation;
 pub mod process;
 pub mod provisioning;
 pub mod settings;
@@ -78,6 +79,9 @@ pub enum OrchestratorError {
         #[source]
         source: std::io::Error,
     },
+    /// Tenants cannot be isolated although `process.isolation = "required"` (one line: why, and how to fix it).
+    #[error("{0}")]
+    Isolation(String),
     #[error("the engine refused: {0}")]
     Engine(String),
 }

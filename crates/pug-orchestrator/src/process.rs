@@ -12,6 +12,14 @@
 //! leaves orphans: an adopted process whose tenant no longer exists is an orphan the controller
 //! removes, and a process is never started for a replica that already has one.
 //!
+//! When pug isolates tenants ([`crate::isolation`]), each instance runs as its tenant's own uid
+//! and gid with no supplementary groups. Its replica dir is `root:<gid>` 0750 and holds
+//! `grafana.ini`, `provisioning/` and `dashboards/` (root's, group-readable: the tenant reads them,
+//! pug alone writes them, so no file pug writes as root lies in a directory the tenant controls)
+//! and `data/`, `logs/`, `plugins/`, `run/` (the tenant's, 0700). `console.log` (Grafana's
+//! stdout and stderr) is pug's, in the replica dir. An adopted instance that runs as another
+//! user than its tenant's (say, started before isolation was on) is replaced.
+//!
 //! Instances run in their own process group with a cleared environment (only `PATH`, `HOME`,
 //! `TZ`, `LANG`), so neither Ctrl-C on pug's terminal nor a `GF_*` variable in pug's own
 //! environment reaches tenants. They keep running when pug exits unless
@@ -32,6 +40,7 @@ use pug_types::{GrafanaVersion, TenantId};
 use tokio::sync::mpsc;
 
 use crate::install::Installer;
+use crate::isolation::{self, Isolation, TenantUser};
 use crate::settings::render_ini;
 use crate::{Instance, InstanceSpec, InstanceState, Orchestrator, OrchestratorError};
 
@@ -46,6 +55,9 @@ pub struct ProcessSettings {
     pub bind_address: String,
     /// How long a stopping instance gets after SIGTERM before SIGKILL.
     pub stop_timeout: Duration,
+    /// Tenants' isolation, when pug set it up ([`Isolation::start`]); `None`: every instance runs
+    /// as pug's user (mutually trusting tenants only).
+    pub isolation: Option<Arc<Isolation>>,
 }
 
 type Key = (TenantId, u32);
@@ -58,6 +70,8 @@ struct Proc {
     started_at_ms: i64,
     /// Started by this pug process (we can wait for it) rather than adopted.
     owned: bool,
+    /// The user it runs as (`None`: unknown).
+    uid: Option<u32>,
     exited: Option<String>,
 }
 
@@ -114,6 +128,30 @@ impl ProcessBackend {
         futures::future::join_all(stops).await;
     }
 
+    /// Ends isolation when pug stops: removes the firewall chain, unless instances still run
+    /// (they stay reachable by pug only; the next pug start replaces the chain).
+    pub fn shutdown(&self) {
+        let Some(iso) = &self.settings.isolation else {
+            return;
+        };
+        let running = self
+            .procs
+            .lock()
+            .expect("procs")
+            .values()
+            .filter(|p| p.exited.is_none() && is_alive(p.pid))
+            .count();
+        if running == 0 {
+            iso.stop();
+        } else {
+            tracing::info!(
+                chain = iso.chain(),
+                running,
+                "the firewall chain stays while instances run; the next pug start replaces it"
+            );
+        }
+    }
+
     /// Adopted processes are not our children, so nothing tells us when they exit: look.
     fn spawn_adopted_watcher(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
@@ -143,8 +181,21 @@ impl ProcessBackend {
         });
     }
 
-    fn prepare_dirs(&self, spec: &InstanceSpec, dir: &Path) -> Result<PathBuf, OrchestratorError> {
+    fn prepare_dirs(
+        &self,
+        spec: &InstanceSpec,
+        dir: &Path,
+        user: Option<TenantUser>,
+    ) -> Result<PathBuf, OrchestratorError> {
         let io = |context: String| move |source| OrchestratorError::Io { context, source };
+        std::fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
+        if let Some(user) = user {
+            let tenant_dir = dir.parent().unwrap_or(dir);
+            for (path, mode) in [(tenant_dir, 0o710), (dir, 0o750)] {
+                share_with_group(path, user.gid, mode)
+                    .map_err(io(format!("cannot set the owner of {}", path.display())))?;
+            }
+        }
         for sub in [
             "data",
             "logs",
@@ -158,6 +209,15 @@ impl ProcessBackend {
             let path = dir.join(sub);
             std::fs::create_dir_all(&path)
                 .map_err(io(format!("cannot create {}", path.display())))?;
+        }
+        if let Some(user) = user {
+            for sub in ["data", "logs", "plugins", "run"] {
+                let path = dir.join(sub);
+                give_to(&path, user).map_err(io(format!(
+                    "cannot give {} to the tenant's user",
+                    path.display()
+                )))?;
+            }
         }
         // Pid files of earlier runs name other spec hashes; they must not linger.
         if let Ok(entries) = std::fs::read_dir(dir.join("run")) {
@@ -181,7 +241,7 @@ impl ProcessBackend {
             }
             // Every file is written private here (`file.private` marks the ones that must be):
             // dashboards are the tenant's own business too.
-            write_private(&path, file.contents.as_bytes())
+            write_private(&path, file.contents.as_bytes(), user.map(|u| u.gid))
                 .map_err(io(format!("cannot write {}", path.display())))?;
         }
         let wanted: std::collections::HashSet<String> = spec
@@ -199,8 +259,17 @@ impl ProcessBackend {
         }
         let ini = render_ini(&spec.settings(), &extra);
         let ini_path = dir.join("grafana.ini");
-        write_private(&ini_path, ini.as_bytes())
+        write_private(&ini_path, ini.as_bytes(), user.map(|u| u.gid))
             .map_err(io(format!("cannot write {}", ini_path.display())))?;
+        if let Some(user) = user {
+            for sub in ["provisioning", "dashboards"] {
+                let path = dir.join(sub);
+                if path.is_dir() {
+                    share_tree_with_group(&path, user.gid)
+                        .map_err(io(format!("cannot set the owner of {}", path.display())))?;
+                }
+            }
+        }
         Ok(ini_path)
     }
 
@@ -254,10 +323,26 @@ impl Orchestrator for ProcessBackend {
     async fn ensure(&self, spec: &InstanceSpec) -> Result<Instance, OrchestratorError> {
         let key: Key = (spec.tenant.clone(), spec.replica);
         let hash = spec.hash();
+        let user = match &self.settings.isolation {
+            Some(iso) => Some(iso.users.user_of(&spec.tenant).await.map_err(|e| {
+                OrchestratorError::Isolation(format!(
+                    "no user for tenant {}'s instances: {e}",
+                    spec.tenant
+                ))
+            })?),
+            None => None,
+        };
         let current = self.procs.lock().expect("procs").get(&key).cloned();
         if let Some(p) = &current {
-            if p.exited.is_none() && p.spec_hash == hash && p.port == spec.port {
+            let right_user = match user {
+                Some(u) => p.uid == Some(u.uid),
+                None => true,
+            };
+            if p.exited.is_none() && p.spec_hash == hash && p.port == spec.port && right_user {
                 return Ok(self.instance(&key, p));
+            }
+            if p.exited.is_none() && !right_user {
+                tracing::info!(tenant = %spec.tenant, replica = spec.replica, pid = p.pid, uid = ?p.uid, "replacing an instance that does not run as its tenant's own user");
             }
             if p.exited.is_none() {
                 tracing::info!(tenant = %spec.tenant, replica = spec.replica, pid = p.pid, "replacing an instance that runs an outdated spec");
@@ -266,17 +351,24 @@ impl Orchestrator for ProcessBackend {
         }
         let install = self.installer.ensure(&spec.version).await?;
         let dir = self.replica_dir(&spec.tenant, spec.replica);
-        let ini = self.prepare_dirs(spec, &dir)?;
+        if user.is_some() {
+            isolation::others_can_execute(&install.bin).map_err(OrchestratorError::Isolation)?;
+        }
+        let ini = self.prepare_dirs(spec, &dir, user)?;
         let pidfile = dir.join("run").join(format!("{}-{hash}.pid", spec.port));
-        let log_path = dir.join("logs").join("console.log");
+        // In the replica dir, which only pug writes: a file pug opens as root never lies in a
+        // directory the tenant controls (it could be a symlink to anything).
+        let log_path = dir.join("console.log");
         let start_err = |source| OrchestratorError::Start {
             tenant: spec.tenant.to_string(),
             replica: spec.replica,
             source,
         };
+        use std::os::unix::fs::OpenOptionsExt;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&log_path)
             .map_err(start_err)?;
         let log2 = log.try_clone().map_err(start_err)?;
@@ -290,7 +382,14 @@ impl Orchestrator for ProcessBackend {
             .arg(&pidfile)
             .current_dir(&install.home)
             .env_clear()
-            .env("HOME", &dir)
+            .env(
+                "HOME",
+                if user.is_some() {
+                    dir.join("data")
+                } else {
+                    dir.clone()
+                },
+            )
             .env(
                 "PATH",
                 std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
@@ -300,6 +399,11 @@ impl Orchestrator for ProcessBackend {
             .stderr(log2)
             .process_group(0)
             .kill_on_drop(false);
+        if let Some(u) = user {
+            // As root, std clears the supplementary groups (setgroups(0)) before setuid when
+            // uid is set and no groups are given; the instance keeps no group of pug's.
+            cmd.uid(u.uid).gid(u.gid);
+        }
         for var in ["TZ", "LANG"] {
             if let Some(v) = std::env::var_os(var) {
                 cmd.env(var, v);
@@ -313,6 +417,7 @@ impl Orchestrator for ProcessBackend {
             spec_hash: hash,
             started_at_ms: now_ms(),
             owned: true,
+            uid: Some(user.map_or_else(|| nix::unistd::Uid::effective().as_raw(), |u| u.uid)),
             exited: None,
         };
         self.procs
@@ -396,6 +501,25 @@ impl Orchestrator for ProcessBackend {
             "cannot create {}",
             self.settings.archive.display()
         )))?;
+        // Nothing of the tenant's user may outlive the tenant (its id goes to the next tenant).
+        if self.settings.isolation.is_some() {
+            let me = nix::unistd::Uid::effective().as_raw();
+            for uid in tenant_uids_in(&dir)
+                .into_iter()
+                .filter(|u| *u != me && *u != 0)
+            {
+                for pid in isolation::processes_of(uid) {
+                    tracing::info!(%tenant, pid, uid, "killing a leftover process of a deleted tenant's user");
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                }
+            }
+            // The archive is root's 0700: once there, the files are out of reach of whoever
+            // gets this uid next.
+            isolation::set_mode(&self.settings.archive, 0o700).map_err(io(format!(
+                "cannot make {} private",
+                self.settings.archive.display()
+            )))?;
+        }
         let target = self.settings.archive.join(format!("{tenant}-{}", now_ms()));
         std::fs::rename(&dir, &target).map_err(io(format!(
             "cannot move {} to {}",
@@ -446,6 +570,7 @@ fn scan_proc(root: &Path) -> HashMap<Key, Proc> {
                         spec_hash: hash,
                         started_at_ms: now_ms(),
                         owned: false,
+                        uid: isolation::process_uid(pid),
                         exited: None,
                     },
                 );
@@ -492,19 +617,94 @@ fn last_log_line(path: &Path) -> Option<String> {
     Some(line.chars().take(300).collect())
 }
 
-fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+/// Writes a file only pug's user can read, or with `group`, also that group (0640, the tenant's
+/// group reading its own settings). Written to a temporary name and renamed into place.
+fn write_private(path: &Path, contents: &[u8], group: Option<u32>) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)?;
+    if let Some(gid) = group {
+        std::os::unix::fs::fchown(&f, None, Some(gid))?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o640))?;
+    }
     f.write_all(contents)?;
     f.sync_all()?;
     std::fs::rename(tmp, path)
+}
+
+/// `path` (a directory pug owns) owned by pug's user and `gid`, with `mode`.
+fn share_with_group(path: &Path, gid: u32, mode: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(
+        path,
+        Some(nix::unistd::Uid::effective().as_raw()),
+        Some(gid),
+    )?;
+    isolation::set_mode(path, mode)
+}
+
+/// A tree pug writes (provisioning) made readable by the tenant's group only: dirs 0750, files
+/// 0640, owned by pug's user. Symbolic links are neither followed nor changed.
+fn share_tree_with_group(path: &Path, gid: u32) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    if meta.is_dir() {
+        share_with_group(path, gid, 0o750)?;
+        for entry in std::fs::read_dir(path)? {
+            share_tree_with_group(&entry?.path(), gid)?;
+        }
+        Ok(())
+    } else {
+        share_with_group(path, gid, 0o640)
+    }
+}
+
+/// A directory the tenant's Grafana writes (`data`, `logs`…): owned by the tenant's user, 0700.
+/// When it belonged to someone else (made before isolation was on), everything in it is handed
+/// over too, without following symbolic links.
+fn give_to(path: &Path, user: TenantUser) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.uid() != user.uid || meta.gid() != user.gid {
+        chown_tree(path, user)?;
+    }
+    isolation::set_mode(path, 0o700)
+}
+
+fn chown_tree(path: &Path, user: TenantUser) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid))?;
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path(), user)?;
+        }
+    }
+    Ok(())
+}
+
+/// The owners of a tenant's replicas' `data` dirs: the user ids its instances ran as.
+fn tenant_uids_in(tenant_dir: &Path) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let mut uids = Vec::new();
+    for entry in std::fs::read_dir(tenant_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Ok(meta) = std::fs::symlink_metadata(entry.path().join("data")) {
+            if !uids.contains(&meta.uid()) {
+                uids.push(meta.uid());
+            }
+        }
+    }
+    uids
 }
 
 fn now_ms() -> i64 {

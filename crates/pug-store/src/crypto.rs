@@ -49,12 +49,24 @@ impl MasterKey {
         }
         let path = data_dir.join("master.key");
         match std::fs::read_to_string(&path) {
-            Ok(text) => Self::decode(text.trim()).ok_or_else(|| {
-                StoreError::MasterKey(format!(
-                    "{} does not hold a 32-byte key in base64; restore it from your backup",
-                    path.display()
-                ))
-            }),
+            Ok(text) => {
+                // A key file left readable by an older pug (or a copy) is made private again.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
+                    |e| {
+                        StoreError::MasterKey(format!(
+                            "cannot make {} private: {e}",
+                            path.display()
+                        ))
+                    },
+                )?;
+                Self::decode(text.trim()).ok_or_else(|| {
+                    StoreError::MasterKey(format!(
+                        "{} does not hold a 32-byte key in base64; restore it from your backup",
+                        path.display()
+                    ))
+                })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = Self::generate();
                 write_private(
@@ -136,15 +148,17 @@ impl MasterKey {
     }
 }
 
-/// Writes `contents` to a new file only its owner can read.
+/// Writes `contents` to a file only its owner can read (mode 0600, also when it existed with
+/// another mode).
 pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     f.write_all(contents.as_ref())?;
     f.sync_all()
 }

@@ -59,6 +59,8 @@ pub enum StoreError {
     Undecryptable { tenant: String, name: String },
     #[error("no free port between {min} and {max}; widen process.port_min/port_max")]
     NoFreePort { min: u16, max: u16 },
+    #[error("no free tenant user id from {base} to {base}+{count}; widen process.tenant_uid_base/tenant_uid_count")]
+    NoFreeUid { base: u32, count: u32 },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("cannot open the store at {url}")]
@@ -66,6 +68,12 @@ pub enum StoreError {
         url: String,
         #[source]
         source: sqlx::Error,
+    },
+    #[error("cannot make {path} readable by pug's user only")]
+    Private {
+        path: String,
+        #[source]
+        source: std::io::Error,
     },
     #[error("store migration failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
@@ -104,6 +112,10 @@ impl Store {
         let pool = match kind {
             Kind::Sqlite => {
                 let path = url.trim_start_matches("sqlite://");
+                make_db_private(Path::new(path)).map_err(|source| StoreError::Private {
+                    path: path.to_owned(),
+                    source,
+                })?;
                 // SQLite needs its pragmas per connection: WAL for concurrent readers, a busy
                 // timeout so writers queue instead of failing, foreign keys for cascades.
                 AnyPoolOptions::new()
@@ -185,6 +197,32 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Creates the SQLite file (and makes an existing one, its WAL and shared-memory files) mode
+/// 0600 before SQLite opens it: it holds password hashes, emails and sealed secrets, and SQLite
+/// creates its WAL and SHM files with the database file's mode. Skips `:memory:` URLs.
+fn make_db_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let path_str = path.to_string_lossy();
+    if path_str.is_empty() || path_str.starts_with(':') || path_str.contains("mode=memory") {
+        return Ok(());
+    }
+    let path = Path::new(path_str.split('?').next().unwrap_or_default());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Milliseconds since the Unix epoch.

@@ -168,6 +168,7 @@ impl Store {
             "DELETE FROM secrets WHERE tenant_id = $1",
             "DELETE FROM tenant_status WHERE tenant_id = $1",
             "DELETE FROM ports WHERE tenant_id = $1",
+            "DELETE FROM tenant_uids WHERE tenant_id = $1",
             "DELETE FROM work_queue WHERE tenant_id = $1",
             "DELETE FROM tenants WHERE id = $1",
         ] {
@@ -318,6 +319,58 @@ impl Store {
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(port.map(|p| p as u16))
+    }
+
+    /// The user id a tenant's instances run as: the one it already has, else the lowest id in
+    /// `base..base + count` that no tenant holds. Freed by [`remove_tenant`](Self::remove_tenant).
+    pub async fn allocate_tenant_uid(
+        &self,
+        id: &TenantId,
+        base: u32,
+        count: u32,
+    ) -> Result<u32, StoreError> {
+        if let Some(uid) = self.tenant_uid(id).await? {
+            return Ok(uid);
+        }
+        let end = base as i64 + count as i64;
+        let taken: Vec<i64> =
+            sqlx::query_scalar("SELECT uid FROM tenant_uids WHERE uid >= $1 AND uid < $2")
+                .bind(base as i64)
+                .bind(end)
+                .fetch_all(&self.pool)
+                .await?;
+        let taken: std::collections::HashSet<i64> = taken.into_iter().collect();
+        for uid in (base as i64)..end {
+            if taken.contains(&uid) {
+                continue;
+            }
+            let inserted = sqlx::query(
+                "INSERT INTO tenant_uids (tenant_id, uid) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(id.as_str())
+            .bind(uid)
+            .execute(&self.pool)
+            .await?;
+            if inserted.rows_affected() == 1 {
+                return Ok(uid as u32);
+            }
+            // Lost a race: another tenant took this id (try the next) or another worker gave
+            // this tenant one already (use it).
+            if let Some(uid) = self.tenant_uid(id).await? {
+                return Ok(uid);
+            }
+        }
+        Err(StoreError::NoFreeUid { base, count })
+    }
+
+    /// The user id allocated to a tenant's instances, if any.
+    pub async fn tenant_uid(&self, id: &TenantId) -> Result<Option<u32>, StoreError> {
+        let uid: Option<i64> =
+            sqlx::query_scalar("SELECT uid FROM tenant_uids WHERE tenant_id = $1")
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(uid.map(|u| u as u32))
     }
 
     /// Frees the ports of a tenant's replicas numbered `from` and up.

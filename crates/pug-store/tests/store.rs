@@ -174,3 +174,61 @@ async fn tokens_are_stored_as_hashes() {
             .any(|w| w == &admin.expose_secret().as_bytes()[..20]));
     }
 }
+
+#[tokio::test]
+async fn tenant_uids_are_stable_unique_and_freed_on_removal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let a = TenantId::parse("acme").unwrap();
+    let b = TenantId::parse("bravo").unwrap();
+    for id in [&a, &b] {
+        store.create_tenant(id, &spec("11.3.0"), &[]).await.unwrap();
+    }
+    let ua = store.allocate_tenant_uid(&a, 200_000, 2).await.unwrap();
+    let ub = store.allocate_tenant_uid(&b, 200_000, 2).await.unwrap();
+    assert_eq!((ua, ub), (200_000, 200_001));
+    assert_eq!(store.allocate_tenant_uid(&a, 200_000, 2).await.unwrap(), ua);
+    assert_eq!(store.tenant_uid(&b).await.unwrap(), Some(ub));
+    let c = TenantId::parse("charlie").unwrap();
+    store.create_tenant(&c, &spec("11.3.0"), &[]).await.unwrap();
+    let err = store.allocate_tenant_uid(&c, 200_000, 2).await.unwrap_err();
+    assert!(matches!(err, StoreError::NoFreeUid { .. }), "{err}");
+    assert!(err.to_string().contains("process.tenant_uid_base"), "{err}");
+    // Removing a tenant frees its id for the next one.
+    store.remove_tenant(&a).await.unwrap();
+    assert_eq!(store.tenant_uid(&a).await.unwrap(), None);
+    assert_eq!(store.allocate_tenant_uid(&c, 200_000, 2).await.unwrap(), ua);
+}
+
+#[tokio::test]
+async fn the_store_and_key_files_are_private_even_when_created_readable() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // An older pug left them world-readable.
+    let zero_key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    for (f, contents) in [("pug.db", ""), ("master.key", zero_key)] {
+        let path = dir.path().join(f);
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let store = open(dir.path()).await;
+    store
+        .create_tenant(&TenantId::parse("acme").unwrap(), &spec("11.3.0"), &[])
+        .await
+        .unwrap();
+    for f in ["pug.db", "pug.db-wal", "pug.db-shm", "master.key"] {
+        let mode = std::fs::metadata(dir.path().join(f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f} has mode {:o}", mode & 0o777);
+    }
+    // A fresh data dir: created private from the start.
+    let fresh = tempfile::tempdir().unwrap();
+    let _store = open(fresh.path()).await;
+    let mode = std::fs::metadata(fresh.path().join("pug.db"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}

@@ -11,6 +11,7 @@ use clap::Args;
 use pug_config::{Backend, Config};
 use pug_controller::{Controller, ControllerMetrics, ControllerSettings, TenantDatabases};
 use pug_orchestrator::install::Installer;
+use pug_orchestrator::isolation::{self, Isolation, IsolationSettings, Started, TenantUser};
 use pug_orchestrator::process::{ProcessBackend, ProcessSettings};
 use pug_orchestrator::Orchestrator;
 use pug_store::{write_private, Role, Store, LOCAL_TOKEN_NAME};
@@ -78,6 +79,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
 
     let process_backend: Option<Arc<ProcessBackend>>;
+    let mut isolation_line = None;
     let mut swarm_engine = None;
     let orchestrator: Arc<dyn Orchestrator> = match config.backend {
         Backend::Process => {
@@ -102,12 +104,48 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                         .then(|| config.process.checksum_base_url.clone()),
                 },
             );
+            let isolation = match Isolation::start(IsolationSettings {
+                mode: match config.process.isolation {
+                    pug_config::IsolationMode::Auto => isolation::Mode::Auto,
+                    pug_config::IsolationMode::Required => isolation::Mode::Required,
+                    pug_config::IsolationMode::Off => isolation::Mode::Off,
+                },
+                data_dir: data_dir.clone(),
+                ports: (config.process.port_min, config.process.port_max),
+                users: Arc::new(StoreUsers {
+                    store: store.clone(),
+                    base: config.process.tenant_uid_base,
+                    count: config.process.tenant_uid_count,
+                }),
+                firewall: Arc::new(isolation::Iptables),
+            })? {
+                Started::Isolated(iso) => {
+                    isolation_line = Some(format!(
+                        "on   (a user of its own per tenant; instance ports reachable by pug only: firewall chain {})",
+                        iso.chain()
+                    ));
+                    Some(iso)
+                }
+                Started::Shared { reason } => {
+                    isolation_line = Some(format!(
+                        "OFF  ({reason}): tenants must trust each other; run pug as root with iptables to isolate them"
+                    ));
+                    tracing::warn!(
+                        "tenants are NOT isolated: {reason}. Every tenant's Grafana runs as pug's \
+                         user and can reach every other tenant's Grafana as any user and read pug's \
+                         files (master.key, local.token, pug.db): serve mutually trusting tenants \
+                         only, or run pug as root with iptables installed (process.isolation)"
+                    );
+                    None
+                }
+            };
             let backend = ProcessBackend::new(
                 ProcessSettings {
                     root: data_dir.join("tenants"),
                     archive: data_dir.join("archive"),
                     bind_address: config.process.bind_address.clone(),
                     stop_timeout: Duration::from_secs(10),
+                    isolation,
                 },
                 installer,
             )?;
@@ -218,6 +256,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         orchestrator.name(),
         store.backend_name()
     );
+    if let Some(line) = &isolation_line {
+        println!("  isolation  {line}");
+    }
     println!(
         "  CLI        pug tenant create acme --version 11.3.0   (uses {}/local.token)",
         data_dir.display()
@@ -253,8 +294,31 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         tracing::info!("tenant instances keep running; the next `pug serve` adopts them");
     }
+    if let Some(p) = &process_backend {
+        p.shutdown();
+    }
     store.close().await;
     Ok(())
+}
+
+/// The process backend's tenant users, allocated and kept by the store.
+#[derive(Debug)]
+struct StoreUsers {
+    store: Store,
+    base: u32,
+    count: u32,
+}
+
+#[async_trait::async_trait]
+impl isolation::TenantUsers for StoreUsers {
+    async fn user_of(&self, tenant: &pug_types::TenantId) -> Result<TenantUser, String> {
+        let uid = self
+            .store
+            .allocate_tenant_uid(tenant, self.base, self.count)
+            .await
+            .map_err(|e| pug_orchestrator::error_chain(&e))?;
+        Ok(TenantUser { uid, gid: uid })
+    }
 }
 
 async fn wait_for_signal() {

@@ -1,1 +1,289 @@
-//! Attacks on process_isolation (filled in by issue 14's work).
+//! Attacks on the process backend's trust domain (issue 14 hole 1, review F1; hole 17's pug.db
+//! mode): code running in tenant A's Grafana, as A's instance user, tries to reach tenant B's
+//! Grafana (and its own) as `admin` without going through pug's gateway, and to read pug's and
+//! B's secrets. pug runs as root with `process.isolation = "required"`, as CI does.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::support::{pug_bin, Pug};
+
+const T: Duration = Duration::from_secs(60);
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// The real uid of a process.
+fn uid_of(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The port an instance listens on, from its `--pidfile …/run/<port>-<hash>.pid`.
+fn port_of(pid: u32) -> u16 {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let pidfile = &args[args.iter().position(|a| a == "--pidfile").unwrap() + 1];
+    let file = Path::new(pidfile).file_name().unwrap().to_string_lossy();
+    file.split('-').next().unwrap().parse().unwrap()
+}
+
+/// Runs `program args` as `uid` (and gid `uid`), without supplementary groups: what code in
+/// that tenant's Grafana could do.
+fn as_user(uid: u32, program: &str, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("setpriv runs")
+}
+
+/// `curl` with the auth-proxy header Grafana trusts from 127.0.0.1; returns (curl's exit code,
+/// HTTP status and body).
+fn curl_as_admin(uid: Option<u32>, url: &str) -> (i32, String) {
+    let args = [
+        "-sS",
+        "--max-time",
+        "5",
+        "-H",
+        "X-WEBAUTH-USER: admin",
+        "-w",
+        "\n%{http_code}",
+        url,
+    ];
+    let out = match uid {
+        Some(uid) => as_user(uid, "curl", &args),
+        None => Command::new("curl").args(args).output().unwrap(),
+    };
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn create_user(pug: &Pug, name: &str, password: &str) {
+    let mut child = Command::new(pug_bin())
+        .args(["user", "create", name, "--email"])
+        .arg(format!("{name}@example.com"))
+        .args(["--password-stdin", "--data-dir"])
+        .arg(&pug.data)
+        .env_remove("PUG_URL")
+        .env_remove("PUG_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Signs in through the gateway and fetches `/t/<tenant>/api/user`: (status, body).
+fn through_the_gateway(url: &str, tenant: &str, user: &str, password: &str) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let cookie = |r: &reqwest::Response, name: &str| {
+            r.headers()
+                .get_all("set-cookie")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .filter_map(|v| v.split(';').next())
+                .find(|p| p.starts_with(&format!("{name}=")) && p.len() > name.len() + 1)
+                .map(str::to_owned)
+        };
+        let page = client.get(format!("{url}/login")).send().await.unwrap();
+        let csrf = cookie(&page, "pug_csrf").expect("a csrf cookie");
+        let value = csrf.split_once('=').unwrap().1.to_owned();
+        let next = format!("/t/{tenant}/");
+        let r = client
+            .post(format!("{url}/login"))
+            .header("cookie", &csrf)
+            .form(&[
+                ("user", user),
+                ("password", password),
+                ("csrf", &value),
+                ("next", &next),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let session = cookie(&r, "pug_session").expect("signed in");
+        let r = client
+            .get(format!("{url}/t/{tenant}/api/user"))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    })
+}
+
+#[test]
+fn tenant_instance_user_cannot_reach_grafanas_as_admin_nor_read_pugs_or_other_tenants_files() {
+    if !is_root() {
+        eprintln!("skipped: process isolation needs root (CI runs as root)");
+        return;
+    }
+    let pug = Pug::start((23700, 23719), &[("PUG_PROCESS_ISOLATION", "required")]);
+    for t in ["alpha", "bravo"] {
+        pug.ok(&["tenant", "create", t, "--version", "11.3.0"]);
+    }
+    for t in ["alpha", "bravo"] {
+        pug.wait_phase(t, "ready", T);
+    }
+    let instances = pug.instances();
+    let pid = |name: &str| {
+        instances
+            .iter()
+            .find(|(k, _)| k == &format!("{name}/replica-0"))
+            .map(|(_, p)| *p)
+            .unwrap_or_else(|| panic!("no instance of {name} in {instances:?}"))
+    };
+    let (a_pid, b_pid) = (pid("alpha"), pid("bravo"));
+    let a_uid = uid_of(a_pid);
+    assert_ne!(a_uid, 0, "tenant alpha's Grafana runs as root");
+    assert_ne!(a_uid, uid_of(b_pid), "two tenants share one user");
+    let (a_port, b_port) = (port_of(a_pid), port_of(b_pid));
+
+    // (a) Straight to B's port (and A's own) with Grafana's auth-proxy header: refused. Root's
+    // own request shows what the attack would get otherwise (the header is trusted from here).
+    let b_user = format!("http://127.0.0.1:{b_port}/t/bravo/api/user");
+    let (code, out) = curl_as_admin(None, &b_user);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("\"login\":\"admin\"") && out.ends_with("200"),
+        "{out}"
+    );
+    for (what, url) in [
+        ("tenant bravo's instance", b_user.clone()),
+        (
+            "tenant alpha's own instance",
+            format!("http://127.0.0.1:{a_port}/t/alpha/api/user"),
+        ),
+        (
+            "tenant bravo's health",
+            format!("http://127.0.0.1:{b_port}/t/bravo/api/health"),
+        ),
+    ] {
+        let (code, out) = curl_as_admin(Some(a_uid), &url);
+        assert_eq!(code, 7, "{what} answered alpha's user: {out}");
+        assert!(!out.contains("admin"), "{what}: {out}");
+    }
+
+    // (b) pug's secrets and B's settings: permission denied.
+    let data = &pug.data;
+    let b_ini = data.join("tenants/bravo/replica-0/grafana.ini");
+    for file in [
+        data.join("master.key"),
+        data.join("local.token"),
+        data.join("pug.db"),
+        data.join("pug.db-wal"),
+        b_ini.clone(),
+        data.join("tenants/bravo/replica-0/data/grafana.db"),
+    ] {
+        if !file.exists() {
+            continue;
+        }
+        let out = as_user(a_uid, "cat", &[file.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("Permission denied"),
+            "alpha's user read {}: {err}",
+            file.display()
+        );
+    }
+    // …while A's user reads its own settings (so the refusals above are not an accident).
+    let own = data.join("tenants/alpha/replica-0/grafana.ini");
+    let out = as_user(a_uid, "cat", &[own.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["master.key", "local.token", "pug.db"] {
+        let mode = std::fs::metadata(data.join(f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+
+    // (c) Listing B's instance dir, the tenants and pug's data dir: permission denied.
+    for dir in [
+        data.join("tenants/bravo/replica-0"),
+        data.join("tenants/bravo"),
+        data.join("tenants"),
+        data.to_owned(),
+    ] {
+        let out = as_user(a_uid, "ls", &[dir.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("Permission denied"),
+            "alpha's user listed {}: {err}",
+            dir.display()
+        );
+    }
+
+    // The gateway still serves both tenants to the people granted them.
+    create_user(&pug, "alice", "alice-password-1");
+    pug.ok(&["user", "grant", "alice", "alpha", "--role", "Viewer"]);
+    pug.ok(&["user", "grant", "alice", "bravo", "--role", "Viewer"]);
+    for tenant in ["alpha", "bravo"] {
+        let (status, body) = through_the_gateway(&pug.url, tenant, "alice", "alice-password-1");
+        assert_eq!(status, 200, "{tenant}: {body}");
+        assert!(body.contains("\"login\":\"alice\""), "{tenant}: {body}");
+    }
+}
+
+#[test]
+fn without_root_or_with_isolation_off_pug_says_tenants_are_not_isolated() {
+    if !is_root() {
+        return;
+    }
+    let pug = Pug::start((23720, 23724), &[("PUG_PROCESS_ISOLATION", "off")]);
+    let log = pug.log();
+    assert!(
+        log.contains("tenants are NOT isolated") && log.contains("run pug as root with iptables"),
+        "{log}"
+    );
+    // (That a pug that cannot isolate refuses to start when isolation is required, with one
+    // line saying why, is `isolation::tests::decisions` and `host_problems`.)
+}

@@ -74,6 +74,7 @@ impl Pug {
     /// `ports.0..=ports.1`, and `extra` environment.
     pub fn start(ports: (u16, u16), extra: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        searchable_by_tenant_users(dir.path());
         let data = dir.path().join("pug-data");
         let mut env = vec![
             (
@@ -316,4 +317,11 @@ pub fn http_get(url: &str) -> Result<(u16, String), String> {
         let status = resp.status().as_u16();
         Ok((status, resp.text().await.map_err(|e| e.to_string())?))
     })
+}
+
+/// Makes a test's temporary dir (0700 when created) searchable by other users, as a data dir's
+/// parents must be for tenants' instances to run as users of their own (process isolation).
+pub fn searchable_by_tenant_users(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).unwrap();
 }
