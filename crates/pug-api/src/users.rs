@@ -378,7 +378,8 @@ pub(crate) async fn list_embed_keys(
     ))
 }
 
-/// Deletes an embed key; tokens signed with it stop working.
+/// Deletes an embed key: tokens signed with it stop working, and the sessions they started
+/// end (within the gateway's key refresh, a second).
 #[utoipa::path(delete, path = "/api/v1/embed-keys/{id}", responses((status = 204), (status = 404, body = ErrorBody)))]
 pub(crate) async fn delete_embed_key(
     State(state): State<ApiState>,

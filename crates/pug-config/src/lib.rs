@@ -95,6 +95,9 @@ pub struct GatewayConfig {
     /// Threads serving pug's port (gateway and API), each an event loop that owns its
     /// connections; 0: one per CPU core.
     pub workers: usize,
+    /// How often the gateway deletes expired sessions, embed sessions whose key or tenant is
+    /// gone, and expired embed token ids.
+    pub session_sweep_interval_secs: u64,
 }
 
 /// Routing mode of the gateway.
@@ -350,6 +353,7 @@ impl Default for GatewayConfig {
             login_failures_per_address: 20,
             login_window_secs: 15 * 60,
             workers: 0,
+            session_sweep_interval_secs: 300,
         }
     }
 }
@@ -521,9 +525,10 @@ impl Config {
             || g.login_window_secs == 0
             || g.login_failures_per_user == 0
             || g.login_failures_per_address == 0
+            || g.session_sweep_interval_secs == 0
         {
             return bad(
-                "gateway timeouts, session lifetimes, the login window and the login failure limits must be at least 1".into(),
+                "gateway timeouts, session lifetimes, the login window, the login failure limits and session_sweep_interval_secs must be at least 1".into(),
             );
         }
         if self.renderer.max_concurrency == 0 {

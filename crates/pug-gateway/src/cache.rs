@@ -12,13 +12,22 @@
 //! Written here because the cache crates do not do both: moka's `get_with` is single-flight,
 //! but its refresh-after-write is not implemented, and a value must never outlive `ttl`.
 //!
+//! It also holds the gateway's embed keys ([`KeyRing`]): the keys the periodic refresh read,
+//! and, for a token whose `kid` is not among them, a read of the store that happens at most
+//! once per interval for all such tokens together (single flight, no refresh ahead), with the
+//! answer for each unknown `kid` remembered for that interval. Before, every request with a
+//! made-up `kid` read and decrypted every key (security review F12).
+//!
 //! Must not: serve a value older than `ttl`, or hold its lock across a store read.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use pug_store::{EmbedKeyInfo, Store, StoreError};
+use pug_types::SecretString;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
@@ -27,6 +36,8 @@ use crate::auth::lock;
 pub(crate) struct AuthCache<V> {
     ttl: Duration,
     max_entries: usize,
+    /// Re-read a hit older than half the TTL in the background.
+    refresh_ahead: bool,
     entries: Mutex<HashMap<String, Entry<V>>>,
 }
 
@@ -44,6 +55,18 @@ impl<V: Clone + Send + Sync + 'static> AuthCache<V> {
         Arc::new(Self {
             ttl,
             max_entries,
+            refresh_ahead: true,
+            entries: Mutex::default(),
+        })
+    }
+
+    /// A cache that reads each key at most once per `ttl`: no refresh ahead (which would read
+    /// a busy key about twice per TTL).
+    pub fn at_most_once_per(ttl: Duration, max_entries: usize) -> Arc<Self> {
+        Arc::new(Self {
+            ttl,
+            max_entries,
+            refresh_ahead: false,
             entries: Mutex::default(),
         })
     }
@@ -61,7 +84,8 @@ impl<V: Clone + Send + Sync + 'static> AuthCache<V> {
             let mut entries = lock(&self.entries);
             match entries.get_mut(key) {
                 Some(e) if now.duration_since(e.at) < self.ttl => {
-                    let refresh = e.cell.initialized()
+                    let refresh = self.refresh_ahead
+                        && e.cell.initialized()
                         && !e.refreshing
                         && now.duration_since(e.at) > self.ttl / 2;
                     if refresh {
@@ -113,6 +137,96 @@ impl<V: Clone + Send + Sync + 'static> AuthCache<V> {
     /// back.
     pub fn remove(&self, key: &str) {
         lock(&self.entries).remove(key);
+    }
+}
+
+/// The embed keys with their secrets, as read from the store.
+pub(crate) type Keys = Arc<Vec<(EmbedKeyInfo, SecretString)>>;
+
+/// Unknown `kid`s remembered at once (the set is cleared when full).
+const UNKNOWN_KIDS_MAX: usize = 10_000;
+
+/// The gateway's embed keys: what the periodic refresh read, plus bounded reads for tokens
+/// whose key is not (yet) among them.
+pub(crate) struct KeyRing {
+    store: Store,
+    current: RwLock<Keys>,
+    /// The one store read for unknown keys, at most once per interval.
+    reads: Arc<AuthCache<Keys>>,
+    /// `kid` → whether it named a key after a read (`false`: remembered as unknown).
+    kids: Arc<AuthCache<bool>>,
+    /// Counts every read of the keys from the store.
+    store_reads: Counter,
+}
+
+impl KeyRing {
+    pub fn new(store: Store, interval: Duration, store_reads: Counter) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            current: RwLock::default(),
+            reads: AuthCache::at_most_once_per(interval, 1),
+            kids: AuthCache::at_most_once_per(interval, UNKNOWN_KIDS_MAX),
+            store_reads,
+        })
+    }
+
+    /// The keys as last read.
+    pub fn current(&self) -> Keys {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether key `id` existed at the last read (a session minted with a deleted key ends as
+    /// soon as the refresh sees it gone).
+    pub fn contains(&self, id: &str) -> bool {
+        self.current().iter().any(|(k, _)| k.id == id)
+    }
+
+    /// Reads the keys from the store now (the periodic refresh).
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        self.store_reads.inc();
+        let keys = Arc::new(self.store.embed_keys().await?);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = keys;
+        Ok(())
+    }
+
+    /// Whether `kid` (empty: a token without one) names a key, for a token no current key
+    /// verified: answered from a read at most one interval old, made once for all callers.
+    pub async fn lookup_unknown(self: &Arc<Self>, kid: &str) -> Result<bool, StoreError> {
+        let me = self.clone();
+        let kid_owned = kid.to_owned();
+        self.kids
+            .get(kid, move || {
+                let (me, kid) = (me.clone(), kid_owned.clone());
+                async move {
+                    let keys = me.read_once().await?;
+                    Ok(if kid.is_empty() {
+                        !keys.is_empty()
+                    } else {
+                        keys.iter().any(|(k, _)| k.id == kid)
+                    })
+                }
+            })
+            .await
+    }
+
+    /// The keys from a store read at most one interval old (single flight); a read made here
+    /// also becomes the current keys.
+    async fn read_once(self: &Arc<Self>) -> Result<Keys, StoreError> {
+        let me = self.clone();
+        self.reads
+            .get("keys", move || {
+                let me = me.clone();
+                async move {
+                    me.store_reads.inc();
+                    let keys: Keys = Arc::new(me.store.embed_keys().await?);
+                    *me.current.write().unwrap_or_else(|e| e.into_inner()) = keys.clone();
+                    Ok::<_, StoreError>(keys)
+                }
+            })
+            .await
     }
 }
 
@@ -205,5 +319,20 @@ mod tests {
             );
         }
         assert!(lock(&cache.entries).len() <= 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_most_once_per_ttl_never_reads_ahead() {
+        let ttl = Duration::from_secs(10);
+        let cache = AuthCache::<u32>::at_most_once_per(ttl, 10);
+        let reads = Arc::new(AtomicUsize::new(0));
+        assert_eq!(cache.get("k", counting(&reads, 1)).await, Ok(1));
+        tokio::time::advance(Duration::from_secs(8)).await;
+        assert_eq!(cache.get("k", counting(&reads, 2)).await, Ok(1));
+        tokio::task::yield_now().await;
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "no read ahead");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(cache.get("k", counting(&reads, 3)).await, Ok(3));
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
     }
 }

@@ -8,7 +8,22 @@
 //! "signed" with an EdDSA public key), its signature verifies (HMAC compared in constant time)
 //! with the key named by `kid` (or with one of the keys when there is no `kid`), the key may
 //! sign for the tenant, `tenant` is the tenant of the URL, `exp` is in the future and at most
-//! ten minutes away, and `sub`, `email` and `role` are well formed.
+//! ten minutes away, and `sub`, `email`, `role` and `jti` (optional) are well formed.
+//!
+//! Whom a token signs in, in Grafana: never a pug user and never Grafana's admin. An embed
+//! subject's Grafana login and email are namespaced by the key that vouched for it
+//! ([`grafana_login`], [`grafana_email`]): `embed:<key id>:<sub>` contains a `:`, which no pug
+//! user name can, and the email is in the reserved `.invalid` domain, so a webapp user whose
+//! `sub` is `alice` or `admin` (or whose email is a pug user's or `admin@localhost`) is a
+//! Grafana user of its own. Two keys never share a subject either (one webapp cannot act as
+//! another's users).
+//!
+//! How long its session lasts ([`session_expiry_ms`]): a token with a `jti` mints one session
+//! of `embed_session_ttl` (the gateway refuses a second use of that `jti` with that key); a
+//! token without one can be replayed until it expires, so its session ends with the token.
+//!
+//! Must not: read the store (the gateway hands it the keys), or accept a claim that could
+//! inject a header.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -21,7 +36,14 @@ use sha2::Sha256;
 /// The longest an embed token may live, in seconds.
 pub const MAX_TOKEN_LIFETIME_SECS: i64 = 600;
 /// Clock skew tolerated between the webapp and pug, in seconds.
-const LEEWAY_SECS: i64 = 30;
+pub const LEEWAY_SECS: i64 = 30;
+/// The longest `jti` accepted, in bytes (a UUID is 36).
+pub const MAX_JTI_LEN: usize = 128;
+/// The longest `kid` that can name a key (pug's key ids are 19 or 27 bytes): a longer one is
+/// refused before any lookup, so made-up ids cannot grow the gateway's memory.
+pub const MAX_KID_LEN: usize = 64;
+/// The shortest session a token mints, so that the redirect after it still finds it.
+const MIN_SESSION_MS: i64 = 60_000;
 
 /// The claims of an embed token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +60,17 @@ pub struct EmbedClaims {
     /// A display name (optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// A unique id of this token (optional, RFC 7519 §4.1.7): a token with one is used once;
+    /// a token without one can be replayed until `exp`, and its session ends then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+}
+
+/// A verified token: its claims and the id of the key that verified it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub claims: EmbedClaims,
+    pub key_id: String,
 }
 
 /// Why an embed token was refused. The message is shown to the person.
@@ -59,6 +92,8 @@ pub enum EmbedError {
     WrongTenant { token: String, url: String },
     #[error("the token's claim {0} is missing or invalid")]
     BadClaim(&'static str),
+    #[error("the token was already used (its jti was seen before); sign a new token for each sign-in")]
+    Replayed,
 }
 
 #[derive(Deserialize)]
@@ -68,13 +103,7 @@ struct Header {
     kid: Option<String>,
 }
 
-/// Verifies `token` for `tenant` at `now_secs` against `keys`.
-pub fn verify(
-    token: &str,
-    keys: &[(EmbedKeyInfo, SecretString)],
-    tenant: &TenantId,
-    now_secs: i64,
-) -> Result<EmbedClaims, EmbedError> {
+fn header_of(token: &str) -> Result<(Header, [&str; 3]), EmbedError> {
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(s), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -86,6 +115,25 @@ pub fn verify(
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or(EmbedError::Malformed)?;
+    Ok((header, [h, p, s]))
+}
+
+/// The `kid` of a token's header (`Some("")` when it has none), or `None` if the token is
+/// malformed or its `kid` cannot name any key (longer than [`MAX_KID_LEN`]).
+pub fn key_id_of(token: &str) -> Option<String> {
+    let (header, _) = header_of(token).ok()?;
+    let kid = header.kid.unwrap_or_default();
+    (kid.len() <= MAX_KID_LEN).then_some(kid)
+}
+
+/// Verifies `token` for `tenant` at `now_secs` against `keys`.
+pub fn verify(
+    token: &str,
+    keys: &[(EmbedKeyInfo, SecretString)],
+    tenant: &TenantId,
+    now_secs: i64,
+) -> Result<Verified, EmbedError> {
+    let (header, [h, p, s]) = header_of(token)?;
     if header.alg != HS256 && header.alg != EDDSA {
         return Err(EmbedError::UnsupportedAlgorithm(header.alg));
     }
@@ -152,7 +200,49 @@ pub fn verify(
             return Err(EmbedError::BadClaim("name"));
         }
     }
-    Ok(claims)
+    if let Some(jti) = &claims.jti {
+        if jti.is_empty() || jti.len() > MAX_JTI_LEN || !jti.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(EmbedError::BadClaim("jti"));
+        }
+    }
+    Ok(Verified {
+        claims,
+        key_id: key.0.id.clone(),
+    })
+}
+
+/// The Grafana login of embed subject `sub` vouched for by key `key_id`: `embed:<key>:<sub>`.
+/// The `:` is in no pug user name ([`crate::auth::valid_login`]) nor in a key id, so this is
+/// never a pug user's login, Grafana's admin's, or another key's subject's.
+pub fn grafana_login(key_id: &str, sub: &str) -> String {
+    format!("embed:{key_id}:{sub}")
+}
+
+/// The Grafana email of embed subject `sub` vouched for by key `key_id`:
+/// `<sub>+<key>@embed.invalid` (an `@` in `sub` written `=`, which `sub` cannot contain, so
+/// that distinct subjects keep distinct emails). Grafana looks users up by email before login,
+/// so the token's own `email` is not passed on: it could be a pug user's or `admin@localhost`.
+/// `.invalid` (RFC 2606) is no one's real domain.
+pub fn grafana_email(key_id: &str, sub: &str) -> String {
+    format!("{}+{key_id}@embed.invalid", sub.replace('@', "="))
+}
+
+/// When the session a verified token mints ends, in ms since the epoch: after `ttl_ms` for a
+/// token with a `jti` (it is used once); at the token's own expiry for one without (anyone
+/// holding it could mint sessions until then anyway). Never sooner than a minute from now.
+pub fn session_expiry_ms(claims: &EmbedClaims, now_ms: i64, ttl_ms: i64) -> i64 {
+    let until = match claims.jti {
+        Some(_) => now_ms.saturating_add(ttl_ms),
+        None => claims.exp.saturating_mul(1000),
+    };
+    until.max(now_ms + MIN_SESSION_MS)
+}
+
+/// Until when a token's `jti` must be remembered (ms since the epoch): as long as the token
+/// could still be accepted.
+pub fn remember_jti_until_ms(claims: &EmbedClaims) -> i64 {
+    claims.exp.saturating_add(LEEWAY_SECS).saturating_mul(1000)
 }
 
 /// The JWT `alg` of HMAC-SHA256 keys.
@@ -284,6 +374,7 @@ mod tests {
             role: "Viewer".into(),
             exp,
             name: None,
+            jti: None,
         }
     }
 
@@ -291,7 +382,7 @@ mod tests {
     fn good_token_verifies() {
         let acme = TenantId::parse("acme").unwrap();
         let t = sign("ek_any", "k1-secret", &claims("acme", 1300));
-        assert_eq!(verify(&t, &keys(), &acme, 1000).unwrap().sub, "carol");
+        assert_eq!(verify(&t, &keys(), &acme, 1000).unwrap().claims.sub, "carol");
     }
 
     #[test]
@@ -310,7 +401,10 @@ mod tests {
             SecretString::from(public.clone()),
         ));
         let good = sign_eddsa("ek_ed", private.expose_secret(), &claims("acme", 1300)).unwrap();
-        assert_eq!(verify(&good, &keys, &acme, 1000).unwrap().sub, "carol");
+        assert_eq!(
+            verify(&good, &keys, &acme, 1000).unwrap().claims.sub,
+            "carol"
+        );
         // Without a kid, the EdDSA key is found among the others.
         let (_, payload_sig) = good.split_once('.').unwrap();
         let no_kid = format!(
@@ -433,5 +527,90 @@ mod tests {
             verify("garbage", &keys(), &acme, now).unwrap_err(),
             EmbedError::Malformed
         );
+    }
+
+    #[test]
+    fn embed_identities_never_are_pug_users_the_admin_or_each_other() {
+        use crate::auth::valid_login;
+        // (key, sub) → (login, email)
+        let cases = [
+            ("ek_1", "admin", "embed:ek_1:admin", "admin+ek_1@embed.invalid"),
+            ("ek_1", "alice", "embed:ek_1:alice", "alice+ek_1@embed.invalid"),
+            ("ek_2", "alice", "embed:ek_2:alice", "alice+ek_2@embed.invalid"),
+            (
+                "ek_1",
+                "admin@localhost",
+                "embed:ek_1:admin@localhost",
+                "admin=localhost+ek_1@embed.invalid",
+            ),
+            (
+                "ek_aB-_9",
+                "a.b-c_d",
+                "embed:ek_aB-_9:a.b-c_d",
+                "a.b-c_d+ek_aB-_9@embed.invalid",
+            ),
+        ];
+        let mut logins = std::collections::HashSet::new();
+        let mut emails = std::collections::HashSet::new();
+        for (key, sub, login, email) in cases {
+            assert_eq!(grafana_login(key, sub), login);
+            assert_eq!(grafana_email(key, sub), email);
+            // No pug user can be named like this, and no email is Grafana's default admin's.
+            assert!(!valid_login(login), "{login}");
+            assert_ne!(email, "admin@localhost");
+            assert!(login.starts_with("embed:") && email.ends_with("@embed.invalid"));
+            assert!(logins.insert(login.to_owned()) && emails.insert(email.to_owned()));
+        }
+        // `@` → `=` keeps distinct subjects apart (a sub cannot contain `=`).
+        assert_ne!(grafana_email("k", "a@b"), grafana_email("k", "a.b"));
+    }
+
+    #[test]
+    fn session_lifetime_follows_the_jti() {
+        let now_ms = 1_000_000;
+        let ttl = 8 * 3600 * 1000;
+        let with = |jti: Option<&str>, exp: i64| EmbedClaims {
+            jti: jti.map(str::to_owned),
+            ..claims("acme", exp)
+        };
+        // (claims, expected expiry)
+        let cases = [
+            (with(Some("id-1"), 1300), now_ms + ttl),
+            // Without a jti the session ends with the token…
+            (with(None, 1300), 1_300_000),
+            // …but never less than a minute from now.
+            (with(None, 1010), now_ms + 60_000),
+        ];
+        for (c, want) in cases {
+            assert_eq!(session_expiry_ms(&c, now_ms, ttl), want, "{c:?}");
+        }
+        assert_eq!(remember_jti_until_ms(&with(Some("x"), 1300)), 1_330_000);
+    }
+
+    #[test]
+    fn jti_and_kid_are_checked() {
+        let acme = TenantId::parse("acme").unwrap();
+        let with = |jti: &str| EmbedClaims {
+            jti: Some(jti.to_owned()),
+            ..claims("acme", 1300)
+        };
+        let ok = sign("ek_any", "k1-secret", &with("0b5e6f2c-1"));
+        let v = verify(&ok, &keys(), &acme, 1000).unwrap();
+        assert_eq!(
+            (v.claims.jti.as_deref(), v.key_id.as_str()),
+            (Some("0b5e6f2c-1"), "ek_any")
+        );
+        for bad in ["", "has space", &"x".repeat(MAX_JTI_LEN + 1), "tab\t"] {
+            let t = sign("ek_any", "k1-secret", &with(bad));
+            assert_eq!(
+                verify(&t, &keys(), &acme, 1000),
+                Err(EmbedError::BadClaim("jti")),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(key_id_of(&ok).as_deref(), Some("ek_any"));
+        let long = sign(&"k".repeat(MAX_KID_LEN + 1), "k1-secret", &with("a"));
+        assert_eq!(key_id_of(&long), None);
+        assert_eq!(key_id_of("garbage"), None);
     }
 }

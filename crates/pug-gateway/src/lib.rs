@@ -12,6 +12,12 @@
 //! session's tenant) → route (ready endpoints from the store, refreshed every second) → forward
 //! with pug's own `X-WEBAUTH-*` headers.
 //!
+//! Embed sessions hold only as long as their authority: each is bound to the key that signed
+//! its token and to its tenant's incarnation (the store checks both on every read; a cached
+//! session is dropped as soon as the key refresh no longer sees its key), a token's `jti` mints
+//! one session only, and a background sweep (`gateway.session_sweep_interval_secs`) deletes
+//! expired and orphaned sessions and expired token ids.
+//!
 //! Why host mode in production: in path mode every tenant's Grafana shares one origin, so
 //! script running in one tenant's Grafana (a plugin, a panel) runs with the browser's
 //! same-origin rights over every other tenant the person can reach, and over pug's pages.
@@ -47,7 +53,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use prometheus_client::registry::Registry;
 use pug_config::{Config, GatewayMode};
-use pug_store::{EmbedKeyInfo, SessionRecord, Store, StoreError};
+use pug_store::{EmbedScope, EmbedSessionOutcome, SessionRecord, Store, StoreError, SweepCounts};
 use pug_types::{ExposeSecret, SecretString, TenantId};
 use tower::ServiceExt as _;
 
@@ -55,7 +61,7 @@ pub use auth::{hash_password, validate_new_user, GrafanaRole};
 pub use embed::{EmbedClaims, EmbedError};
 pub use metrics::GatewayMetrics;
 
-use cache::AuthCache;
+use cache::{AuthCache, KeyRing};
 use proxy::Route;
 
 /// The session cookie.
@@ -87,6 +93,8 @@ pub struct GatewaySettings {
     pub login_window: Duration,
     pub login_failures_per_user: u32,
     pub login_failures_per_address: u32,
+    /// How often expired and orphaned sessions and expired embed token ids are deleted.
+    pub session_sweep_interval: Duration,
 }
 
 impl GatewaySettings {
@@ -106,6 +114,7 @@ impl GatewaySettings {
             login_window: Duration::from_secs(g.login_window_secs),
             login_failures_per_user: g.login_failures_per_user,
             login_failures_per_address: g.login_failures_per_address,
+            session_sweep_interval: Duration::from_secs(g.session_sweep_interval_secs),
         }
     }
 
@@ -142,7 +151,7 @@ struct Inner {
     signer: auth::Signer,
     throttle: auth::Throttle,
     routes: RwLock<HashMap<TenantId, Arc<Route>>>,
-    keys: RwLock<Arc<Vec<(EmbedKeyInfo, SecretString)>>>,
+    keys: Arc<KeyRing>,
     /// session id → the session (None: no such session).
     sessions: Arc<AuthCache<Option<Arc<SessionRecord>>>>,
     /// user → their roles by tenant.
@@ -176,6 +185,12 @@ impl Gateway {
     ) -> Result<Self, GatewayError> {
         let key = store.gateway_cookie_key().await?;
         let ttl = settings.auth_cache_ttl;
+        let metrics = Arc::new(GatewayMetrics::register(registry));
+        let keys = KeyRing::new(
+            store.clone(),
+            settings.refresh_interval,
+            metrics.embed_key_reads.clone(),
+        );
         let inner = Arc::new(Inner {
             signer: auth::Signer::new(key.expose_secret().as_bytes()),
             throttle: auth::Throttle::new(
@@ -183,11 +198,11 @@ impl Gateway {
                 settings.login_failures_per_user,
                 settings.login_failures_per_address,
             ),
-            metrics: Arc::new(GatewayMetrics::register(registry)),
+            metrics,
             store,
             settings,
             routes: RwLock::default(),
-            keys: RwLock::default(),
+            keys,
             sessions: AuthCache::new(ttl, AUTH_CACHE_MAX),
             members: AuthCache::new(ttl, AUTH_CACHE_MAX),
             dummy_hash: auth::hash_password("pug-dummy-password"),
@@ -196,13 +211,23 @@ impl Gateway {
         gateway.refresh().await?;
         let weak = Arc::downgrade(&gateway.inner);
         let period = gateway.inner.settings.refresh_interval;
-        tokio::spawn(refresh_loop(weak, period));
+        tokio::spawn(refresh_loop(weak.clone(), period));
+        tokio::spawn(sweep_loop(
+            weak,
+            gateway.inner.settings.session_sweep_interval,
+        ));
         Ok(gateway)
     }
 
     /// Re-reads the routing table and embed keys from the store now.
     pub async fn refresh(&self) -> Result<(), StoreError> {
         self.inner.refresh().await
+    }
+
+    /// Deletes expired and orphaned sessions and expired embed token ids now (what the
+    /// background sweep does every `session_sweep_interval`).
+    pub async fn sweep(&self) -> Result<SweepCounts, StoreError> {
+        self.inner.sweep().await
     }
 
     /// Puts the gateway in front of `app` (pug's API): tenant traffic and pug's login pages go
@@ -288,10 +313,33 @@ async fn refresh_loop(weak: Weak<Inner>, period: Duration) {
     }
 }
 
+async fn sweep_loop(weak: Weak<Inner>, period: Duration) {
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(inner) = weak.upgrade() else { return };
+        match inner.sweep().await {
+            Ok(c) => tracing::debug!(
+                expired = c.expired_sessions,
+                orphaned = c.orphaned_sessions,
+                token_ids = c.token_ids,
+                "gateway: swept sessions"
+            ),
+            Err(e) => tracing::warn!(error = %e, "gateway: cannot sweep expired sessions"),
+        }
+    }
+}
+
 impl Inner {
+    async fn sweep(&self) -> Result<SweepCounts, StoreError> {
+        let c = self.store.sweep_sessions(pug_store::now_ms()).await?;
+        self.metrics
+            .swept
+            .inc_by(c.expired_sessions + c.orphaned_sessions + c.token_ids);
+        Ok(c)
+    }
+
     async fn refresh(&self) -> Result<(), StoreError> {
         let statuses = self.store.tenant_statuses().await?;
-        let keys = self.store.embed_keys().await?;
         let old = self
             .routes
             .read()
@@ -308,8 +356,7 @@ impl Inner {
             })
             .collect();
         *self.routes.write().unwrap_or_else(|e| e.into_inner()) = routes;
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
-        Ok(())
+        self.keys.refresh().await
     }
 
     fn route(&self, id: &TenantId) -> Option<Arc<Route>> {
@@ -498,7 +545,7 @@ impl Inner {
 
         // 3. Authorise, before anything reaches the tenant's instance.
         let role = match &principal.scope {
-            Some((tenant, role)) if tenant == id => GrafanaRole::parse(role),
+            Some(EmbedScope { tenant, role, .. }) if tenant == id => GrafanaRole::parse(role),
             Some(_) => None,
             None => match self.membership(&principal.user, id).await {
                 Ok(role) => role,
@@ -582,8 +629,12 @@ impl Inner {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
         {
-            let claims = Box::pin(self.verify_embed(token.trim(), tenant)).await?;
-            return Ok(Some(Arc::new(session_of_claims(tenant, &claims, 0))));
+            // Verified on every request, no session: it stops with its key (within a refresh)
+            // and its own expiry. A bearer token is not "used up" by being sent: API clients
+            // send one token for its whole (at most ten-minute) life.
+            let verified = Box::pin(self.verify_embed(token.trim(), tenant)).await?;
+            let until = verified.claims.exp.saturating_mul(1000);
+            return Ok(Some(Arc::new(session_of_claims(tenant, &verified, until))));
         }
         let Some(id) =
             cookie(headers, SESSION_COOKIE).and_then(|c| self.signer.verify("session", c))
@@ -599,7 +650,13 @@ impl Inner {
             })
             .await
             .map_err(RequestError::Store)?;
-        Ok(session.filter(|s| s.expires_at_ms > pug_store::now_ms()))
+        // An embed session whose key is gone ends at the next key refresh, cached or not.
+        Ok(session.filter(|s| {
+            s.expires_at_ms > pug_store::now_ms()
+                && s.scope
+                    .as_ref()
+                    .is_none_or(|scope| self.keys.contains(&scope.key_id))
+        }))
     }
 
     async fn membership(
@@ -626,45 +683,84 @@ impl Inner {
         Ok(roles.get(tenant).copied())
     }
 
+    /// Verifies an embed token against the current keys; a token whose key is not among them
+    /// gets one more chance against a store read at most one refresh interval old (shared by
+    /// all such tokens, and remembered per `kid` for that interval), so a made-up `kid` costs
+    /// no store read of its own.
     async fn verify_embed(
         &self,
         token: &str,
         tenant: &TenantId,
-    ) -> Result<EmbedClaims, RequestError> {
+    ) -> Result<embed::Verified, RequestError> {
         let now = pug_store::now_ms() / 1000;
-        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
-        match embed::verify(token, &keys, tenant, now) {
+        match embed::verify(token, &self.keys.current(), tenant, now) {
             Err(EmbedError::UnknownKey) => {
-                // A key made since the last refresh.
-                let fresh = Arc::new(self.store.embed_keys().await.map_err(RequestError::Store)?);
-                *self.keys.write().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
-                embed::verify(token, &fresh, tenant, now).map_err(RequestError::Embed)
+                // A key made since the last refresh, perhaps.
+                let Some(kid) = embed::key_id_of(token) else {
+                    return Err(RequestError::Embed(EmbedError::UnknownKey));
+                };
+                let known = Box::pin(self.keys.lookup_unknown(&kid))
+                    .await
+                    .map_err(RequestError::Store)?;
+                if !known {
+                    return Err(RequestError::Embed(EmbedError::UnknownKey));
+                }
+                embed::verify(token, &self.keys.current(), tenant, now).map_err(RequestError::Embed)
             }
             other => other.map_err(RequestError::Embed),
         }
     }
 
     async fn embed_login(&self, id: &TenantId, token: &str, clean: &str, html: bool) -> Response {
-        let claims = match self.verify_embed(token, id).await {
-            Ok(c) => c,
+        let verified = match self.verify_embed(token, id).await {
+            Ok(v) => v,
             Err(e) => {
                 self.metrics.login("embed_failure");
                 return e.into_response_for(html);
             }
         };
         let ttl = self.settings.embed_session_ttl;
-        let record = session_of_claims(id, &claims, ttl.as_millis() as i64);
-        let session = match self.store.create_session(&record).await {
-            Ok(s) => s,
+        let until = embed::session_expiry_ms(
+            &verified.claims,
+            pug_store::now_ms(),
+            ttl.as_millis() as i64,
+        );
+        let record = session_of_claims(id, &verified, until);
+        let jti = verified
+            .claims
+            .jti
+            .as_deref()
+            .map(|j| (j, embed::remember_jti_until_ms(&verified.claims)));
+        let session = match self.store.create_embed_session(&record, jti).await {
+            Ok(EmbedSessionOutcome::Created(s)) => s,
+            Ok(EmbedSessionOutcome::Replayed) => {
+                self.metrics.login("embed_failure");
+                return RequestError::Embed(EmbedError::Replayed).into_response_for(html);
+            }
+            Ok(EmbedSessionOutcome::NoKey) => {
+                self.metrics.login("embed_failure");
+                return RequestError::Embed(EmbedError::UnknownKey).into_response_for(html);
+            }
+            Ok(EmbedSessionOutcome::NoTenant) => {
+                self.metrics.login("embed_failure");
+                return pages::error(
+                    html,
+                    StatusCode::NOT_FOUND,
+                    "No such tenant",
+                    &format!("there is no tenant {id}"),
+                    serde_json::Value::Null,
+                );
+            }
             Err(e) => return internal(html, e),
         };
         self.metrics.login("embed_success");
         let mut r = redirect(StatusCode::SEE_OTHER, clean);
+        let lifetime = Duration::from_millis((until - pug_store::now_ms()).max(0) as u64);
         self.set_cookie(
             &mut r,
             SESSION_COOKIE,
             &self.signer.sign("session", session.expose_secret()),
-            ttl,
+            lifetime,
         );
         r
     }
@@ -901,18 +997,27 @@ impl Inner {
     }
 }
 
-fn session_of_claims(tenant: &TenantId, c: &EmbedClaims, ttl_ms: i64) -> SessionRecord {
+/// The session of a verified embed token for `tenant`, ending at `expires_at_ms`: the person
+/// is known to Grafana under a login and email of the signing key's namespace (never a pug
+/// user's or the admin's; see [`embed::grafana_login`]).
+fn session_of_claims(
+    tenant: &TenantId,
+    v: &embed::Verified,
+    expires_at_ms: i64,
+) -> SessionRecord {
+    let c = &v.claims;
     SessionRecord {
-        user: c.sub.clone(),
-        email: c.email.clone(),
+        user: embed::grafana_login(&v.key_id, &c.sub),
+        email: embed::grafana_email(&v.key_id, &c.sub),
         display_name: c.name.clone().unwrap_or_else(|| c.sub.clone()),
-        scope: Some((
-            tenant.clone(),
-            GrafanaRole::parse(&c.role)
+        scope: Some(EmbedScope {
+            tenant: tenant.clone(),
+            role: GrafanaRole::parse(&c.role)
                 .map(|r| r.as_str().to_owned())
                 .unwrap_or_default(),
-        )),
-        expires_at_ms: pug_store::now_ms() + ttl_ms.max(60_000),
+            key_id: v.key_id.clone(),
+        }),
+        expires_at_ms,
     }
 }
 

@@ -38,6 +38,10 @@ pub struct GatewayMetrics {
     pub in_flight: Gauge,
     pub connect_errors: Family<TenantLabels, Counter>,
     pub logins: Family<LoginLabels, Counter>,
+    /// Reads of every embed key from the store (periodic, and for unknown key ids).
+    pub embed_key_reads: Counter,
+    /// Rows the session sweep deleted (sessions and remembered token ids).
+    pub swept: Counter,
 }
 
 fn duration_histogram() -> Histogram {
@@ -54,6 +58,8 @@ impl GatewayMetrics {
             in_flight: Gauge::default(),
             connect_errors: Family::default(),
             logins: Family::default(),
+            embed_key_reads: Counter::default(),
+            swept: Counter::default(),
         };
         registry.register(
             "pug_gateway_requests",
@@ -79,6 +85,16 @@ impl GatewayMetrics {
             "pug_gateway_logins",
             "Sign-in attempts at the gateway, by result",
             m.logins.clone(),
+        );
+        registry.register(
+            "pug_gateway_embed_key_reads",
+            "Reads (and decryptions) of every embed key from the store: the periodic refresh, and at most one per interval for tokens whose key id is unknown",
+            m.embed_key_reads.clone(),
+        );
+        registry.register(
+            "pug_gateway_swept_rows",
+            "Expired or orphaned sessions and expired embed token ids the session sweep deleted",
+            m.swept.clone(),
         );
         m
     }

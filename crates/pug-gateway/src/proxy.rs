@@ -1,7 +1,19 @@
 //! Forwarding one request to one of a tenant's ready replicas: header hygiene (hop-by-hop per
-//! RFC 9110 §7.6.1, `X-Forwarded-*`, the auth-proxy headers set by pug and only by pug),
-//! streamed bodies, WebSocket upgrades, round-robin across replicas with a short cool-down of
-//! a replica that refused a connection, and one retry on another replica for safe requests.
+//! RFC 9110 §7.6.1, `X-Forwarded-*`, the auth-proxy headers set by pug and only by pug, and
+//! only the cookies Grafana reads for that tenant), streamed bodies, WebSocket upgrades,
+//! round-robin across replicas with a short cool-down of a replica that refused a connection,
+//! and one retry on another replica for safe requests.
+//!
+//! Cookies: an allow-list, never a deny-list. Every other cookie of the browser (a parent
+//! domain's SSO session, a front proxy's `_oauth2_proxy`, a load balancer's) stays out of the
+//! tenant's Grafana, where its admin could collect it through a datasource's "allowed cookies".
+//!
+//! Upgrades: only a WebSocket handshake (`GET`, `Connection: upgrade`, `Upgrade: websocket`)
+//! is passed on as one, without a body and without `Content-Length`/`Transfer-Encoding` (a
+//! kept `Content-Length` made Grafana wait for a body that never came, pinning a connection).
+//! Any other `Upgrade` (`h2c`, `TLS/1.0`…) is ignored, as RFC 9110 §7.8 lets a server do:
+//! the request goes on as the plain HTTP/1.1 request it also is, with its body, rather than
+//! failing for clients (`curl --http2`) that offer an upgrade they can live without.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -131,8 +143,42 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || matches!(name.as_str(), "proxy-connection" | "keep-alive")
 }
 
-/// Cookies that belong to pug and never reach a tenant's Grafana.
-pub(crate) const PUG_COOKIES: [&str; 2] = [crate::SESSION_COOKIE, crate::CSRF_COOKIE];
+/// The cookies Grafana reads besides its login cookie ([`is_login_cookie`]), from Grafana's
+/// source (grafana/grafana); nothing else passes, pug's own cookies included:
+/// - `grafana_session_expiry`: `pkg/services/authn/authn.go` (`sessionExpiryCookie`, written
+///   with the session cookie; the frontend reads it to rotate the session);
+/// - `redirect_to`: `pkg/services/authn/authn.go` (`getRedirectURL`) and `pkg/api/login.go`;
+/// - `login_error`: `pkg/api/login.go` (`LoginErrorCookieName`, after a failed OAuth login);
+/// - `renderKey`: `pkg/services/contexthandler/contexthandler.go` (`initContextWithRenderAuth`);
+/// - `oauth_state`, `oauth_code_verifier`: `pkg/api/login_oauth.go` (`OauthStateCookieName`,
+///   `OauthPKCECookieName`: Grafana's own OAuth login, if a tenant configures one).
+const GRAFANA_COOKIES: [&str; 6] = [
+    "grafana_session_expiry",
+    "redirect_to",
+    "login_error",
+    "renderKey",
+    "oauth_state",
+    "oauth_code_verifier",
+];
+
+/// Whether `name` is `tenant`'s Grafana login cookie, `grafana_session_<tenant>` with `-` as
+/// `_` (the `auth.login_cookie_name` pug-orchestrator's settings give every tenant).
+fn is_login_cookie(name: &str, tenant: &TenantId) -> bool {
+    let Some(rest) = name.strip_prefix("grafana_session_") else {
+        return false;
+    };
+    let t = tenant.as_str().as_bytes();
+    rest.len() == t.len()
+        && rest
+            .bytes()
+            .zip(t)
+            .all(|(a, &b)| a == if b == b'-' { b'_' } else { b })
+}
+
+/// Whether the cookie `name` may reach `tenant`'s Grafana.
+fn grafana_cookie(name: &str, tenant: &TenantId) -> bool {
+    GRAFANA_COOKIES.contains(&name) || is_login_cookie(name, tenant)
+}
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -157,17 +203,27 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The value of `Upgrade` if this is an upgrade request (`Connection: upgrade`).
-fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
-    let connection_upgrade = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    connection_upgrade
-        .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
+/// The `Upgrade` to pass on: `websocket` for a WebSocket handshake (`GET` with
+/// `Connection: upgrade` and `websocket` among the `Upgrade` protocols, RFC 6455 §4.1), else
+/// none: any other upgrade is ignored and the request goes on as a plain one.
+fn upgrade_of(method: &Method, headers: &HeaderMap) -> Option<HeaderValue> {
+    let tokens = |name| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>()
+    };
+    let websocket = *method == Method::GET
+        && tokens(header::CONNECTION)
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case("upgrade"))
+        && tokens(header::UPGRADE)
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case("websocket"));
+    websocket.then(|| HeaderValue::from_static("websocket"))
 }
 
 /// A header value from user data: control characters dropped (they cannot come from pug's
@@ -212,7 +268,12 @@ fn upstream_headers(mut h: HeaderMap, f: &Forward<'_>, upgrade: Option<&HeaderVa
     for k in spoofable {
         h.remove(k);
     }
-    filter_cookies(&mut h);
+    filter_cookies(&mut h, f.tenant);
+    if upgrade.is_some() {
+        // A handshake has no body (and none is sent): no framing may promise one.
+        h.remove(header::CONTENT_LENGTH);
+        h.remove(header::TRANSFER_ENCODING);
+    }
     // Room for the (up to) 9 headers set below at once, instead of growing the map (and
     // rehashing it) on the way.
     h.reserve(9);
@@ -238,24 +299,33 @@ fn upstream_headers(mut h: HeaderMap, f: &Forward<'_>, upgrade: Option<&HeaderVa
     h
 }
 
-/// Drops pug's cookies from the `Cookie` header(s).
-fn filter_cookies(h: &mut HeaderMap) {
-    let ours = |pair: &str| PUG_COOKIES.contains(&pair.split('=').next().unwrap_or("").trim());
-    let any_ours = h.get_all(header::COOKIE).iter().any(|v| {
-        v.to_str().map_or(true, |v| {
-            v.split(';')
-                .any(|pair| ours(pair) || pair.trim().is_empty())
-        })
-    });
-    if !any_ours {
+/// Keeps only the cookies Grafana reads for `tenant` ([`grafana_cookie`]) in the `Cookie`
+/// header(s), joined into one; drops the header if none is left.
+fn filter_cookies(h: &mut HeaderMap, tenant: &TenantId) {
+    let kept_as_is = |pair: &str| grafana_cookie(pair.split('=').next().unwrap_or("").trim(), tenant);
+    let mut values = h.get_all(header::COOKIE).iter();
+    let (Some(only), None) = (values.next(), values.next()) else {
+        if h.contains_key(header::COOKIE) {
+            rebuild_cookies(h, tenant);
+        }
         return;
+    };
+    // The common case: one `Cookie` line whose every pair may pass.
+    let fine = only
+        .to_str()
+        .is_ok_and(|v| v.split(';').all(|pair| !pair.trim().is_empty() && kept_as_is(pair)));
+    if !fine {
+        rebuild_cookies(h, tenant);
     }
+}
+
+fn rebuild_cookies(h: &mut HeaderMap, tenant: &TenantId) {
     let mut kept = String::new();
     for v in h.get_all(header::COOKIE) {
         let Ok(v) = v.to_str() else { continue };
         for pair in v.split(';') {
             let name = pair.split('=').next().unwrap_or("").trim();
-            if !name.is_empty() && !PUG_COOKIES.contains(&name) {
+            if !name.is_empty() && grafana_cookie(name, tenant) {
                 if !kept.is_empty() {
                     kept.push_str("; ");
                 }
@@ -288,7 +358,7 @@ fn build(
 pub(crate) async fn forward(f: Forward<'_>, req: Request<Body>) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
     let html = pages::wants_html(&parts.headers);
-    let upgrade = upgrade_of(&parts.headers);
+    let upgrade = upgrade_of(&parts.method, &parts.headers);
     let client_upgrade = upgrade
         .as_ref()
         .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
@@ -443,4 +513,99 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn only_grafanas_cookies_for_this_tenant_pass() {
+        let acme = TenantId::parse("my-acme").unwrap();
+        // (Cookie lines, what reaches Grafana)
+        let cases: &[(&[&str], Option<&str>)] = &[
+            (&["grafana_session_my_acme=s1"], Some("grafana_session_my_acme=s1")),
+            (
+                &["_oauth2_proxy=secret; grafana_session_my_acme=s1; CF_Authorization=x"],
+                Some("grafana_session_my_acme=s1"),
+            ),
+            (&["pug_session=p; pug_csrf=c"], None),
+            // Another tenant's Grafana session (path mode: one host) stays out.
+            (&["grafana_session_bob=s2; grafana_session=s3"], None),
+            (
+                &["redirect_to=%2Ft%2Fmy-acme%2F", "renderKey=r; grafana_session_expiry=1"],
+                Some("redirect_to=%2Ft%2Fmy-acme%2F; renderKey=r; grafana_session_expiry=1"),
+            ),
+            (
+                &["oauth_state=a; oauth_code_verifier=b; login_error=c; sticky=lb"],
+                Some("oauth_state=a; oauth_code_verifier=b; login_error=c"),
+            ),
+            // Names are case-sensitive, as Go's `Request.Cookie` reads them.
+            (&["RenderKey=r; Grafana_session_my_acme=s"], None),
+            (&["grafana_session_my-acme=s; grafana_session_my_acm=s"], None),
+            (&["; ;grafana_session_expiry=1;"], Some("grafana_session_expiry=1")),
+        ];
+        for (lines, want) in cases {
+            let pairs: Vec<(&str, &str)> = lines.iter().map(|l| ("cookie", *l)).collect();
+            let mut h = headers(&pairs);
+            filter_cookies(&mut h, &acme);
+            let got: Vec<&str> = h
+                .get_all(header::COOKIE)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect();
+            assert_eq!(got, want.iter().copied().collect::<Vec<_>>(), "{lines:?}");
+        }
+    }
+
+    #[test]
+    fn only_websocket_handshakes_are_upgrades() {
+        // (method, headers, passed on as an upgrade)
+        let cases: &[(Method, &[(&str, &str)], bool)] = &[
+            (
+                Method::GET,
+                &[("connection", "Upgrade"), ("upgrade", "websocket")],
+                true,
+            ),
+            (
+                Method::GET,
+                &[("connection", "keep-alive, upgrade"), ("upgrade", "WebSocket")],
+                true,
+            ),
+            (
+                Method::GET,
+                &[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "h2c")],
+                false,
+            ),
+            (
+                Method::GET,
+                &[("connection", "upgrade"), ("upgrade", "TLS/1.0")],
+                false,
+            ),
+            (Method::GET, &[("upgrade", "websocket")], false),
+            (
+                Method::POST,
+                &[("connection", "upgrade"), ("upgrade", "websocket")],
+                false,
+            ),
+        ];
+        for (method, pairs, want) in cases {
+            let got = upgrade_of(method, &headers(pairs));
+            assert_eq!(got.is_some(), *want, "{method} {pairs:?}");
+            if let Some(v) = got {
+                assert_eq!(v, "websocket");
+            }
+        }
+    }
 }

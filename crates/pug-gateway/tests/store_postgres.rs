@@ -3,7 +3,7 @@
 //! the routing-table query. Uses `PUG_TEST_POSTGRES_URL` (default: the `pugtest` role `.ci/run`
 //! creates).
 
-use pug_store::{MasterKey, SessionRecord, Store};
+use pug_store::{EmbedScope, EmbedSessionOutcome, MasterKey, SessionRecord, Store};
 use pug_types::{ExposeSecret, TenantId, TenantSpec};
 use sqlx::Connection;
 
@@ -64,19 +64,58 @@ async fn gateway_tables_work_on_postgres() {
     let users = store.users().await.unwrap();
     assert_eq!(users[0].memberships["acme"], "Admin");
 
-    for scope in [None, Some((acme.clone(), "Viewer".to_owned()))] {
-        let record = SessionRecord {
-            user: "alice".into(),
-            email: "alice@example.com".into(),
-            display_name: "Alice".into(),
-            scope,
-            expires_at_ms: pug_store::now_ms() + 60_000,
-        };
-        let id = store.create_session(&record).await.unwrap();
-        assert_eq!(store.session(&id).await.unwrap(), Some(record));
-        store.delete_session(&id).await.unwrap();
-        assert_eq!(store.session(&id).await.unwrap(), None);
-    }
+    let record = SessionRecord {
+        user: "alice".into(),
+        email: "alice@example.com".into(),
+        display_name: "Alice".into(),
+        scope: None,
+        expires_at_ms: pug_store::now_ms() + 60_000,
+    };
+    let id = store.create_session(&record).await.unwrap();
+    assert_eq!(store.session(&id).await.unwrap(), Some(record));
+    store.delete_session(&id).await.unwrap();
+    assert_eq!(store.session(&id).await.unwrap(), None);
+
+    // Embed sessions: bound to their key, token ids used once, swept when orphaned or expired.
+    let (minter, _) = store.create_embed_key("minter", None).await.unwrap();
+    let embed = |expires_at_ms| SessionRecord {
+        user: format!("embed:{}:carol", minter.id),
+        email: format!("carol+{}@embed.invalid", minter.id),
+        display_name: "Carol".into(),
+        scope: Some(EmbedScope {
+            tenant: acme.clone(),
+            role: "Viewer".into(),
+            key_id: minter.id.clone(),
+        }),
+        expires_at_ms,
+    };
+    let far = pug_store::now_ms() + 60_000;
+    let EmbedSessionOutcome::Created(live) = store
+        .create_embed_session(&embed(far), Some(("jti-1", far)))
+        .await
+        .unwrap()
+    else {
+        panic!("the first use of a jti mints a session")
+    };
+    assert_eq!(store.session(&live).await.unwrap(), Some(embed(far)));
+    assert!(matches!(
+        store
+            .create_embed_session(&embed(far), Some(("jti-1", far)))
+            .await
+            .unwrap(),
+        EmbedSessionOutcome::Replayed
+    ));
+    let EmbedSessionOutcome::Created(_) = store
+        .create_embed_session(&embed(pug_store::now_ms() - 1), None)
+        .await
+        .unwrap()
+    else {
+        panic!("a session without a jti is minted")
+    };
+    let swept = store.sweep_sessions(pug_store::now_ms()).await.unwrap();
+    assert_eq!((swept.expired_sessions, swept.token_ids), (1, 0));
+    assert!(store.delete_embed_key(&minter.id).await.unwrap());
+    assert_eq!(store.session(&live).await.unwrap(), None);
 
     let (any, key) = store.create_embed_key("webapp", None).await.unwrap();
     let (scoped, _) = store

@@ -165,6 +165,11 @@ pub struct Env {
 
 impl Env {
     pub async fn start(mode: GatewayMode) -> Self {
+        Self::start_with(mode, |_| {}).await
+    }
+
+    /// [`Env::start`] with the gateway's settings adjusted by `adjust` first.
+    pub async fn start_with(mode: GatewayMode, adjust: impl FnOnce(&mut GatewaySettings)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(
             &format!("sqlite://{}", dir.path().join("pug.db").display()),
@@ -183,6 +188,7 @@ impl Env {
         let mut settings = GatewaySettings::from_config(&config);
         settings.refresh_interval = Duration::from_millis(200);
         settings.auth_cache_ttl = Duration::from_millis(100);
+        adjust(&mut settings);
         let mut registry = pug_metrics::new_registry();
         let gateway = Gateway::new(store.clone(), settings, &mut registry)
             .await
