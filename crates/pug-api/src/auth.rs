@@ -1,19 +1,31 @@
-//! Bearer-token authentication of API calls.
+//! Bearer-token authentication of API calls and of `/metrics`.
+//!
+//! Owns: reading `Authorization: Bearer <token>`, checking it against the store on every
+//! request (no cache: a revoked or expired token fails its very next request), the read-only
+//! rule (read tokens may GET only), and handing the caller's role to handlers ([`Caller`]).
+//!
+//! Must not: decide per-route permissions beyond that (token routes require admin themselves).
 
 use axum::extract::{Request, State};
-use axum::http::{header, Method};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use pug_store::Role;
+use pug_store::{Role, TokenCheck};
 use pug_types::SecretString;
 
-use crate::{ApiError, ApiState};
+use crate::{ApiError, ApiState, ErrorBody};
 
-/// Lets a request through if it carries a valid token: admin tokens for everything, read
-/// tokens for GET only.
+/// Who is calling: set by [`require_token`] on every request it lets through.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Caller {
+    pub role: Role,
+}
+
+/// Lets a request through if it carries a valid, unexpired token: admin tokens for everything,
+/// read tokens for GET only.
 pub(crate) async fn require_token(
     State(state): State<ApiState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let token = request
@@ -25,11 +37,36 @@ pub(crate) async fn require_token(
     let Some(token) = token else {
         return ApiError::Unauthorized.into_response();
     };
-    match state.store.verify_token(&token).await {
-        Ok(Some(Role::Admin)) => next.run(request).await,
-        Ok(Some(Role::Read)) if request.method() == Method::GET => next.run(request).await,
-        Ok(Some(Role::Read)) => ApiError::Forbidden.into_response(),
-        Ok(None) => ApiError::Unauthorized.into_response(),
-        Err(e) => ApiError::from(e).into_response(),
+    let role = match state.store.check_token(&token).await {
+        Ok(TokenCheck::Valid(role)) => role,
+        Ok(TokenCheck::Expired { at_ms }) => return expired(at_ms),
+        Ok(TokenCheck::Unknown) => return ApiError::Unauthorized.into_response(),
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    if role == Role::Read && request.method() != Method::GET {
+        return ApiError::Forbidden.into_response();
     }
+    request.extensions_mut().insert(Caller { role });
+    next.run(request).await
+}
+
+/// 401 for a token that expired: says so, so its holder knows to get a new one.
+fn expired(at_ms: i64) -> Response {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_ms.max(0) as u64);
+    let mut response = (
+        StatusCode::UNAUTHORIZED,
+        axum::Json(ErrorBody {
+            error: format!(
+                "this token expired at {}; make a new one (pug token create --expires …)",
+                humantime::format_rfc3339_seconds(at)
+            ),
+            field: None,
+        }),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"pug\", error=\"invalid_token\""),
+    );
+    response
 }

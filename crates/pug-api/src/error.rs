@@ -14,7 +14,7 @@ pub enum ApiError {
     Invalid(#[from] InvalidInput),
     #[error("{0}")]
     BadRequest(String),
-    #[error("missing or invalid bearer token; pass an admin token as `Authorization: Bearer <token>` (pug token create makes one)")]
+    #[error("missing, invalid or revoked bearer token; pass an API token as `Authorization: Bearer <token>` (pug token create makes one; /metrics takes a read token too)")]
     Unauthorized,
     #[error("this token may only read; use an admin token")]
     Forbidden,

@@ -3,7 +3,8 @@
 //! Owns: the HTTP surface under `/api/v1` (tenants, their actions and events, fleet status, API
 //! tokens), its OpenAPI document at `/api/v1/openapi.json`, bearer-token authentication, the
 //! validation of every request (bad input is a 4xx with `{"error", "field"}` and changes
-//! nothing), and `/metrics` and `/healthz`.
+//! nothing), and `/metrics` (behind a read or admin token: it names every tenant) and
+//! `/healthz` (open).
 //!
 //! Must not: reconcile. A request records what is wanted in the store and wakes the controller;
 //! the controller does the work. Handlers never return a secret, except a token at the one
@@ -16,6 +17,7 @@ mod error;
 mod prometheus;
 pub mod swarm;
 mod tenants;
+mod tokens;
 mod users;
 
 use std::sync::Arc;
@@ -34,6 +36,7 @@ use utoipa::OpenApi;
 
 pub use error::{ApiError, ErrorBody};
 pub use tenants::{CreateTenant, DatasourceInput, TenantDetail, UpdateTenant, UpgradeTenant};
+pub use tokens::{parse_expires_in, CreatedToken, NewToken, TokenInfo};
 pub use users::{EmbedKey, UserInfo};
 
 /// Everything handlers need.
@@ -65,7 +68,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/status", get(status))
         .route("/swarm", get(swarm::status))
         .route("/prometheus/targets", get(prometheus::targets))
-        .route("/tokens", post(create_token))
+        .route("/tokens", get(tokens::list).post(tokens::create))
+        .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/users", get(users::list_users).post(users::create_user))
         .route("/users/{name}", axum::routing::delete(users::delete_user))
         .route(
@@ -85,9 +89,18 @@ pub fn router(state: ApiState) -> Router {
             auth::require_token,
         ))
         .route("/openapi.json", get(openapi));
+    // /metrics names every tenant and its traffic: it takes a token (read is enough, which is
+    // what Prometheus' `authorization` scrape setting sends) on the one public port, rather
+    // than a listener of its own, so a deployment keeps one port to expose and to secure.
+    let metrics = Router::new()
+        .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
     Router::new()
         .nest("/api/v1", v1)
-        .route("/metrics", get(metrics))
+        .merge(metrics)
         .route("/healthz", get(|| async { "Ok" }))
         .with_state(state)
 }
@@ -98,7 +111,8 @@ pub fn router(state: ApiState) -> Router {
     info(title = "pug", description = "A Grafana for every tenant: the pug REST API."),
     paths(
         tenants::list, tenants::create, tenants::show, tenants::update, tenants::delete,
-        tenants::upgrade, tenants::suspend, tenants::resume, tenants::events, status, create_token,
+        tenants::upgrade, tenants::suspend, tenants::resume, tenants::events, status,
+        tokens::create, tokens::list, tokens::revoke,
         prometheus::targets, swarm::status,
         users::create_user, users::list_users, users::delete_user, users::grant, users::revoke,
         users::create_embed_key, users::list_embed_keys, users::delete_embed_key
@@ -108,6 +122,7 @@ pub fn router(state: ApiState) -> Router {
         pug_types::DesiredState, pug_types::Event, pug_types::Overrides, ErrorBody,
         CreateTenant, UpdateTenant, UpgradeTenant, TenantDetail, DatasourceInput,
         pug_types::DatasourceSpec, pug_types::DashboardSpec, FleetStatus, NewToken, CreatedToken,
+        TokenInfo,
         prometheus::TargetGroup,
         users::NewUser, users::UserInfo, users::Grant, users::NewEmbedKey, users::EmbedKey
     )),
@@ -177,57 +192,4 @@ async fn status(State(state): State<ApiState>) -> Result<Json<FleetStatus>, ApiE
         store: state.store.backend_name().to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     }))
-}
-
-/// A request for a new API token.
-#[derive(Deserialize, utoipa::ToSchema)]
-pub struct NewToken {
-    /// A name to recognise it by.
-    pub name: String,
-    /// `admin` (everything) or `read` (GET only, e.g. for Prometheus).
-    #[serde(default = "default_role")]
-    pub role: String,
-}
-
-fn default_role() -> String {
-    "admin".into()
-}
-
-/// A token, shown once.
-#[derive(Serialize, Deserialize, utoipa::ToSchema)]
-pub struct CreatedToken {
-    pub name: String,
-    pub role: String,
-    /// The bearer token. pug keeps only its hash: store it now.
-    pub token: String,
-}
-
-/// Creates an API token (admin only).
-#[utoipa::path(post, path = "/api/v1/tokens", request_body = NewToken,
-    responses((status = 201, body = CreatedToken), (status = 422, body = ErrorBody)))]
-async fn create_token(
-    State(state): State<ApiState>,
-    body: Result<Json<NewToken>, axum::extract::rejection::JsonRejection>,
-) -> Result<impl IntoResponse, ApiError> {
-    use pug_types::ExposeSecret;
-    let Json(req) = body?;
-    let role = pug_store::Role::parse(&req.role).ok_or_else(|| {
-        pug_types::InvalidInput::new("role", format!("role {:?} is not admin or read", req.role))
-    })?;
-    if req.name.trim().is_empty() || req.name.len() > 100 {
-        return Err(pug_types::InvalidInput::new(
-            "name",
-            "give the token a name of 1 to 100 characters",
-        )
-        .into());
-    }
-    let token = state.store.create_token(req.name.trim(), role).await?;
-    Ok((
-        axum::http::StatusCode::CREATED,
-        Json(CreatedToken {
-            name: req.name.trim().to_owned(),
-            role: role.as_str().to_owned(),
-            token: token.expose_secret().to_owned(),
-        }),
-    ))
 }

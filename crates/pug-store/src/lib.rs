@@ -25,7 +25,9 @@ use sqlx::AnyPool;
 
 pub use crypto::{generate_secret, token_hash, write_private, MasterKey, MASTER_KEY_ENV};
 pub use queue::WorkItem;
-pub use tokens::{Role, LOCAL_TOKEN_NAME};
+pub use tokens::{
+    choose_revocation, token_id, RevokeRefusal, Role, TokenCheck, TokenInfo, LOCAL_TOKEN_NAME,
+};
 pub use users::{
     EmbedKeyInfo, EmbedScope, EmbedSessionOutcome, SessionRecord, SweepCounts, User,
 };

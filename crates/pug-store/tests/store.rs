@@ -232,3 +232,58 @@ async fn the_store_and_key_files_are_private_even_when_created_readable() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[tokio::test]
+async fn revoked_and_expired_tokens_stop_verifying_at_once() {
+    use pug_store::{RevokeRefusal, TokenCheck};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let admin = store.create_token("admin", Role::Admin).await.unwrap();
+    let (leaked, info) = store
+        .create_token_expiring("ci", Role::Admin, None)
+        .await
+        .unwrap();
+    let (old, _) = store
+        .create_token_expiring("old", Role::Read, Some(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.check_token(&old).await.unwrap(),
+        TokenCheck::Expired { at_ms: 1 }
+    );
+    assert_eq!(store.verify_token(&old).await.unwrap(), None);
+
+    // The listing has no secret and no hash; the use was recorded.
+    assert_eq!(
+        store.check_token(&leaked).await.unwrap(),
+        TokenCheck::Valid(Role::Admin)
+    );
+    let listing = format!("{:?}", store.tokens().await.unwrap());
+    for secret in [&admin, &leaked, &old] {
+        assert!(!listing.contains(secret.expose_secret()));
+        assert!(!listing.contains(&pug_store::token_hash(secret)));
+    }
+    let ci = store
+        .tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.id == info.id)
+        .unwrap();
+    assert!(ci.last_used_at_ms.is_some());
+
+    // Revoked by id: the next check fails.
+    assert_eq!(store.revoke_token(&info.id).await.unwrap().unwrap().name, "ci");
+    assert_eq!(store.check_token(&leaked).await.unwrap(), TokenCheck::Unknown);
+    // The last unexpired admin token stays, and keeps working.
+    assert_eq!(
+        store.revoke_token("admin").await.unwrap(),
+        Err(RevokeRefusal::LastAdmin)
+    );
+    assert_eq!(store.verify_token(&admin).await.unwrap(), Some(Role::Admin));
+    assert_eq!(
+        store.revoke_token("nobody").await.unwrap(),
+        Err(RevokeRefusal::NoMatch)
+    );
+    assert!(store.revoke_token("old").await.unwrap().is_ok());
+}

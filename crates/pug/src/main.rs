@@ -180,9 +180,21 @@ enum TokenCommand {
     Create {
         #[arg(long, default_value = "cli")]
         name: String,
-        /// admin (everything) or read (GET only, e.g. for Prometheus).
+        /// admin (everything) or read (GET only, e.g. for Prometheus and /metrics).
         #[arg(long, default_value = "admin")]
         role: String,
+        /// How long it works, e.g. 90s, 30m, 2h, 30d. Default: until revoked.
+        #[arg(long)]
+        expires: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Lists API tokens: id, name, role, created, expires, last used (never a secret).
+    List(ClientArgs),
+    /// Revokes an API token by id (from `pug token list`) or name; it stops working at once.
+    Revoke {
+        /// The token's id, or its name when no other token has it.
+        id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -233,8 +245,19 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Swarm(cmd) => swarm_cmd::swarm(cmd).await,
         Command::User(cmd) => users_cmd::user(cmd).await,
         Command::EmbedKey(cmd) => users_cmd::embed_key(cmd).await,
-        Command::Token(TokenCommand::Create { name, role, client }) => {
-            Client::new(&client)?.create_token(&name, &role).await
+        Command::Token(TokenCommand::Create {
+            name,
+            role,
+            expires,
+            client,
+        }) => {
+            Client::new(&client)?
+                .create_token(&name, &role, expires.as_deref())
+                .await
+        }
+        Command::Token(TokenCommand::List(client)) => Client::new(&client)?.list_tokens().await,
+        Command::Token(TokenCommand::Revoke { id, client }) => {
+            Client::new(&client)?.revoke_token(&id).await
         }
         Command::Tenant(cmd) => match cmd {
             TenantCommand::Create {

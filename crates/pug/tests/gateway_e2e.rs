@@ -269,9 +269,16 @@ fn people_reach_their_own_tenant_through_the_gateway() {
 
         // pug's own endpoints are still pug's.
         assert_eq!(get(&format!("{url}/healthz"), "").await.0, 200);
-        let (s, metrics) = get(&format!("{url}/metrics"), "").await;
-        assert_eq!(s, 200);
-        let metrics = metrics.as_str().unwrap().to_owned();
+        // /metrics takes an API token (issue 14, hole 10).
+        assert_eq!(get(&format!("{url}/metrics"), "").await.0, 401);
+        let metrics = reqwest::Client::new()
+            .get(format!("{url}/metrics"))
+            .bearer_auth(pug.token())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(metrics.status().as_u16(), 200);
+        let metrics = metrics.text().await.unwrap();
         assert!(
             metrics.contains("pug_gateway_requests_total{tenant=\"acme\",code_class=\"2xx\"}"),
             "{metrics}"

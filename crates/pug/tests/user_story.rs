@@ -150,8 +150,15 @@ fn the_core_user_story() {
     assert_eq!(st["tenants_by_phase"]["ready"], 1);
 
     // /metrics: process metrics, tenants by phase, queue depth, reconcile histogram, operations.
-    let (code, metrics) = http_get(&format!("{}/metrics", pug.url)).unwrap();
+    // It takes an API token (issue 14, hole 10): the admin token here, a read token in Prometheus.
+    let (code, metrics) = support::http(
+        "GET",
+        &format!("{}/metrics", pug.url),
+        Some(&pug.token()),
+        None,
+    );
     assert_eq!(code, 200);
+    let metrics = metrics.as_str().unwrap().to_owned();
     for needle in [
         "process_resident_memory_bytes",
         "pug_tenants{phase=\"ready\"} 1",

@@ -47,9 +47,29 @@ fn deploy_rule_files() -> Vec<std::path::PathBuf> {
     files
 }
 
+/// A copy of `deploy/prometheus` with a token file, as an installation has one
+/// (`promtool check config` checks that a scrape job's `credentials_file` exists).
+fn installed_deploy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["rules", "tests"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+        for file in files_ending(&deploy().join(sub), ".yml") {
+            std::fs::copy(&file, dir.path().join(sub).join(file.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::copy(
+        deploy().join("prometheus.yml"),
+        dir.path().join("prometheus.yml"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("pug-sd.token"), "pug_example\n").unwrap();
+    dir
+}
+
 #[test]
 fn the_deploy_config_is_valid() {
-    let out = run_promtool(&deploy(), &["check", "config", "prometheus.yml"], None);
+    let installed = installed_deploy();
+    let out = run_promtool(installed.path(), &["check", "config", "prometheus.yml"], None);
     assert_success(
         "promtool check config deploy/prometheus/prometheus.yml",
         &out,
@@ -69,6 +89,40 @@ fn the_deploy_config_discovers_the_fleet_from_pug() {
     assert_eq!(sd["url"], "http://pug:8080/api/v1/prometheus/targets");
     assert_eq!(sd["authorization"]["type"], "Bearer");
     assert!(sd["authorization"]["credentials_file"].is_string());
+    // pug's /metrics takes the read token too (issue 14, hole 10).
+    assert_eq!(pug["authorization"]["type"], "Bearer");
+    assert_eq!(
+        pug["authorization"]["credentials_file"],
+        sd["authorization"]["credentials_file"]
+    );
+}
+
+/// pug's token goes to pug only: the tenants' Grafana instances are scraped by a job without
+/// it (a tenant's Grafana must never receive a token that reads every tenant), whose series
+/// still carry `job="pug"` for the rules.
+#[test]
+fn the_deploy_config_never_sends_pugs_token_to_a_tenant_instance() {
+    let config = read_yaml(&deploy().join("prometheus.yml"));
+    let jobs = config["scrape_configs"].as_array().unwrap();
+    let relabels = |job: &Value| job["relabel_configs"].as_array().cloned().unwrap_or_default();
+    let keeps_grafana = |job: &Value, action: &str| {
+        relabels(job).iter().any(|r| {
+            r["source_labels"][0] == "role" && r["regex"] == "grafana" && r["action"] == action
+        })
+    };
+    let pug = jobs.iter().find(|j| j["job_name"] == "pug").unwrap();
+    assert!(keeps_grafana(pug, "drop"), "the pug job must drop role=grafana targets");
+    let tenants: Vec<&Value> = jobs.iter().filter(|j| keeps_grafana(j, "keep")).collect();
+    assert_eq!(tenants.len(), 1, "one job scrapes the tenant instances");
+    let tenants = tenants[0];
+    assert!(tenants["authorization"].is_null(), "{tenants}");
+    assert!(tenants["bearer_token_file"].is_null() && tenants["basic_auth"].is_null());
+    assert!(
+        relabels(tenants)
+            .iter()
+            .any(|r| r["target_label"] == "job" && r["replacement"] == "pug"),
+        "the tenant job keeps job=\"pug\""
+    );
 }
 
 #[test]
