@@ -402,14 +402,39 @@ mod tests {
         let s = Duration::from_secs;
         // (attempt at, expected admission); every attempt that goes ahead fails.
         let table = [
-            (s(0), Admission::Go { address_over: false }),
-            (s(0), Admission::Go { address_over: false }),
-            (s(0), Admission::Go { address_over: false }),
+            (
+                s(0),
+                Admission::Go {
+                    address_over: false,
+                },
+            ),
+            (
+                s(0),
+                Admission::Go {
+                    address_over: false,
+                },
+            ),
+            (
+                s(0),
+                Admission::Go {
+                    address_over: false,
+                },
+            ),
             // 3 failures: the next attempt waits 1 s, then 2 s, then 4 s.
             (s(0), Admission::Wait(s(1))),
-            (s(1), Admission::Go { address_over: false }),
+            (
+                s(1),
+                Admission::Go {
+                    address_over: false,
+                },
+            ),
             (s(2), Admission::Wait(s(1))),
-            (s(3), Admission::Go { address_over: false }),
+            (
+                s(3),
+                Admission::Go {
+                    address_over: false,
+                },
+            ),
             (s(4), Admission::Wait(s(3))),
         ];
         for (i, (at, want)) in table.into_iter().enumerate() {
@@ -418,16 +443,22 @@ mod tests {
         // Another user is not delayed; a correct password clears alice's failures.
         assert_eq!(
             t.begin("bob", ip, t0 + s(4)),
-            Admission::Go { address_over: false }
+            Admission::Go {
+                address_over: false
+            }
         );
         assert_eq!(
             t.begin("alice", ip, t0 + s(7)),
-            Admission::Go { address_over: false }
+            Admission::Go {
+                address_over: false
+            }
         );
         t.succeeded("alice", ip);
         assert_eq!(
             t.begin("alice", ip, t0 + s(7)),
-            Admission::Go { address_over: false }
+            Admission::Go {
+                address_over: false
+            }
         );
     }
 
@@ -448,7 +479,9 @@ mod tests {
         }
         assert_eq!(
             t.begin("alice", ip, at + Duration::from_secs(901)),
-            Admission::Go { address_over: false }
+            Admission::Go {
+                address_over: false
+            }
         );
     }
 
@@ -464,7 +497,12 @@ mod tests {
             [false, false, true, true].map(|address_over| Admission::Go { address_over })
         );
         let other: IpAddr = "192.0.2.2".parse().unwrap();
-        assert_eq!(t.begin("e", other, now), Admission::Go { address_over: false });
+        assert_eq!(
+            t.begin("e", other, now),
+            Admission::Go {
+                address_over: false
+            }
+        );
     }
 
     #[test]
@@ -494,7 +532,11 @@ mod tests {
             ("10.0.0.1", &[], "10.0.0.1"),
             ("10.0.0.1", &["198.51.100.1"], "198.51.100.1"),
             ("10.0.0.1", &["6.6.6.6, 198.51.100.1"], "198.51.100.1"),
-            ("10.0.0.1", &["6.6.6.6", "198.51.100.1, 10.0.0.2"], "198.51.100.1"),
+            (
+                "10.0.0.1",
+                &["6.6.6.6", "198.51.100.1, 10.0.0.2"],
+                "198.51.100.1",
+            ),
             ("10.0.0.1", &["10.0.0.3, 10.0.0.2"], "10.0.0.3"),
             ("10.0.0.1", &["198.51.100.1, junk"], "10.0.0.1"),
             ("10.0.0.1", &[" 2001:db8::1 "], "2001:db8::1"),

@@ -142,7 +142,12 @@ struct Slot {
 
 impl Connections {
     /// A slot for a connection from `client`, or `None` when a cap is reached.
-    fn admit(table: &Arc<Self>, client: IpAddr, total_cap: usize, per_client: usize) -> Option<Slot> {
+    fn admit(
+        table: &Arc<Self>,
+        client: IpAddr,
+        total_cap: usize,
+        per_client: usize,
+    ) -> Option<Slot> {
         let client = crate::auth::client_key(client);
         let mut by_client = crate::auth::lock(&table.by_client);
         if table.total.load(Ordering::Relaxed) >= total_cap {
@@ -580,6 +585,68 @@ mod tests {
         drop(sender);
         shutdown.cancel();
         server.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn the_connection_cap_stays_below_the_open_file_limit() {
+        // (configured, open-file limit, cap)
+        let table = [
+            (0, 1024, 768),
+            (0, 4096, 3072),
+            (10_000, 4096, 3072),
+            (500, 4096, 500),
+            (0, 100, 36),
+            (0, 10, 16),
+        ];
+        for (configured, files, cap) in table {
+            assert_eq!(
+                connection_cap(configured, files),
+                cap,
+                "{configured} {files}"
+            );
+        }
+    }
+
+    #[test]
+    fn connections_are_capped_in_total_and_per_client() {
+        let table = Arc::new(Connections::default());
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let a1 = Connections::admit(&table, a, 3, 2).unwrap();
+        let _a2 = Connections::admit(&table, a, 3, 2).unwrap();
+        assert!(Connections::admit(&table, a, 3, 2).is_none(), "per client");
+        let _b1 = Connections::admit(&table, b, 3, 2).unwrap();
+        assert!(Connections::admit(&table, b, 3, 2).is_none(), "in total");
+        drop(a1);
+        assert!(Connections::admit(&table, b, 3, 2).is_some());
+        // One IPv6 /64 is one client.
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        let t = Arc::new(Connections::default());
+        let _x = Connections::admit(&t, v6("2001:db8::1"), 10, 1).unwrap();
+        assert!(Connections::admit(&t, v6("2001:db8::2"), 10, 1).is_none());
+        assert!(Connections::admit(&t, v6("2001:db8:0:1::1"), 10, 1).is_some());
+    }
+
+    #[tokio::test]
+    async fn an_idle_tunnel_is_closed_and_a_busy_one_is_not() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (mut client, mut client_end) = tokio::io::duplex(64);
+        let (mut upstream, mut upstream_end) = tokio::io::duplex(64);
+        let idle = Duration::from_millis(300);
+        let task = tokio::spawn(async move { tunnel(&mut client, &mut upstream, idle).await });
+        // Traffic for longer than the idle timeout keeps it open.
+        for _ in 0..6 {
+            client_end.write_all(b"x").await.unwrap();
+            let mut b = [0u8; 1];
+            upstream_end.read_exact(&mut b).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!task.is_finished());
+        // Then silence ends it.
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the idle tunnel was closed")
+            .unwrap();
     }
 
     #[test]

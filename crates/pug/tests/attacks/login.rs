@@ -133,7 +133,10 @@ fn viewer_named_admin_cannot_become_grafana_server_admin() {
             "/api/v1/users",
             Some(json!({"name": name, "email": email, "password": PASSWORD})),
         );
-        assert!((400..500).contains(&status), "{name} {email}: {status} {body}");
+        assert!(
+            (400..500).contains(&status),
+            "{name} {email}: {status} {body}"
+        );
         let error = body["error"].as_str().unwrap_or_default();
         assert!(
             error.contains(field) || error.contains("reserved") || error.contains("not valid"),
@@ -220,7 +223,9 @@ fn login_flood_of_2000_wrong_passwords_leaves_pug_responsive_and_small() {
         (statuses, start.elapsed())
     });
     assert!(
-        statuses.keys().all(|k| ["401", "429", "503"].contains(&k.as_str())),
+        statuses
+            .keys()
+            .all(|k| ["401", "429", "503"].contains(&k.as_str())),
         "{statuses:?}"
     );
     // Within 5 s of the flood's end, alice signs in.
@@ -229,7 +234,10 @@ fn login_flood_of_2000_wrong_passwords_leaves_pug_responsive_and_small() {
         let client = no_redirects();
         loop {
             let form = csrf(&client, &url).await;
-            if post_login(&client, &url, &form, "alice", PASSWORD, None).await == Ok(303) {
+            if matches!(
+                post_login(&client, &url, &form, "alice", PASSWORD, None).await,
+                Ok(303)
+            ) {
                 return true;
             }
             if Instant::now() > deadline {
@@ -268,7 +276,8 @@ fn slowloris_header_bytes_and_silent_connections_are_closed_after_the_header_tim
     let mut slow = TcpStream::connect(addr).unwrap();
     slow.set_read_timeout(Some(Duration::from_millis(10)))
         .unwrap();
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
     let header = b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     let closed = |s: &mut TcpStream| {
         let mut buf = [0u8; 512];
@@ -333,12 +342,10 @@ fn set_nofile(pid: u32, limit: u64) {
 /// total (below its open-file limit) and per client address now, so a new client is served.
 #[test]
 fn five_thousand_idle_connections_do_not_stop_new_requests() {
-    // pug gets an open-file limit of 4096 (a common hard limit; the test's own 5,000
-    // connections must exceed it), by inheriting it from this process.
-    let me = std::process::id();
-    set_nofile(me, 4096);
+    // pug runs with an open-file limit of 4096 (a common hard limit, lowered under the
+    // running process), which the test's 5,000 connections exceed.
     let pug = Pug::start(ports(3), &[]);
-    set_nofile(me, 20_000);
+    set_nofile(pid_of(&pug), 4096);
     let addr: SocketAddr = format!("127.0.0.1:{}", pug.listen).parse().unwrap();
     let mut idle = Vec::with_capacity(5000);
     let mut refused = 0;
