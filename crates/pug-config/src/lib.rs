@@ -98,6 +98,27 @@ pub struct GatewayConfig {
     /// How often the gateway deletes expired sessions, embed sessions whose key or tenant is
     /// gone, and expired embed token ids.
     pub session_sweep_interval_secs: u64,
+    /// Addresses or CIDRs of proxies (the TLS terminator) whose `X-Forwarded-For` is believed:
+    /// the client is the right-most address in it that is not one of these. Empty: the TCP peer
+    /// is the client.
+    pub trusted_proxies: Vec<String>,
+    /// Password checks running at once, across all workers; more sign-ins at that moment are
+    /// answered 503 with `Retry-After` (each check is an argon2 hash of 19 MiB). 0: one per
+    /// CPU core.
+    pub login_concurrency: usize,
+    /// Open connections on pug's port at most (further ones are closed at once); also kept
+    /// below the process's open-file limit. 0: derived from that limit alone.
+    pub max_connections: usize,
+    /// Open connections per client address (an IPv6 /64 counts as one address) at most.
+    pub max_connections_per_client: usize,
+    /// How long a client may take to send a request's headers, and how long an HTTP/1
+    /// connection may stay idle between requests, before pug closes it.
+    pub header_read_timeout_secs: u64,
+    /// HTTP/2 keep-alive: ping an idle connection this often and close it if the ping is not
+    /// answered within as long again.
+    pub http2_keep_alive_secs: u64,
+    /// A WebSocket tunnel (Grafana Live) with no traffic either way for this long is closed.
+    pub tunnel_idle_timeout_secs: u64,
 }
 
 /// Routing mode of the gateway.
@@ -354,6 +375,13 @@ impl Default for GatewayConfig {
             login_window_secs: 15 * 60,
             workers: 0,
             session_sweep_interval_secs: 300,
+            trusted_proxies: Vec::new(),
+            login_concurrency: 0,
+            max_connections: 0,
+            max_connections_per_client: 256,
+            header_read_timeout_secs: 30,
+            http2_keep_alive_secs: 30,
+            tunnel_idle_timeout_secs: 3600,
         }
     }
 }
@@ -526,10 +554,21 @@ impl Config {
             || g.login_failures_per_user == 0
             || g.login_failures_per_address == 0
             || g.session_sweep_interval_secs == 0
+            || g.max_connections_per_client == 0
+            || g.header_read_timeout_secs == 0
+            || g.http2_keep_alive_secs == 0
+            || g.tunnel_idle_timeout_secs == 0
         {
             return bad(
-                "gateway timeouts, session lifetimes, the login window, the login failure limits and session_sweep_interval_secs must be at least 1".into(),
+                "gateway timeouts, session lifetimes, the login window, the login failure limits, gateway.session_sweep_interval_secs and gateway.max_connections_per_client must be at least 1".into(),
             );
+        }
+        for p in &g.trusted_proxies {
+            if p.parse::<std::net::IpAddr>().is_err() && p.parse::<ipnet::IpNet>().is_err() {
+                return bad(format!(
+                    "gateway.trusted_proxies entry {p:?} is not an address or CIDR; give e.g. \"10.0.0.5\" or \"10.0.0.0/8\""
+                ));
+            }
         }
         if self.renderer.max_concurrency == 0 {
             return bad("renderer.max_concurrency must be at least 1".into());

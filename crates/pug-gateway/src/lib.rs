@@ -95,6 +95,12 @@ pub struct GatewaySettings {
     pub login_failures_per_address: u32,
     /// How often expired and orphaned sessions and expired embed token ids are deleted.
     pub session_sweep_interval: Duration,
+    /// Proxies whose `X-Forwarded-For` is believed (see [`auth::client_ip`]).
+    pub trusted_proxies: Vec<auth::IpNet>,
+    /// Password checks at once across all workers (at least 1).
+    pub login_concurrency: usize,
+    /// A WebSocket tunnel with no traffic for this long is closed.
+    pub tunnel_idle_timeout: Duration,
 }
 
 impl GatewaySettings {
@@ -115,6 +121,17 @@ impl GatewaySettings {
             login_failures_per_user: g.login_failures_per_user,
             login_failures_per_address: g.login_failures_per_address,
             session_sweep_interval: Duration::from_secs(g.session_sweep_interval_secs),
+            trusted_proxies: g
+                .trusted_proxies
+                .iter()
+                .filter_map(|p| {
+                    p.parse::<auth::IpNet>()
+                        .or_else(|_| p.parse::<std::net::IpAddr>().map(auth::IpNet::from))
+                        .ok()
+                })
+                .collect(),
+            login_concurrency: server::worker_count(g.login_concurrency),
+            tunnel_idle_timeout: Duration::from_secs(g.tunnel_idle_timeout_secs),
         }
     }
 
@@ -150,6 +167,9 @@ struct Inner {
     metrics: Arc<GatewayMetrics>,
     signer: auth::Signer,
     throttle: auth::Throttle,
+    /// Permits for password checks, shared by every worker: a flood of sign-ins gets 503 at
+    /// once instead of queueing argon2 hashes (19 MiB each) without bound.
+    password_checks: Arc<tokio::sync::Semaphore>,
     routes: RwLock<HashMap<TenantId, Arc<Route>>>,
     keys: Arc<KeyRing>,
     /// session id → the session (None: no such session).
@@ -198,6 +218,9 @@ impl Gateway {
                 settings.login_failures_per_user,
                 settings.login_failures_per_address,
             ),
+            password_checks: Arc::new(tokio::sync::Semaphore::new(
+                settings.login_concurrency.max(1),
+            )),
             metrics,
             store,
             settings,
@@ -611,6 +634,7 @@ impl Inner {
                 proto: self.settings.proto(),
                 path_and_query: &path_and_query,
                 response_timeout: self.settings.response_timeout,
+                tunnel_idle_timeout: self.settings.tunnel_idle_timeout,
                 on_connect_error: &on_connect_error,
             },
             req,
@@ -798,6 +822,18 @@ impl Inner {
         }
     }
 
+    /// The client's address: the peer, or what a trusted proxy says (see [`auth::client_ip`]).
+    fn client_ip(&self, headers: &HeaderMap, peer: std::net::IpAddr) -> std::net::IpAddr {
+        auth::client_ip(
+            peer,
+            headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+            &self.settings.trusted_proxies,
+        )
+    }
+
     /// `next` if it is a path on this origin, else the default.
     fn safe_next(&self, next: &str, tenant: Option<&TenantId>) -> String {
         let default = match (self.settings.mode, tenant) {
@@ -880,22 +916,50 @@ impl Inner {
                         &user,
                     );
                 }
-                if let Some(wait) = self.throttle.blocked(&user, peer.ip()) {
-                    self.metrics.login("throttled");
+                // The user field is checked before any lookup, throttle entry or log line.
+                if !auth::plausible_sign_in(&user) {
+                    self.metrics.login("failure");
+                    return form_page(
+                        StatusCode::UNAUTHORIZED,
+                        next,
+                        Some("Wrong user name or password."),
+                        "",
+                    );
+                }
+                let client = auth::client_key(self.client_ip(&headers, peer.ip()));
+                let too_many = |wait: Duration| {
                     let mut r = form_page(
                         StatusCode::TOO_MANY_REQUESTS,
                         next,
                         Some(&format!(
-                            "Too many failed sign-ins. Try again in {} minutes.",
-                            wait.as_secs().div_ceil(60)
+                            "Too many failed sign-ins. Try again in {} seconds.",
+                            wait.as_secs().max(1)
                         )),
                         &user,
                     );
-                    if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
-                        r.headers_mut().insert(header::RETRY_AFTER, v);
-                    }
+                    retry_after(&mut r, wait);
+                    r
+                };
+                // A permit first (a full table answers at once, nothing queues), then the
+                // throttle, which counts the attempt before the hash.
+                let Ok(permit) = self.password_checks.clone().try_acquire_owned() else {
+                    self.metrics.login("throttled");
+                    let mut r = form_page(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        next,
+                        Some("pug is busy checking other sign-ins. Please try again in a moment."),
+                        &user,
+                    );
+                    retry_after(&mut r, Duration::from_secs(1));
                     return r;
-                }
+                };
+                let address_over = match self.throttle.begin(&user, client, Instant::now()) {
+                    auth::Admission::Wait(wait) => {
+                        self.metrics.login("throttled");
+                        return too_many(wait);
+                    }
+                    auth::Admission::Go { address_over } => address_over,
+                };
                 let creds = match self.store.user_credentials(&user).await {
                     Ok(c) => c,
                     Err(e) => return internal(html, e),
@@ -904,15 +968,20 @@ impl Inner {
                     .clone()
                     .unwrap_or_else(|| (self.dummy_hash.clone(), String::new(), String::new()));
                 let password = password.to_owned();
-                let ok =
-                    tokio::task::spawn_blocking(move || auth::verify_password(&hash, &password))
-                        .await
-                        .unwrap_or(false)
-                        && creds.is_some();
+                let ok = tokio::task::spawn_blocking(move || {
+                    let ok = auth::verify_password(&hash, &password);
+                    drop(permit);
+                    ok
+                })
+                .await
+                .unwrap_or(false)
+                    && creds.is_some();
                 if !ok {
-                    self.throttle.failed(&user, peer.ip());
                     self.metrics.login("failure");
-                    tracing::info!(user = %user, peer = %peer.ip(), "gateway: failed sign-in");
+                    tracing::info!(user = %user, client = %client, "gateway: failed sign-in");
+                    if address_over {
+                        return too_many(self.settings.login_window);
+                    }
                     return form_page(
                         StatusCode::UNAUTHORIZED,
                         next,
@@ -920,7 +989,7 @@ impl Inner {
                         &user,
                     );
                 }
-                self.throttle.succeeded(&user);
+                self.throttle.succeeded(&user, client);
                 let ttl = self.settings.session_ttl;
                 let record = SessionRecord {
                     user: user.clone(),
@@ -1064,6 +1133,12 @@ fn redirect(status: StatusCode, to: &str) -> Response {
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+fn retry_after(r: &mut Response, wait: Duration) {
+    if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
 }
 
 fn peer_of(req: &Request) -> SocketAddr {

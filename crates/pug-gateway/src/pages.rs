@@ -58,6 +58,26 @@ fn no_store(mut r: Response) -> Response {
     r
 }
 
+/// The headers of pug's sign-in and sign-out pages: never framed (a tenant's Grafana, or any
+/// other site, cannot put pug's login form in a frame and overlay or script around it), and no
+/// script, image or other resource of any origin (the pages have none). Error pages do not get
+/// them: they are shown inside customers' embed iframes (a tenant starting, a refused link).
+fn unframed(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
 /// An error as a page for browsers or `{"error": message, …extra}` for API clients.
 pub fn error(
     html: bool,
@@ -148,13 +168,13 @@ pub fn signed_out(login_url: &str) -> String {
     )
 }
 
-/// An HTML response with `status`.
+/// An HTML page of pug's own (sign-in, sign-out) with `status`.
 pub fn html(status: StatusCode, body: String) -> Response {
-    no_store(
+    unframed(no_store(
         Response::builder()
             .status(status)
             .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
             .body(Body::from(body))
             .expect("static headers are valid"),
-    )
+    ))
 }

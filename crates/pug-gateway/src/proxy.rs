@@ -125,6 +125,8 @@ pub(crate) struct Forward<'a> {
     pub proto: &'static str,
     pub path_and_query: &'a str,
     pub response_timeout: Duration,
+    /// A WebSocket tunnel with no traffic for this long is closed.
+    pub tunnel_idle_timeout: Duration,
     pub on_connect_error: &'a (dyn Fn() + Sync),
 }
 
@@ -461,12 +463,13 @@ pub(crate) async fn forward(f: Forward<'_>, req: Request<Body>) -> Response<Body
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             rparts.headers.insert(header::UPGRADE, up);
             let tenant = f.tenant.clone();
+            let idle = f.tunnel_idle_timeout;
             tokio::spawn(async move {
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((client, upstream)) => {
                         let mut client = TokioIo::new(client);
                         let mut upstream = TokioIo::new(upstream);
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                        crate::server::tunnel(&mut client, &mut upstream, idle).await;
                     }
                     Err(e) => tracing::debug!(%tenant, error = %e, "upgrade did not complete"),
                 }

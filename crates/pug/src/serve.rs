@@ -275,10 +275,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         signal.cancel();
     });
-    pug_gateway::server::serve(
+    pug_gateway::server::serve_with(
         listener,
         app,
         pug_gateway::server::worker_count(config.gateway.workers),
+        pug_gateway::server::Limits::from_config(&config.gateway),
         shutdown.clone(),
     )
     .await
