@@ -493,9 +493,10 @@ impl Config {
             ("process.download_base_url", &self.process.download_base_url),
             ("process.checksum_base_url", &self.process.checksum_base_url),
         ] {
-            let https = url.starts_with("https://");
-            let http = url.starts_with("http://");
-            if !url.is_empty() && !https && !(http && self.process.allow_insecure_download) {
+            let allowed = url.is_empty()
+                || url.starts_with("https://")
+                || (url.starts_with("http://") && self.process.allow_insecure_download);
+            if !allowed {
                 return bad(format!(
                     "{name} ({url}) must be an https:// URL; http:// needs \
                      process.allow_insecure_download = true"
