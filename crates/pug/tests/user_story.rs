@@ -97,7 +97,8 @@ fn the_core_user_story() {
         .unwrap()
         .permissions()
         .mode();
-    assert_eq!(mode & 0o077, 0, "grafana.ini must be private to pug's user");
+    // Private to pug's user, and (isolated, as root) readable by the tenant's own group only.
+    assert_eq!(mode & 0o037, 0, "grafana.ini must be private to pug's and the tenant's user");
 
     // `pug tenant update --set` → a rolling restart with the override applied.
     let pid_before = pug.instances();
