@@ -92,12 +92,9 @@ pub fn router(state: ApiState) -> Router {
     // /metrics names every tenant and its traffic: it takes a token (read is enough, which is
     // what Prometheus' `authorization` scrape setting sends) on the one public port, rather
     // than a listener of its own, so a deployment keeps one port to expose and to secure.
-    let metrics = Router::new()
-        .route("/metrics", get(metrics))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        ));
+    let metrics = Router::new().route("/metrics", get(metrics)).route_layer(
+        axum::middleware::from_fn_with_state(state.clone(), auth::require_token),
+    );
     Router::new()
         .nest("/api/v1", v1)
         .merge(metrics)

@@ -157,12 +157,15 @@ pub fn parse_expires_in(text: &str) -> Result<Duration, InvalidInput> {
             format!("expires_in {text:?} {why}; give a duration like 90s, 30m, 2h or 30d"),
         )
     };
-    let d = humantime::parse_duration(text.trim()).map_err(|e| bad(&format!("is not a duration ({e})")))?;
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| bad(&format!("is not a duration ({e})")))?;
     if d.is_zero() {
         return Err(bad("is zero"));
     }
     if d > MAX_EXPIRES_IN {
-        return Err(bad("is longer than 10 years (leave it out for a token that works until revoked)"));
+        return Err(bad(
+            "is longer than 10 years (leave it out for a token that works until revoked)",
+        ));
     }
     Ok(d)
 }
@@ -193,7 +196,10 @@ pub(crate) async fn create(
         None => None,
         Some(text) => {
             let d = parse_expires_in(text)?;
-            Some(pug_store::now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+            Some(
+                pug_store::now_ms()
+                    .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            )
         }
     };
     let (token, info) = state

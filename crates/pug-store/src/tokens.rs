@@ -108,7 +108,10 @@ pub enum RevokeRefusal {
 impl std::fmt::Display for RevokeRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RevokeRefusal::NoMatch => write!(f, "no token has this id or name; `pug token list` shows them"),
+            RevokeRefusal::NoMatch => write!(
+                f,
+                "no token has this id or name; `pug token list` shows them"
+            ),
             RevokeRefusal::Ambiguous(ids) => write!(
                 f,
                 "several tokens have this name (ids {}); revoke one by its id",
@@ -269,14 +272,14 @@ impl Store {
             return Ok(TokenCheck::Unknown);
         };
         let result = check(Some(&role), expires_at_ms, now);
-        if matches!(result, TokenCheck::Valid(_)) && needs_last_used_update(last_used_at_ms, now)
-        {
+        if matches!(result, TokenCheck::Valid(_)) && needs_last_used_update(last_used_at_ms, now) {
             // Best effort: a busy store must not fail the request over bookkeeping.
-            if let Err(e) = sqlx::query("UPDATE api_tokens SET last_used_at_ms = $1 WHERE hash = $2")
-                .bind(now)
-                .bind(&hash)
-                .execute(&self.pool)
-                .await
+            if let Err(e) =
+                sqlx::query("UPDATE api_tokens SET last_used_at_ms = $1 WHERE hash = $2")
+                    .bind(now)
+                    .bind(&hash)
+                    .execute(&self.pool)
+                    .await
             {
                 tracing::warn!(error = %e, "cannot record an API token's last use");
             }
@@ -424,7 +427,11 @@ mod tests {
             ),
             (all.as_slice(), "nobody", Err(RevokeRefusal::NoMatch)),
             (all.as_slice(), "", Err(RevokeRefusal::NoMatch)),
-            (only_admin.as_slice(), "admin", Err(RevokeRefusal::LastAdmin)),
+            (
+                only_admin.as_slice(),
+                "admin",
+                Err(RevokeRefusal::LastAdmin),
+            ),
             // An expired admin is no admin: revoking it is fine, and it does not count as
             // the admin that remains.
             (only_admin.as_slice(), "old", Ok(old_admin.clone())),

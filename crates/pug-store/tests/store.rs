@@ -273,8 +273,14 @@ async fn revoked_and_expired_tokens_stop_verifying_at_once() {
     assert!(ci.last_used_at_ms.is_some());
 
     // Revoked by id: the next check fails.
-    assert_eq!(store.revoke_token(&info.id).await.unwrap().unwrap().name, "ci");
-    assert_eq!(store.check_token(&leaked).await.unwrap(), TokenCheck::Unknown);
+    assert_eq!(
+        store.revoke_token(&info.id).await.unwrap().unwrap().name,
+        "ci"
+    );
+    assert_eq!(
+        store.check_token(&leaked).await.unwrap(),
+        TokenCheck::Unknown
+    );
     // The last unexpired admin token stays, and keeps working.
     assert_eq!(
         store.revoke_token("admin").await.unwrap(),

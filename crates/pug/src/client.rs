@@ -322,9 +322,7 @@ impl Client {
         url.path_segments_mut()
             .expect("an http URL has path segments")
             .push(id);
-        let t: TokenInfo = self
-            .call(reqwest::Method::DELETE, url.path(), None)
-            .await?;
+        let t: TokenInfo = self.call(reqwest::Method::DELETE, url.path(), None).await?;
         if self.output == Output::Json {
             self.print_json(&t)?;
         } else {

@@ -69,7 +69,11 @@ fn installed_deploy() -> tempfile::TempDir {
 #[test]
 fn the_deploy_config_is_valid() {
     let installed = installed_deploy();
-    let out = run_promtool(installed.path(), &["check", "config", "prometheus.yml"], None);
+    let out = run_promtool(
+        installed.path(),
+        &["check", "config", "prometheus.yml"],
+        None,
+    );
     assert_success(
         "promtool check config deploy/prometheus/prometheus.yml",
         &out,
@@ -104,14 +108,22 @@ fn the_deploy_config_discovers_the_fleet_from_pug() {
 fn the_deploy_config_never_sends_pugs_token_to_a_tenant_instance() {
     let config = read_yaml(&deploy().join("prometheus.yml"));
     let jobs = config["scrape_configs"].as_array().unwrap();
-    let relabels = |job: &Value| job["relabel_configs"].as_array().cloned().unwrap_or_default();
+    let relabels = |job: &Value| {
+        job["relabel_configs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
     let keeps_grafana = |job: &Value, action: &str| {
         relabels(job).iter().any(|r| {
             r["source_labels"][0] == "role" && r["regex"] == "grafana" && r["action"] == action
         })
     };
     let pug = jobs.iter().find(|j| j["job_name"] == "pug").unwrap();
-    assert!(keeps_grafana(pug, "drop"), "the pug job must drop role=grafana targets");
+    assert!(
+        keeps_grafana(pug, "drop"),
+        "the pug job must drop role=grafana targets"
+    );
     let tenants: Vec<&Value> = jobs.iter().filter(|j| keeps_grafana(j, "keep")).collect();
     assert_eq!(tenants.len(), 1, "one job scrapes the tenant instances");
     let tenants = tenants[0];

@@ -55,9 +55,15 @@ fn anonymous_scrape_of_metrics_gets_401_and_no_tenant_ids() {
         let (code, body) = get_text(&metrics, token);
         assert_eq!(code, 401, "token {token:?}: {body}");
         let json: Value = serde_json::from_str(&body).expect("a JSON error");
-        assert!(json["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+        assert!(
+            json["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{body}"
+        );
         assert!(!body.contains(tenant), "the 401 names a tenant: {body}");
-        assert!(!body.contains("pug_tenant"), "the 401 carries series: {body}");
+        assert!(
+            !body.contains("pug_tenant"),
+            "the 401 carries series: {body}"
+        );
     }
 
     // Prometheus with a read token (its `authorization` scrape setting) gets the series.
@@ -97,14 +103,20 @@ fn revoked_token_is_refused_at_once() {
         Some(json!({ "name": "backdoor" })),
     );
     assert_eq!(code, 401, "{body}");
-    assert_eq!(get_text(&format!("{}/metrics", pug.url), Some(&stolen)).0, 401);
+    assert_eq!(
+        get_text(&format!("{}/metrics", pug.url), Some(&stolen)).0,
+        401
+    );
 
     // Revoking by name works too; an unknown one is a 404 with a JSON error, a clear CLI line.
     let (_, _) = make_token(&pug, "old-script", "read", None);
     pug.ok(&["token", "revoke", "old-script"]);
     let (code, body) = pug.api("DELETE", "/api/v1/tokens/old-script", None);
     assert_eq!(code, 404, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("token list"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("token list"),
+        "{body}"
+    );
     let err = pug.fails(&["token", "revoke", "old-script"]);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
@@ -117,8 +129,14 @@ fn revoked_token_is_refused_at_once() {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert!(names.contains(&"admin") && names.contains(&"local-cli"), "{listing}");
-    assert!(!names.contains(&"ci") && !names.contains(&"old-script"), "{listing}");
+    assert!(
+        names.contains(&"admin") && names.contains(&"local-cli"),
+        "{listing}"
+    );
+    assert!(
+        !names.contains(&"ci") && !names.contains(&"old-script"),
+        "{listing}"
+    );
 }
 
 #[test]
@@ -131,8 +149,14 @@ fn expired_token_is_refused() {
         let (code, body) = http("GET", &status, Some(&short), None);
         (code == 401).then_some(body)
     });
-    assert!(body["error"].as_str().unwrap().contains("expired"), "{body}");
-    assert_eq!(get_text(&format!("{}/metrics", pug.url), Some(&short)).0, 401);
+    assert!(
+        body["error"].as_str().unwrap().contains("expired"),
+        "{body}"
+    );
+    assert_eq!(
+        get_text(&format!("{}/metrics", pug.url), Some(&short)).0,
+        401
+    );
     // It stays listed, marked expired, until revoked.
     let (_, listing) = pug.api("GET", "/api/v1/tokens", None);
     let listed = listing
@@ -144,8 +168,21 @@ fn expired_token_is_refused() {
     assert_eq!(listed["expired"], true, "{listed}");
 
     // The CLI makes expiring tokens; bad durations are one clear line and change nothing.
-    let out = pug.cli(&["token", "create", "--name", "week", "--role", "read", "--expires", "7d"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = pug.cli(&[
+        "token",
+        "create",
+        "--name",
+        "week",
+        "--role",
+        "read",
+        "--expires",
+        "7d",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("expires"), "{stderr}");
     let token = String::from_utf8(out.stdout).unwrap();
@@ -192,7 +229,12 @@ fn read_token_cannot_list_or_revoke_tokens() {
         let (code, body) = http("DELETE", &format!("{tokens}/{id}"), Some(&read), None);
         assert_eq!(code, 403, "{body}");
     }
-    let (code, body) = http("POST", &tokens, Some(&read), Some(json!({ "name": "mine" })));
+    let (code, body) = http(
+        "POST",
+        &tokens,
+        Some(&read),
+        Some(json!({ "name": "mine" })),
+    );
     assert_eq!(code, 403, "{body}");
     // Nothing changed.
     let (_, listing) = pug.api("GET", "/api/v1/tokens", None);
@@ -202,7 +244,10 @@ fn read_token_cannot_list_or_revoke_tokens() {
         .iter()
         .map(|t| t["id"].as_str().unwrap())
         .collect();
-    assert!(ids.contains(&admin_id.as_str()) && ids.contains(&read_id.as_str()), "{listing}");
+    assert!(
+        ids.contains(&admin_id.as_str()) && ids.contains(&read_id.as_str()),
+        "{listing}"
+    );
     assert!(!listing.to_string().contains("\"mine\""), "{listing}");
 }
 
@@ -216,7 +261,13 @@ fn token_listing_never_contains_a_token_secret() {
     ];
     // Use one, so that the listing has a last-use time.
     assert_eq!(
-        http("GET", &format!("{}/api/v1/status", pug.url), Some(&secrets[1]), None).0,
+        http(
+            "GET",
+            &format!("{}/api/v1/status", pug.url),
+            Some(&secrets[1]),
+            None
+        )
+        .0,
         200
     );
     let api = pug.api("GET", "/api/v1/tokens", None).1.to_string();
@@ -235,12 +286,30 @@ fn token_listing_never_contains_a_token_secret() {
                 assert!(!listing.contains(piece), "a piece of a secret in {listing}");
             }
             assert!(!listing.contains(&hash), "a token hash in {listing}");
-            assert!(!listing.contains(&hash[..20]), "a long hash prefix in {listing}");
+            assert!(
+                !listing.contains(&hash[..20]),
+                "a long hash prefix in {listing}"
+            );
         }
-        assert!(!listing.contains("pug_"), "something token-like in {listing}");
+        assert!(
+            !listing.contains("pug_"),
+            "something token-like in {listing}"
+        );
     }
-    for needle in ["ID", "NAME", "ROLE", "CREATED", "EXPIRES", "LAST USED", "prometheus", "never"] {
-        assert!(cli_table.contains(needle), "{needle} missing in:\n{cli_table}");
+    for needle in [
+        "ID",
+        "NAME",
+        "ROLE",
+        "CREATED",
+        "EXPIRES",
+        "LAST USED",
+        "prometheus",
+        "never",
+    ] {
+        assert!(
+            cli_table.contains(needle),
+            "{needle} missing in:\n{cli_table}"
+        );
     }
     let listing: Value = serde_json::from_str(&cli_json).unwrap();
     let prometheus = listing
@@ -253,7 +322,12 @@ fn token_listing_never_contains_a_token_secret() {
     assert_eq!(prometheus["role"], "read");
 
     // The token routes are in the OpenAPI document.
-    let (code, doc) = http("GET", &format!("{}/api/v1/openapi.json", pug.url), None, None);
+    let (code, doc) = http(
+        "GET",
+        &format!("{}/api/v1/openapi.json", pug.url),
+        None,
+        None,
+    );
     assert_eq!(code, 200);
     for (path, method) in [
         ("/api/v1/tokens", "get"),
