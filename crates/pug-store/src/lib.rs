@@ -26,9 +26,7 @@ use sqlx::AnyPool;
 pub use crypto::{generate_secret, token_hash, write_private, MasterKey, MASTER_KEY_ENV};
 pub use queue::WorkItem;
 pub use tokens::{Role, LOCAL_TOKEN_NAME};
-pub use users::{
-    EmbedKeyInfo, EmbedScope, EmbedSessionOutcome, SessionRecord, SweepCounts, User,
-};
+pub use users::{EmbedKeyInfo, EmbedScope, EmbedSessionOutcome, SessionRecord, SweepCounts, User};
 
 /// Names of the per-tenant secrets.
 pub mod secret {
