@@ -92,7 +92,9 @@ pub enum EmbedError {
     WrongTenant { token: String, url: String },
     #[error("the token's claim {0} is missing or invalid")]
     BadClaim(&'static str),
-    #[error("the token was already used (its jti was seen before); sign a new token for each sign-in")]
+    #[error(
+        "the token was already used (its jti was seen before); sign a new token for each sign-in"
+    )]
     Replayed,
 }
 
@@ -201,8 +203,7 @@ pub fn verify(
         }
     }
     if let Some(jti) = &claims.jti {
-        if jti.is_empty() || jti.len() > MAX_JTI_LEN || !jti.bytes().all(|b| b.is_ascii_graphic())
-        {
+        if jti.is_empty() || jti.len() > MAX_JTI_LEN || !jti.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(EmbedError::BadClaim("jti"));
         }
     }
@@ -382,7 +383,10 @@ mod tests {
     fn good_token_verifies() {
         let acme = TenantId::parse("acme").unwrap();
         let t = sign("ek_any", "k1-secret", &claims("acme", 1300));
-        assert_eq!(verify(&t, &keys(), &acme, 1000).unwrap().claims.sub, "carol");
+        assert_eq!(
+            verify(&t, &keys(), &acme, 1000).unwrap().claims.sub,
+            "carol"
+        );
     }
 
     #[test]
@@ -534,9 +538,24 @@ mod tests {
         use crate::auth::valid_login;
         // (key, sub) → (login, email)
         let cases = [
-            ("ek_1", "admin", "embed:ek_1:admin", "admin+ek_1@embed.invalid"),
-            ("ek_1", "alice", "embed:ek_1:alice", "alice+ek_1@embed.invalid"),
-            ("ek_2", "alice", "embed:ek_2:alice", "alice+ek_2@embed.invalid"),
+            (
+                "ek_1",
+                "admin",
+                "embed:ek_1:admin",
+                "admin+ek_1@embed.invalid",
+            ),
+            (
+                "ek_1",
+                "alice",
+                "embed:ek_1:alice",
+                "alice+ek_1@embed.invalid",
+            ),
+            (
+                "ek_2",
+                "alice",
+                "embed:ek_2:alice",
+                "alice+ek_2@embed.invalid",
+            ),
             (
                 "ek_1",
                 "admin@localhost",

@@ -1069,11 +1069,7 @@ impl Inner {
 /// The session of a verified embed token for `tenant`, ending at `expires_at_ms`: the person
 /// is known to Grafana under a login and email of the signing key's namespace (never a pug
 /// user's or the admin's; see [`embed::grafana_login`]).
-fn session_of_claims(
-    tenant: &TenantId,
-    v: &embed::Verified,
-    expires_at_ms: i64,
-) -> SessionRecord {
+fn session_of_claims(tenant: &TenantId, v: &embed::Verified, expires_at_ms: i64) -> SessionRecord {
     let c = &v.claims;
     SessionRecord {
         user: embed::grafana_login(&v.key_id, &c.sub),

@@ -304,7 +304,8 @@ fn upstream_headers(mut h: HeaderMap, f: &Forward<'_>, upgrade: Option<&HeaderVa
 /// Keeps only the cookies Grafana reads for `tenant` ([`grafana_cookie`]) in the `Cookie`
 /// header(s), joined into one; drops the header if none is left.
 fn filter_cookies(h: &mut HeaderMap, tenant: &TenantId) {
-    let kept_as_is = |pair: &str| grafana_cookie(pair.split('=').next().unwrap_or("").trim(), tenant);
+    let kept_as_is =
+        |pair: &str| grafana_cookie(pair.split('=').next().unwrap_or("").trim(), tenant);
     let mut values = h.get_all(header::COOKIE).iter();
     let (Some(only), None) = (values.next(), values.next()) else {
         if h.contains_key(header::COOKIE) {
@@ -313,9 +314,10 @@ fn filter_cookies(h: &mut HeaderMap, tenant: &TenantId) {
         return;
     };
     // The common case: one `Cookie` line whose every pair may pass.
-    let fine = only
-        .to_str()
-        .is_ok_and(|v| v.split(';').all(|pair| !pair.trim().is_empty() && kept_as_is(pair)));
+    let fine = only.to_str().is_ok_and(|v| {
+        v.split(';')
+            .all(|pair| !pair.trim().is_empty() && kept_as_is(pair))
+    });
     if !fine {
         rebuild_cookies(h, tenant);
     }
@@ -538,7 +540,10 @@ mod tests {
         let acme = TenantId::parse("my-acme").unwrap();
         // (Cookie lines, what reaches Grafana)
         let cases: &[(&[&str], Option<&str>)] = &[
-            (&["grafana_session_my_acme=s1"], Some("grafana_session_my_acme=s1")),
+            (
+                &["grafana_session_my_acme=s1"],
+                Some("grafana_session_my_acme=s1"),
+            ),
             (
                 &["_oauth2_proxy=secret; grafana_session_my_acme=s1; CF_Authorization=x"],
                 Some("grafana_session_my_acme=s1"),
@@ -547,7 +552,10 @@ mod tests {
             // Another tenant's Grafana session (path mode: one host) stays out.
             (&["grafana_session_bob=s2; grafana_session=s3"], None),
             (
-                &["redirect_to=%2Ft%2Fmy-acme%2F", "renderKey=r; grafana_session_expiry=1"],
+                &[
+                    "redirect_to=%2Ft%2Fmy-acme%2F",
+                    "renderKey=r; grafana_session_expiry=1",
+                ],
                 Some("redirect_to=%2Ft%2Fmy-acme%2F; renderKey=r; grafana_session_expiry=1"),
             ),
             (
@@ -556,8 +564,14 @@ mod tests {
             ),
             // Names are case-sensitive, as Go's `Request.Cookie` reads them.
             (&["RenderKey=r; Grafana_session_my_acme=s"], None),
-            (&["grafana_session_my-acme=s; grafana_session_my_acm=s"], None),
-            (&["; ;grafana_session_expiry=1;"], Some("grafana_session_expiry=1")),
+            (
+                &["grafana_session_my-acme=s; grafana_session_my_acm=s"],
+                None,
+            ),
+            (
+                &["; ;grafana_session_expiry=1;"],
+                Some("grafana_session_expiry=1"),
+            ),
         ];
         for (lines, want) in cases {
             let pairs: Vec<(&str, &str)> = lines.iter().map(|l| ("cookie", *l)).collect();
@@ -583,12 +597,18 @@ mod tests {
             ),
             (
                 Method::GET,
-                &[("connection", "keep-alive, upgrade"), ("upgrade", "WebSocket")],
+                &[
+                    ("connection", "keep-alive, upgrade"),
+                    ("upgrade", "WebSocket"),
+                ],
                 true,
             ),
             (
                 Method::GET,
-                &[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "h2c")],
+                &[
+                    ("connection", "Upgrade, HTTP2-Settings"),
+                    ("upgrade", "h2c"),
+                ],
                 false,
             ),
             (

@@ -119,7 +119,11 @@ async fn expired_sessions_are_swept_instead_of_piling_up() {
     for _ in 0..3 {
         env.store.create_session(&person(now - 1)).await.unwrap();
     }
-    let live = env.store.create_session(&person(now + 60_000)).await.unwrap();
+    let live = env
+        .store
+        .create_session(&person(now + 60_000))
+        .await
+        .unwrap();
 
     let swept = env.gateway.sweep().await.unwrap();
     assert_eq!(swept.expired_sessions, 3);

@@ -58,16 +58,33 @@ async fn expired_sessions_and_token_ids_are_gone_after_a_sweep() {
         key_id: key.id.clone(),
     });
     let now = pug_store::now_ms();
-    let live = store.create_session(&person(None, now + 60_000)).await.unwrap();
+    let live = store
+        .create_session(&person(None, now + 60_000))
+        .await
+        .unwrap();
     store.create_session(&person(None, now - 1)).await.unwrap();
-    mint(&store, &person(scope.clone(), now - 1), Some(("old", now - 1))).await;
-    let live_embed = mint(&store, &person(scope, now + 60_000), Some(("new", now + 60_000))).await;
+    mint(
+        &store,
+        &person(scope.clone(), now - 1),
+        Some(("old", now - 1)),
+    )
+    .await;
+    let live_embed = mint(
+        &store,
+        &person(scope, now + 60_000),
+        Some(("new", now + 60_000)),
+    )
+    .await;
     assert_eq!(count(dir.path(), "sessions").await, 4);
     assert_eq!(count(dir.path(), "embed_token_ids").await, 2);
 
     let swept = store.sweep_sessions(pug_store::now_ms()).await.unwrap();
     assert_eq!(
-        (swept.expired_sessions, swept.orphaned_sessions, swept.token_ids),
+        (
+            swept.expired_sessions,
+            swept.orphaned_sessions,
+            swept.token_ids
+        ),
         (2, 0, 1)
     );
     assert_eq!(count(dir.path(), "sessions").await, 2);
@@ -86,7 +103,11 @@ async fn expired_sessions_and_token_ids_are_gone_after_a_sweep() {
             .fetch_all(&mut c)
             .await
             .unwrap();
-    for want in ["sessions_by_expiry", "embed_token_ids_by_expiry", "sessions_by_key"] {
+    for want in [
+        "sessions_by_expiry",
+        "embed_token_ids_by_expiry",
+        "sessions_by_key",
+    ] {
         assert!(indexes.iter().any(|i| i == want), "{want} in {indexes:?}");
     }
 }
@@ -100,7 +121,12 @@ async fn embed_sessions_end_with_their_key_and_their_tenant_incarnation() {
     let (k1, _) = store.create_embed_key("one", None).await.unwrap();
     let (k2, _) = store.create_embed_key("two", None).await.unwrap();
     // Key ids are lowercase: they are part of Grafana logins, which Grafana may fold.
-    assert!(k1.id.starts_with("ek_") && k1.id[3..].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    assert!(
+        k1.id.starts_with("ek_")
+            && k1.id[3..]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    );
     let scope = |key: &str| {
         Some(EmbedScope {
             tenant: acme.clone(),
@@ -111,14 +137,20 @@ async fn embed_sessions_end_with_their_key_and_their_tenant_incarnation() {
     let far = pug_store::now_ms() + 60_000;
     let by_k1 = mint(&store, &person(scope(&k1.id), far), None).await;
     let by_k2 = mint(&store, &person(scope(&k2.id), far), None).await;
-    assert_eq!(store.session(&by_k1).await.unwrap(), Some(person(scope(&k1.id), far)));
+    assert_eq!(
+        store.session(&by_k1).await.unwrap(),
+        Some(person(scope(&k1.id), far))
+    );
 
     // Deleting the key deletes its sessions (and refuses new ones).
     assert!(store.delete_embed_key(&k1.id).await.unwrap());
     assert_eq!(store.session(&by_k1).await.unwrap(), None);
     assert_eq!(count(dir.path(), "sessions").await, 1);
     assert!(matches!(
-        store.create_embed_session(&person(scope(&k1.id), far), None).await.unwrap(),
+        store
+            .create_embed_session(&person(scope(&k1.id), far), None)
+            .await
+            .unwrap(),
         EmbedSessionOutcome::NoKey
     ));
 
@@ -126,7 +158,10 @@ async fn embed_sessions_end_with_their_key_and_their_tenant_incarnation() {
     store.remove_tenant(&acme).await.unwrap();
     assert_eq!(store.session(&by_k2).await.unwrap(), None);
     assert!(matches!(
-        store.create_embed_session(&person(scope(&k2.id), far), None).await.unwrap(),
+        store
+            .create_embed_session(&person(scope(&k2.id), far), None)
+            .await
+            .unwrap(),
         EmbedSessionOutcome::NoTenant
     ));
     // (Created in a later millisecond than the first incarnation.)
@@ -170,5 +205,8 @@ async fn a_token_id_mints_one_session_per_key() {
     // Token ids are per key (each webapp picks its own).
     mint(&store, &person(scope(&k2.id), far), Some(("t-1", far))).await;
     // A password session is not an embed session.
-    assert!(store.create_session(&person(scope(&k1.id), far)).await.is_err());
+    assert!(store
+        .create_session(&person(scope(&k1.id), far))
+        .await
+        .is_err());
 }

@@ -35,7 +35,11 @@ fn setup(ports: (u16, u16)) -> (Pug, String, String) {
         Some(json!({"role": "Editor"})),
     );
     assert!(s < 300, "{b}");
-    let (s, key) = pug.api("POST", "/api/v1/embed-keys", Some(json!({"name": "webapp"})));
+    let (s, key) = pug.api(
+        "POST",
+        "/api/v1/embed-keys",
+        Some(json!({"name": "webapp"})),
+    );
     assert_eq!(s, 201, "{key}");
     let (id, secret) = (
         key["id"].as_str().unwrap().to_owned(),
@@ -100,7 +104,10 @@ async fn get(url: &str, path: &str, cookie: &str) -> (u16, Value) {
         .unwrap();
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 #[test]
@@ -138,7 +145,11 @@ fn embed_subject_admin_or_a_pug_users_name_does_not_become_them_in_grafana() {
             // What Grafana's auth proxy was told, header by header.
             let (_, seen) = get(&pug.url, "/api/standin/headers", &cookie).await;
             let h = &seen["headers"];
-            assert_eq!(h["x-webauth-user"], format!("embed:{kid}:{}", sub), "{seen}");
+            assert_eq!(
+                h["x-webauth-user"],
+                format!("embed:{kid}:{}", sub),
+                "{seen}"
+            );
             assert_eq!(
                 h["x-webauth-email"],
                 format!("{}+{kid}@embed.invalid", sub),
@@ -255,7 +266,10 @@ fn a_replayed_embed_token_is_refused() {
             .and_then(|v| v.split(';').next())
             .and_then(|v| v.parse().ok())
             .expect("a session cookie with Max-Age");
-        assert!(max_age <= 300, "a jti-less token's session lives {max_age} s");
+        assert!(
+            max_age <= 300,
+            "a jti-less token's session lives {max_age} s"
+        );
     });
 }
 
@@ -274,7 +288,10 @@ async fn raw(addr: &str, request: String) -> String {
 /// The JSON body of a raw HTTP/1.1 answer (plain or chunked).
 fn body_json(answer: &str) -> Value {
     let (head, body) = answer.split_once("\r\n\r\n").expect("a complete answer");
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         let mut out = String::new();
         let mut rest = body;
         while let Some((size, tail)) = rest.split_once("\r\n") {
@@ -354,8 +371,7 @@ fn upgrade_requests_neither_pin_grafana_nor_tunnel_anything_but_websockets() {
         let mut req = format!("ws://{addr}/t/acme/api/live/ws")
             .into_client_request()
             .unwrap();
-        req.headers_mut()
-            .insert("cookie", cookie.parse().unwrap());
+        req.headers_mut().insert("cookie", cookie.parse().unwrap());
         let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
         assert_eq!(resp.status(), 101);
         ws.send(Message::Text("ping".into())).await.unwrap();
