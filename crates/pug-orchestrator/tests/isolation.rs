@@ -64,6 +64,7 @@ fn spec(tenant: &str, port: u16) -> InstanceSpec {
         database: DatabaseSettings::Sqlite,
         rendering: None,
         plugin_preinstall: false,
+        data_source_proxy_whitelist: Vec::new(),
         overrides: Overrides::default(),
         provisioning: Default::default(),
     }
