@@ -586,10 +586,12 @@ mod tests {
         }
     }
 
+    /// (method, headers, passed on as an upgrade)
+    type UpgradeCase<'a> = (Method, &'a [(&'a str, &'a str)], bool);
+
     #[test]
     fn only_websocket_handshakes_are_upgrades() {
-        // (method, headers, passed on as an upgrade)
-        let cases: &[(Method, &[(&str, &str)], bool)] = &[
+        let cases: &[UpgradeCase] = &[
             (
                 Method::GET,
                 &[("connection", "Upgrade"), ("upgrade", "websocket")],

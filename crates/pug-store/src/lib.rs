@@ -28,9 +28,7 @@ pub use queue::WorkItem;
 pub use tokens::{
     choose_revocation, token_id, RevokeRefusal, Role, TokenCheck, TokenInfo, LOCAL_TOKEN_NAME,
 };
-pub use users::{
-    EmbedKeyInfo, EmbedScope, EmbedSessionOutcome, SessionRecord, SweepCounts, User,
-};
+pub use users::{EmbedKeyInfo, EmbedScope, EmbedSessionOutcome, SessionRecord, SweepCounts, User};
 
 /// Names of the per-tenant secrets.
 pub mod secret {

@@ -98,7 +98,11 @@ fn the_core_user_story() {
         .permissions()
         .mode();
     // Private to pug's user, and (isolated, as root) readable by the tenant's own group only.
-    assert_eq!(mode & 0o037, 0, "grafana.ini must be private to pug's and the tenant's user");
+    assert_eq!(
+        mode & 0o037,
+        0,
+        "grafana.ini must be private to pug's and the tenant's user"
+    );
 
     // `pug tenant update --set` → a rolling restart with the override applied.
     let pid_before = pug.instances();
