@@ -48,8 +48,9 @@ fn datasources_and_dashboards_are_provisioned_without_leaking_credentials() {
     assert_eq!(entry["basicAuthUser"], "acme");
     assert_eq!(entry["secureJsonData"]["basicAuthPassword"], password);
     assert_eq!(entry["jsonData"]["graphiteVersion"], "1.1");
+    // Readable by pug and, when tenants are isolated, by the tenant's own group only.
     assert_eq!(
-        std::fs::metadata(&ds_path).unwrap().permissions().mode() & 0o077,
+        std::fs::metadata(&ds_path).unwrap().permissions().mode() & 0o037,
         0
     );
     let provider: Value = serde_json::from_str(
