@@ -64,10 +64,17 @@ pub use metrics::GatewayMetrics;
 use cache::{AuthCache, KeyRing};
 use proxy::Route;
 
-/// The session cookie.
+/// The session cookie (served over http, for local use; see [`GatewaySettings::session_cookie`]).
 pub const SESSION_COOKIE: &str = "pug_session";
-/// The CSRF cookie of pug's forms (double submit).
+/// The CSRF cookie of pug's forms (double submit), over http.
 pub const CSRF_COOKIE: &str = "pug_csrf";
+/// The session cookie over https: the `__Host-` prefix makes browsers refuse it unless it was set
+/// by this very host, `Secure`, with `Path=/` and no `Domain`, so a sibling tenant host cannot
+/// plant one (cookie tossing, review F8). Browsers only accept the prefix on secure origins, so
+/// plain-http deployments keep the names above.
+pub const SECURE_SESSION_COOKIE: &str = "__Host-pug_session";
+/// The CSRF cookie over https (see [`SECURE_SESSION_COOKIE`]).
+pub const SECURE_CSRF_COOKIE: &str = "__Host-pug_csrf";
 /// The query parameter that carries an embed token.
 pub const TOKEN_PARAM: &str = "pug_token";
 /// Where pug's own pages live on a tenant's host in host mode.
@@ -137,6 +144,24 @@ impl GatewaySettings {
 
     fn secure(&self) -> bool {
         self.public_url.starts_with("https:")
+    }
+
+    /// The name of pug's session cookie: `__Host-` prefixed when served over https.
+    pub fn session_cookie(&self) -> &'static str {
+        if self.secure() {
+            SECURE_SESSION_COOKIE
+        } else {
+            SESSION_COOKIE
+        }
+    }
+
+    /// The name of pug's CSRF cookie: `__Host-` prefixed when served over https.
+    pub fn csrf_cookie(&self) -> &'static str {
+        if self.secure() {
+            SECURE_CSRF_COOKIE
+        } else {
+            CSRF_COOKIE
+        }
     }
 
     fn proto(&self) -> &'static str {
@@ -660,8 +685,8 @@ impl Inner {
             let until = verified.claims.exp.saturating_mul(1000);
             return Ok(Some(Arc::new(session_of_claims(tenant, &verified, until))));
         }
-        let Some(id) =
-            cookie(headers, SESSION_COOKIE).and_then(|c| self.signer.verify("session", c))
+        let Some(id) = cookie(headers, self.settings.session_cookie())
+            .and_then(|c| self.signer.verify("session", c))
         else {
             return Ok(None);
         };
@@ -782,7 +807,7 @@ impl Inner {
         let lifetime = Duration::from_millis((until - pug_store::now_ms()).max(0) as u64);
         self.set_cookie(
             &mut r,
-            SESSION_COOKIE,
+            self.settings.session_cookie(),
             &self.signer.sign("session", session.expose_secret()),
             lifetime,
         );
@@ -806,7 +831,9 @@ impl Inner {
 
     /// A CSRF token: the one in the request's cookie if valid, else a new one (set on `r`).
     fn csrf_token(&self, headers: &HeaderMap) -> (String, bool) {
-        match cookie(headers, CSRF_COOKIE).filter(|c| self.signer.verify("csrf", c).is_some()) {
+        match cookie(headers, self.settings.csrf_cookie())
+            .filter(|c| self.signer.verify("csrf", c).is_some())
+        {
             Some(c) => (c.to_owned(), false),
             None => (self.signer.sign("csrf", &auth::random_token()), true),
         }
@@ -814,7 +841,7 @@ impl Inner {
 
     fn csrf_ok(&self, headers: &HeaderMap, submitted: &str) -> bool {
         use subtle::ConstantTimeEq;
-        match cookie(headers, CSRF_COOKIE) {
+        match cookie(headers, self.settings.csrf_cookie()) {
             Some(c) if self.signer.verify("csrf", c).is_some() => {
                 bool::from(c.as_bytes().ct_eq(submitted.as_bytes()))
             }
@@ -883,7 +910,12 @@ impl Inner {
                 pages::login(action, hint.as_deref(), next, &csrf, message, user),
             );
             if fresh {
-                self.set_cookie(&mut r, CSRF_COOKIE, &csrf, Duration::from_secs(3600));
+                self.set_cookie(
+                    &mut r,
+                    self.settings.csrf_cookie(),
+                    &csrf,
+                    Duration::from_secs(3600),
+                );
             }
             r
         };
@@ -1013,7 +1045,7 @@ impl Inner {
                 );
                 self.set_cookie(
                     &mut r,
-                    SESSION_COOKIE,
+                    self.settings.session_cookie(),
                     &self.signer.sign("session", session.expose_secret()),
                     ttl,
                 );
@@ -1029,7 +1061,12 @@ impl Inner {
             Method::GET | Method::HEAD => {
                 let mut r = pages::html(StatusCode::OK, pages::logout(self.logout_path(), &csrf));
                 if fresh {
-                    self.set_cookie(&mut r, CSRF_COOKIE, &csrf, Duration::from_secs(3600));
+                    self.set_cookie(
+                        &mut r,
+                        self.settings.csrf_cookie(),
+                        &csrf,
+                        Duration::from_secs(3600),
+                    );
                 }
                 r
             }
@@ -1045,8 +1082,8 @@ impl Inner {
                 if !self.csrf_ok(&headers, &submitted) {
                     return pages::error(true, StatusCode::FORBIDDEN, "Sign out", "This form expired or did not come from pug; reload the page and try again.", serde_json::Value::Null);
                 }
-                if let Some(id) =
-                    cookie(&headers, SESSION_COOKIE).and_then(|c| self.signer.verify("session", c))
+                if let Some(id) = cookie(&headers, self.settings.session_cookie())
+                    .and_then(|c| self.signer.verify("session", c))
                 {
                     if let Err(e) = self
                         .store
@@ -1058,7 +1095,7 @@ impl Inner {
                     self.sessions.remove(id);
                 }
                 let mut r = pages::html(StatusCode::OK, pages::signed_out(self.login_path()));
-                self.set_cookie(&mut r, SESSION_COOKIE, "", Duration::ZERO);
+                self.set_cookie(&mut r, self.settings.session_cookie(), "", Duration::ZERO);
                 r
             }
             _ => StatusCode::METHOD_NOT_ALLOWED.into_response(),

@@ -1,5 +1,5 @@
 //! Attacks on the gateway's embed keys and sessions with the real store (issue 14, security
-//! review F12, F13): a flood of tokens with made-up key ids, and the session table's growth.
+//! review F8, F12, F13): cookies tossed from a sibling host, a flood of tokens with made-up key ids, and the session table's growth.
 //! The binary-level attacks on sessions are in `crates/pug/tests/attacks/sessions.rs`.
 
 mod support;
@@ -131,4 +131,110 @@ async fn expired_sessions_are_swept_instead_of_piling_up() {
     assert_eq!(env.gateway.sweep().await.unwrap(), Default::default());
     assert!(env.store.session(&live).await.unwrap().is_some());
     assert_eq!(counter(&env, "pug_gateway_swept_rows_total").await, 3);
+}
+
+/// Review F8 (cookie tossing): over https pug's cookies carry the `__Host-` prefix, which a
+/// browser only accepts from the very host, `Secure`, `Path=/`, without `Domain`, so script on
+/// a sibling tenant host (`bob.example.com` setting `Domain=example.com`) cannot plant one. A
+/// cookie under the unprefixed name is therefore never taken as pug's, even with a value pug
+/// signed itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_tossed_from_a_sibling_host_is_not_pugs_cookie_over_https() {
+    let env = Env::start_with(GatewayMode::Path, |s| {
+        s.public_url = "https://pug.test".into();
+    })
+    .await;
+    env.tenant("acme", pug_types::Phase::Ready, &[]).await;
+    env.user("alice", "password-alice", &[("acme", "Viewer")])
+        .await;
+    let client = no_redirects();
+
+    let page = client
+        .get(format!("{}/login", env.url))
+        .send()
+        .await
+        .unwrap();
+    let raw: Vec<String> = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    let csrf_line = raw
+        .iter()
+        .find(|l| l.starts_with("__Host-pug_csrf="))
+        .unwrap_or_else(|| panic!("no __Host-pug_csrf cookie in {raw:?}"));
+    assert!(csrf_line.contains("; Secure"), "{csrf_line}");
+    assert!(csrf_line.contains("Path=/;"), "{csrf_line}");
+    assert!(
+        !csrf_line.to_ascii_lowercase().contains("domain="),
+        "{csrf_line}"
+    );
+    assert!(!raw.iter().any(|l| l.starts_with("pug_csrf=")), "{raw:?}");
+    let value = support::set_cookie(&page, "__Host-pug_csrf")
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_owned();
+
+    let post = |cookie: String| {
+        let client = client.clone();
+        let url = format!("{}/login", env.url);
+        let value = value.clone();
+        async move {
+            client
+                .post(url)
+                .header("cookie", cookie)
+                .form(&[
+                    ("user", "alice"),
+                    ("password", "password-alice"),
+                    ("csrf", value.as_str()),
+                    ("next", "/t/acme/"),
+                ])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // The same signed CSRF value, tossed under the unprefixed name: refused.
+    let tossed = post(format!("pug_csrf={value}")).await;
+    assert_ne!(tossed.status(), 303, "a tossed CSRF cookie was accepted");
+    assert!(support::set_cookie(&tossed, "__Host-pug_session").is_none());
+    // Under pug's own name: signed in, with a prefixed session cookie.
+    let ok = post(format!("__Host-pug_csrf={value}")).await;
+    assert_eq!(ok.status(), 303);
+    let session = support::set_cookie(&ok, "__Host-pug_session").expect("a session cookie");
+    let session_value = session.split_once('=').unwrap().1;
+
+    let tenant_page = |cookie: String| {
+        let client = client.clone();
+        let url = format!("{}/t/acme/", env.url);
+        async move {
+            client
+                .get(url)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // Not signed in: 401 (an API client) or a redirect to the sign-in page (a browser).
+    let to_login = |r: &reqwest::Response| {
+        r.status() == 401
+            || r.status() == 303
+                && r.headers()
+                    .get("location")
+                    .and_then(|l| l.to_str().ok())
+                    .is_some_and(|l| l.contains("login"))
+    };
+    // The session, tossed under the unprefixed name (session fixation): not signed in.
+    let r = tenant_page(format!("pug_session={session_value}")).await;
+    assert!(
+        to_login(&r),
+        "a tossed session cookie signed in: {}",
+        r.status()
+    );
+    let r = tenant_page(session).await;
+    assert!(!to_login(&r), "pug's own session cookie was not honoured");
 }

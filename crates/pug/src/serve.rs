@@ -235,7 +235,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.public_url(),
         config.tenant_url("<tenant>")
     );
-    println!("  metrics    {api_url}/metrics");
+    println!("  metrics    {api_url}/metrics (with an API token: Authorization: Bearer …)");
     match &renderer {
         Some(r) => println!(
             "  renderer   {}   (every tenant's Grafana renders panels here)",
