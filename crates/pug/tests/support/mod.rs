@@ -32,7 +32,39 @@ pub fn standin_bin() -> PathBuf {
         "grafana-standin not found at {}",
         bin.display()
     );
-    bin
+    executable_by_tenant_users(&bin)
+}
+
+/// `bin` copied into a directory every user can traverse, 0755. With isolation on (tests run as
+/// root), pug starts each instance as its tenant's uid, which cannot reach a build tree below a
+/// private directory (a clone under `/root`, mode 0700). The copy's directory is named after
+/// the binary's size and mtime, so a rebuilt binary gets a new copy; the copy is made under a
+/// temporary name and renamed, so concurrent test processes never see half a file.
+pub fn executable_by_tenant_users(bin: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(bin).unwrap();
+    let mtime = meta
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!("pug-test-bin-{}-{mtime}", meta.len()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let name = bin.file_name().unwrap();
+    let dst = dir.join(name);
+    if !dst.exists() {
+        let tmp = dir.join(format!(
+            ".{}.{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        std::fs::copy(bin, &tmp).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &dst).unwrap();
+    }
+    dst
 }
 
 /// A free TCP port on loopback (released before use; tests use distinct instance port ranges
