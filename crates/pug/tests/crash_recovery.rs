@@ -145,7 +145,8 @@ fn a_restarted_pug_adopts_healthy_instances() {
     assert_eq!(
         pug.instances(),
         before,
-        "the healthy instance was not restarted"
+        "the healthy instance was not restarted; pug's log:\n{}",
+        pug.log()
     );
     assert_eq!(pug.tenant("acme")["status"]["phase"], "ready");
 

@@ -3,44 +3,14 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use pug_types::ExposeSecret;
 use serde_json::Value;
-use support::{pug_bin, Pug};
+use support::Pug;
 
 const T: Duration = Duration::from_secs(60);
-
-/// `pug user create <name> --email … --password-stdin` with the password on stdin.
-fn create_user(pug: &Pug, name: &str, password: &str) {
-    let mut child = Command::new(pug_bin())
-        .args(["user", "create", name, "--email"])
-        .arg(format!("{name}@example.com"))
-        .args(["--password-stdin", "--data-dir"])
-        .arg(&pug.data)
-        .env_remove("PUG_URL")
-        .env_remove("PUG_TOKEN")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "pug user create failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
     resp.headers()
@@ -101,8 +71,8 @@ fn people_reach_their_own_tenant_through_the_gateway() {
     pug.wait_phase("acme", "ready", T);
     pug.wait_phase("bob", "ready", T);
 
-    create_user(&pug, "alice", "alice-password");
-    create_user(&pug, "bob", "bob-password");
+    pug.create_user("alice", "alice-password");
+    pug.create_user("bob", "bob-password");
     let out = pug.ok(&["user", "grant", "alice", "acme", "--role", "Editor"]);
     assert!(out.contains("alice is Editor in acme"), "{out}");
     pug.ok(&["user", "grant", "bob", "bob", "--role", "Viewer"]);

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -144,31 +144,17 @@ fn viewer_named_admin_cannot_become_grafana_server_admin() {
         );
     }
     // The CLI: one clear line, non-zero exit.
-    let mut child = Command::new(crate::support::pug_bin())
-        .args([
+    let out = pug.cli_stdin(
+        &[
             "user",
             "create",
             "admin",
             "--email",
             "a@example.com",
             "--password-stdin",
-        ])
-        .arg("--data-dir")
-        .arg(&pug.data)
-        .env_remove("PUG_URL")
-        .env_remove("PUG_TOKEN")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(PASSWORD.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+        ],
+        PASSWORD,
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the CLI created admin: {stderr}");
     assert!(stderr.contains("reserved"), "{stderr}");

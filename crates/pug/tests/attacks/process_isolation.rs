@@ -3,13 +3,12 @@
 //! Grafana (and its own) as `admin` without going through pug's gateway, and to read pug's and
 //! B's secrets. pug runs as root with `process.isolation = "required"`, as CI does.
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::support::{pug_bin, Pug};
+use crate::support::Pug;
 
 const T: Duration = Duration::from_secs(60);
 
@@ -80,33 +79,6 @@ fn curl_as_admin(uid: Option<u32>, url: &str) -> (i32, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
-}
-
-fn create_user(pug: &Pug, name: &str, password: &str) {
-    let mut child = Command::new(pug_bin())
-        .args(["user", "create", name, "--email"])
-        .arg(format!("{name}@example.com"))
-        .args(["--password-stdin", "--data-dir"])
-        .arg(&pug.data)
-        .env_remove("PUG_URL")
-        .env_remove("PUG_TOKEN")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Signs in through the gateway and fetches `/t/<tenant>/api/user`: (status, body).
@@ -263,7 +235,7 @@ fn tenant_instance_user_cannot_reach_grafanas_as_admin_nor_read_pugs_or_other_te
     }
 
     // The gateway still serves both tenants to the people granted them.
-    create_user(&pug, "alice", "alice-password-1");
+    pug.create_user("alice", "alice-password-1");
     pug.ok(&["user", "grant", "alice", "alpha", "--role", "Viewer"]);
     pug.ok(&["user", "grant", "alice", "bravo", "--role", "Viewer"]);
     for tenant in ["alpha", "bravo"] {

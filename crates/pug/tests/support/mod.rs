@@ -39,7 +39,8 @@ pub fn standin_bin() -> PathBuf {
 /// root), pug starts each instance as its tenant's uid, which cannot reach a build tree below a
 /// private directory (a clone under `/root`, mode 0700). The copy's directory is named after
 /// the binary's size and mtime, so a rebuilt binary gets a new copy; the copy is made under a
-/// temporary name and renamed, so concurrent test processes never see half a file.
+/// temporary name and linked into place, so concurrent test processes never see half a file
+/// and never replace each other's.
 pub fn executable_by_tenant_users(bin: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(bin).unwrap();
@@ -62,7 +63,14 @@ pub fn executable_by_tenant_users(bin: &Path) -> PathBuf {
         ));
         std::fs::copy(bin, &tmp).unwrap();
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::rename(&tmp, &dst).unwrap();
+        // A link, not a rename: it never replaces a copy another test process already made
+        // (and may be running, which a restarted pug must recognise as the same executable).
+        match std::fs::hard_link(&tmp, &dst) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => panic!("linking {} failed: {e}", dst.display()),
+        }
+        let _ = std::fs::remove_file(&tmp);
     }
     dst
 }
@@ -193,6 +201,50 @@ impl Pug {
             .stdin(Stdio::null())
             .output()
             .expect("pug CLI runs")
+    }
+
+    /// Runs a CLI command against this pug with `input` on its stdin.
+    pub fn cli_stdin(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(pug_bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .env_remove("PUG_URL")
+            .env_remove("PUG_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pug CLI runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// `pug user create <name> --email <name>@example.com --password-stdin`, which must succeed.
+    pub fn create_user(&self, name: &str, password: &str) {
+        let email = format!("{name}@example.com");
+        let out = self.cli_stdin(
+            &[
+                "user",
+                "create",
+                name,
+                "--email",
+                &email,
+                "--password-stdin",
+            ],
+            &format!("{password}\n"),
+        );
+        assert!(
+            out.status.success(),
+            "pug user create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Runs a CLI command that must succeed; returns its stdout.
