@@ -86,14 +86,7 @@ impl TenantDatabases {
         password: &SecretString,
     ) -> Result<bool, TenantDbError> {
         let name = self.name_of(tenant, password);
-        let sql = |action: &'static str| {
-            let tenant = tenant.to_string();
-            move |source| TenantDbError::Sql {
-                action,
-                tenant,
-                source,
-            }
-        };
+        let sql = |action: &'static str| sql_error(tenant, action);
         // Role and database names cannot be bound as parameters in DDL; `name` is built from a
         // validated DNS label, so it holds only [a-z0-9_], and the password only base64url
         // characters (checked here), so quoting them is safe.
@@ -156,14 +149,7 @@ impl TenantDatabases {
 
     /// Lets only the tenant's role use its database and the database's `public` schema.
     async fn restrict(&self, tenant: &TenantId, name: &str) -> Result<(), TenantDbError> {
-        let sql = |action: &'static str| {
-            let tenant = tenant.to_string();
-            move |source| TenantDbError::Sql {
-                action,
-                tenant,
-                source,
-            }
-        };
+        let sql = |action: &'static str| sql_error(tenant, action);
         // The schema first: once PUBLIC cannot connect, the database is closed.
         let mut conn = self
             .opts
@@ -205,14 +191,7 @@ impl TenantDatabases {
         password: &SecretString,
     ) -> Result<(), TenantDbError> {
         let name = self.name_of(tenant, password);
-        let sql = |action: &'static str| {
-            let tenant = tenant.to_string();
-            move |source| TenantDbError::Sql {
-                action,
-                tenant,
-                source,
-            }
-        };
+        let sql = |action: &'static str| sql_error(tenant, action);
         sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
             .execute(&self.pool)
             .await
@@ -260,6 +239,16 @@ fn name_of(tenant: &TenantId, password: &SecretString) -> String {
     let digest = Sha256::digest(format!("pug tenant db\0{}", password.expose_secret()).as_bytes());
     let id: String = tenant.as_str().replace('-', "_").chars().take(50).collect();
     format!("pug_{id}_{}", &hex::encode(digest)[..8])
+}
+
+/// Maps a failed statement of `action` on `tenant`'s database to [`TenantDbError::Sql`].
+fn sql_error(tenant: &TenantId, action: &'static str) -> impl FnOnce(sqlx::Error) -> TenantDbError {
+    let tenant = tenant.to_string();
+    move |source| TenantDbError::Sql {
+        action,
+        tenant,
+        source,
+    }
 }
 
 #[cfg(test)]
