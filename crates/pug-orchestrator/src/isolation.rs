@@ -14,6 +14,9 @@
 //!   that did not come through pug (the gateway, health probes, the renderer's Chromium, all pug's
 //!   uid) therefore never reaches a Grafana, let alone authenticates in it.
 //!
+//! - **a uid range of its own per pug**: [`crate::uid_claim`] keeps two pugs on one host from
+//!   giving out the same uids.
+//!
 //! Owns: deciding whether pug isolates ([`decide`], pure), the firewall rules ([`reject_rule`],
 //! [`stale_chains`], pure) and running them through the [`Firewall`] seam ([`Iptables`] at the
 //! edge), the modes of pug's data dir, and the checks that tenant users can reach what they run.
@@ -276,6 +279,8 @@ pub struct Isolation {
     pub(crate) users: Arc<dyn TenantUsers>,
     firewall: Arc<dyn Firewall>,
     chain: String,
+    /// Held while pug runs: no other pug on the host gives out these uids.
+    _uids: crate::uid_claim::UidClaim,
 }
 
 /// The outcome of [`Isolation::start`].
@@ -298,6 +303,10 @@ pub struct IsolationSettings {
     pub ports: (u16, u16),
     pub users: Arc<dyn TenantUsers>,
     pub firewall: Arc<dyn Firewall>,
+    /// The tenant uid range `users` gives out (`process.tenant_uid_base`, `tenant_uid_count`).
+    pub uids: (u32, u32),
+    /// Where pugs on this host claim their uid ranges ([`crate::uid_claim::DEFAULT_DIR`]).
+    pub uid_claims: PathBuf,
 }
 
 impl Isolation {
@@ -315,6 +324,8 @@ impl Isolation {
             Decision::Refuse { reason } => return refuse(reason),
             Decision::Isolate => {}
         }
+        let uids = crate::uid_claim::claim(&s.uid_claims, s.uids, &s.data_dir)
+            .map_err(OrchestratorError::Isolation)?;
         if let Err(e) = set_data_dir_modes(&s.data_dir) {
             return refuse(format!(
                 "cannot set the modes of {}: {e}",
@@ -328,6 +339,7 @@ impl Isolation {
                     users: s.users,
                     firewall: s.firewall,
                     chain,
+                    _uids: uids,
                 })))
             }
             Err(e) => {

@@ -16,6 +16,7 @@ pub mod isolation;
 pub mod process;
 pub mod provisioning;
 pub mod settings;
+pub mod uid_claim;
 
 use std::time::Duration;
 

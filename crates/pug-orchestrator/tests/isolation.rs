@@ -114,6 +114,8 @@ async fn instances_run_as_their_tenants_user_without_groups_and_files_are_kept_a
         ports: (29_900, 29_909),
         users: Arc::new(users),
         firewall: firewall.clone(),
+        uids: (230_001, 2),
+        uid_claims: tmp.path().join("claims"),
     })
     .unwrap() else {
         panic!("isolation is possible as root");

@@ -118,6 +118,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     count: config.process.tenant_uid_count,
                 }),
                 firewall: Arc::new(isolation::Iptables),
+                uids: (
+                    config.process.tenant_uid_base,
+                    config.process.tenant_uid_count,
+                ),
+                uid_claims: pug_orchestrator::uid_claim::DEFAULT_DIR.into(),
             })? {
                 Started::Isolated(iso) => {
                     isolation_line = Some(format!(

@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use self::browser::Instance;
+use self::browser::{InUse, Instance};
 use self::page::{PageSession, Viewport};
 use crate::config::RendererConfig;
 use crate::error::{RenderError, RendererError};
@@ -209,6 +209,25 @@ impl Inner {
     /// The running Chromium, launching one if there is none (or the last one died).
     async fn instance(&self) -> Result<Arc<Instance>, RenderError> {
         let mut current = self.current.lock().await;
+        self.current_or_launch(&mut current).await
+    }
+
+    /// The running Chromium with this render registered on it, both under the lock that
+    /// [`Self::retire`] takes: a browser being retired has either counted the render before
+    /// its teardown waits for renders to drain, or is no longer handed out. (Registering after
+    /// the lock is released let a recycle at the render limit kill a browser a render had just
+    /// been given: a 500 under load.)
+    async fn begin_render(&self) -> Result<(Arc<Instance>, InUse), RenderError> {
+        let mut current = self.current.lock().await;
+        let instance = self.current_or_launch(&mut current).await?;
+        let in_use = instance.begin();
+        Ok((instance, in_use))
+    }
+
+    async fn current_or_launch(
+        &self,
+        current: &mut Option<Arc<Instance>>,
+    ) -> Result<Arc<Instance>, RenderError> {
         if let Some(instance) = current.as_ref() {
             if !instance.is_dead() {
                 return Ok(instance.clone());
@@ -304,10 +323,9 @@ impl Inner {
             counter: None,
             gauge: &self.metrics.in_flight,
         };
-        let instance = tokio::time::timeout_at(deadline, self.instance())
+        let (instance, in_use) = tokio::time::timeout_at(deadline, self.begin_render())
             .await
             .map_err(|_| RenderError::Timeout(timeout))??;
-        let in_use = instance.begin();
 
         let blank = tokio::select! {
             blank = instance.take_blank(scope) => match blank {

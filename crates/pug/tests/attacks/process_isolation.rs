@@ -259,3 +259,52 @@ fn without_root_or_with_isolation_off_pug_says_tenants_are_not_isolated() {
     // (That a pug that cannot isolate refuses to start when isolation is required, with one
     // line saying why, is `isolation::tests::decisions` and `host_problems`.)
 }
+
+/// Two pugs on one host with the same tenant uid range would give the same uid to a tenant of
+/// each: one could read the other's files, and deleting a tenant on one kills the other's
+/// Grafana (pug kills every process of a deleted tenant's uid). The second pug refuses to start.
+#[test]
+fn a_second_pug_cannot_give_out_the_uids_of_a_running_one() {
+    if !is_root() {
+        eprintln!("skipped: process isolation needs root (CI runs as root)");
+        return;
+    }
+    let first = Pug::start((23730, 23734), &[("PUG_PROCESS_ISOLATION", "required")]);
+    let base = crate::support::tenant_uid_base((23730, 23734));
+    let other = tempfile::tempdir().unwrap();
+    let mut second = Command::new(crate::support::pug_bin())
+        .args(["serve", "--data-dir"])
+        .arg(other.path().join("pug-data"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", crate::support::free_port()))
+        .env("PUG_PROCESS_ISOLATION", "required")
+        .env("PUG_PROCESS_PORT_MIN", "23735")
+        .env("PUG_PROCESS_PORT_MAX", "23739")
+        .env("PUG_PROCESS_TENANT_UID_BASE", (base + 500).to_string())
+        .env("PUG_RENDERER_MODE", "off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = crate::support::wait_for(T, "the second pug to exit", || {
+        second.try_wait().unwrap()
+    });
+    let out = second.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success(), "the second pug started: {stderr}");
+    assert!(
+        stderr.contains("claimed") && stderr.contains(&first.data.display().to_string()),
+        "{stderr}"
+    );
+    // The first pug's claim stays; once it is gone, the range is free again.
+    drop(first);
+    let base = base.to_string();
+    let again = Pug::start(
+        (23735, 23739),
+        &[
+            ("PUG_PROCESS_ISOLATION", "required"),
+            ("PUG_PROCESS_TENANT_UID_BASE", &base),
+        ],
+    );
+    again.ok(&["tenant", "list"]);
+}

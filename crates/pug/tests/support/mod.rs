@@ -99,6 +99,11 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
     }
 }
 
+/// The first of 1,000 tenant uids of a test pug whose instance ports start at `ports.0`.
+pub fn tenant_uid_base(ports: (u16, u16)) -> u32 {
+    1_000_000 + u32::from(ports.0) * 1000
+}
+
 /// One `pug serve` with its own data directory and ports.
 pub struct Pug {
     pub data: PathBuf,
@@ -129,6 +134,13 @@ impl Pug {
             ),
             // Tests that render turn it on with a port of their own.
             ("PUG_RENDERER_MODE".to_owned(), "off".to_owned()),
+            // Pugs on one host need uid ranges of their own (pug refuses an overlapping one);
+            // every test has a port range of its own, so the ports name the range.
+            (
+                "PUG_PROCESS_TENANT_UID_BASE".to_owned(),
+                tenant_uid_base(ports).to_string(),
+            ),
+            ("PUG_PROCESS_TENANT_UID_COUNT".to_owned(), "1000".to_owned()),
         ];
         for (k, v) in extra {
             env.retain(|(key, _)| key != k);
