@@ -12,9 +12,15 @@
 //! # Layout
 //! - [`engine`]: connecting (with API version negotiation, for old daemons) and the shared
 //!   limit on concurrent engine operations.
-//! - [`container`]: the docker backend.
-//! - [`swarm`]: the swarm backend.
+//! - `network`: pug's network (created when missing) and a network's gateway, for both
+//!   backends.
+//! - [`container`]: the docker backend; the container spec it hands the engine is pure, in
+//!   `container/spec.rs`, and snapshot-tested.
+//! - [`swarm`]: the swarm backend: the service spec (pure, snapshot-tested), secrets and
+//!   configs, task slots (pure), and rollouts, one file each.
 //! - [`observe`]: nodes, managers and tasks of a swarm, as a status and as metrics.
+//! - this file: the labels, the environment and files both backends give Grafana, and the
+//!   image check of a version.
 //!
 //! Must not: read the store or decide what should run (the controller does).
 
@@ -22,14 +28,17 @@
 
 pub mod container;
 pub mod engine;
+mod network;
 pub mod observe;
 pub mod swarm;
+#[cfg(test)]
+mod test_specs;
 
 use std::collections::HashMap;
 
 use pug_orchestrator::settings::Value;
-use pug_orchestrator::InstanceSpec;
-use pug_types::ExposeSecret;
+use pug_orchestrator::{InstanceSpec, OrchestratorError};
+use pug_types::{ExposeSecret, GrafanaVersion};
 
 pub use container::DockerBackend;
 pub use engine::{DockerError, Engine};
@@ -85,6 +94,29 @@ pub fn image_for(template: &str, version: &str) -> String {
     template.replace("{version}", version)
 }
 
+/// Checks that the image of `version` is on `engine`; `missing(image)` says what to do when
+/// it is not (each backend has its own advice).
+pub(crate) async fn check_image(
+    engine: &Engine,
+    template: &str,
+    version: &GrafanaVersion,
+    missing: impl FnOnce(&str) -> String,
+) -> Result<(), OrchestratorError> {
+    let image = image_for(template, &version.to_string());
+    match engine.docker.inspect_image(&image).await {
+        Ok(_) => Ok(()),
+        Err(e) if engine::is_not_found(&e) => Err(OrchestratorError::UnknownVersion {
+            version: version.to_string(),
+            reason: missing(&image),
+        }),
+        Err(e) => Err(DockerError::Api {
+            context: format!("cannot inspect image {image}"),
+            source: e,
+        }
+        .into()),
+    }
+}
+
 /// The environment of an instance: plain settings as `GF_*` variables, secrets as
 /// `GF_*__FILE` variables naming a file in [`SECRETS_DIR`], and the secret files themselves
 /// (file name, contents) for the backend to deliver.
@@ -127,13 +159,23 @@ pub(crate) fn healthcheck(template: &[String], port: u16, root_path: &str) -> Ve
         .collect()
 }
 
-/// The labels every object of `tenant` carries.
+/// The labels every object of `tenant` carries, created now.
 pub(crate) fn tenant_labels(namespace: &str, tenant: &str) -> HashMap<String, String> {
+    tenant_labels_at(namespace, tenant, now_ms())
+}
+
+/// The labels every object of `tenant` carries, created at `created_ms` (the pure part of
+/// [`tenant_labels`], for the spec builders and their snapshots).
+pub(crate) fn tenant_labels_at(
+    namespace: &str,
+    tenant: &str,
+    created_ms: i64,
+) -> HashMap<String, String> {
     HashMap::from([
         (LABEL_MANAGED.to_owned(), "true".to_owned()),
         (LABEL_NAMESPACE.to_owned(), namespace.to_owned()),
         (LABEL_TENANT.to_owned(), tenant.to_owned()),
-        (LABEL_CREATED_MS.to_owned(), now_ms().to_string()),
+        (LABEL_CREATED_MS.to_owned(), created_ms.to_string()),
     ])
 }
 

@@ -21,38 +21,42 @@
 //! The tenant's volume is named after its `secret_key` too (`pug-<tenant>-<8 hex>`), so a
 //! tenant deleted and created again never starts on the old tenant's data: the old volume stays
 //! behind as its archive (`docker volume rm` it when no longer needed).
+//!
+//! # Layout
+//! - `spec.rs`: the container pug hands the engine, the files copied into it, and reading a
+//!   container back as a replica (pure; snapshot-tested).
+//! - this file: the backend, the [`Orchestrator`] impl, and the watch for containers stopped
+//!   by someone else.
+//!
+//! Must not: read the store or decide what should run (the controller does), or give a
+//! container a secret other than as a file copied in.
+
+mod spec;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use bollard::models::{
-    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, HealthConfig, HostConfig,
-    Mount, MountType, NetworkCreateRequest, RestartPolicy, RestartPolicyNameEnum,
-    VolumeCreateRequest,
-};
+use bollard::models::{ContainerSummary, ContainerSummaryStateEnum, VolumeCreateRequest};
 use bollard::query_parameters::{
-    CreateContainerOptions, EventsOptions, InspectNetworkOptions, ListContainersOptions,
-    ListVolumesOptions, RemoveContainerOptions, StopContainerOptions, UploadToContainerOptions,
+    CreateContainerOptions, EventsOptions, ListContainersOptions, ListVolumesOptions,
+    RemoveContainerOptions, StopContainerOptions, UploadToContainerOptions,
 };
 use futures::StreamExt;
 use pug_config::DockerConfig;
-use pug_orchestrator::{Instance, InstanceSpec, InstanceState, Orchestrator, OrchestratorError};
-use pug_types::{ExposeSecret, GrafanaVersion, TenantId};
-use sha2::{Digest, Sha256};
+use pug_orchestrator::{Instance, InstanceSpec, Orchestrator, OrchestratorError};
+use pug_types::{GrafanaVersion, TenantId};
 use tokio::sync::mpsc;
 
 use crate::engine::{api, is_conflict, is_not_found, DockerError, Engine};
+use crate::network::ensure_network;
 use crate::{
-    environment, healthcheck, image_for, label_filter, provisioning_files, tenant_labels,
-    LABEL_CREATED_MS, LABEL_MANAGED, LABEL_NAMESPACE, LABEL_REPLICA, LABEL_SPEC_HASH, LABEL_TENANT,
-    SECRETS_DIR,
+    check_image, image_for, label_filter, tenant_labels, LABEL_MANAGED, LABEL_NAMESPACE,
+    LABEL_REPLICA, LABEL_SPEC_HASH, LABEL_TENANT,
 };
-
-/// Label holding the port Grafana listens on inside the container.
-const LABEL_PORT: &str = "pug.port";
-/// Where the tenant's volume is mounted: Grafana's data directory in its images.
-pub const DATA_DIR: &str = "/var/lib/grafana";
+pub use spec::DATA_DIR;
+use spec::{files_archive, instance_of, new_container, NewContainer};
+pub(crate) use spec::{health_config, volume_name};
 
 /// The docker backend.
 #[derive(Debug)]
@@ -109,8 +113,7 @@ impl DockerBackend {
 
     /// The volume of a tenant's data (see the module docs for the suffix).
     pub fn volume_name(namespace: &str, spec: &InstanceSpec) -> String {
-        let digest = Sha256::digest(spec.secrets.secret_key.expose_secret().as_bytes());
-        format!("{namespace}-{}-{}", spec.tenant, &hex::encode(digest)[..8])
+        volume_name(namespace, spec)
     }
 
     /// Containers of this namespace with `labels`.
@@ -204,35 +207,8 @@ impl DockerBackend {
     async fn create(&self, spec: &InstanceSpec, hash: &str) -> Result<String, DockerError> {
         let name = self.container_name(&spec.tenant, spec.replica);
         let volume = self.ensure_volume(spec).await?;
-        let (env, files) = environment(spec, spec.port);
-        let mut labels = tenant_labels(&self.config.namespace, spec.tenant.as_str());
-        labels.insert(LABEL_REPLICA.into(), spec.replica.to_string());
-        labels.insert(LABEL_SPEC_HASH.into(), hash.to_owned());
-        labels.insert(LABEL_PORT.into(), spec.port.to_string());
-        let body = ContainerCreateBody {
-            image: Some(image_for(&self.config.image, &spec.version.to_string())),
-            env: Some(env),
-            labels: Some(labels),
-            healthcheck: Some(health_config(&self.config, spec.port, &spec.root_path())),
-            host_config: Some(HostConfig {
-                network_mode: Some(self.config.network.clone()),
-                restart_policy: Some(RestartPolicy {
-                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
-                    maximum_retry_count: None,
-                }),
-                mounts: Some(vec![Mount {
-                    target: Some(DATA_DIR.into()),
-                    source: Some(volume),
-                    typ: Some(MountType::VOLUME),
-                    ..Default::default()
-                }]),
-                memory: (self.config.memory_mb > 0)
-                    .then(|| (self.config.memory_mb * 1024 * 1024) as i64),
-                nano_cpus: (self.config.cpus > 0.0).then_some((self.config.cpus * 1e9) as i64),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let NewContainer { body, files } =
+            new_container(&self.config, spec, hash, volume, crate::now_ms());
         let options = CreateContainerOptions {
             name: Some(name.clone()),
             ..Default::default()
@@ -279,15 +255,6 @@ impl DockerBackend {
             },
             _ => api(format!("cannot create container {name}"))(e),
         })?;
-        let mut files: Vec<(String, String)> = files
-            .into_iter()
-            .map(|(name, value)| (format!("{SECRETS_DIR}/{name}"), value))
-            .collect();
-        files.extend(
-            provisioning_files(spec)
-                .into_iter()
-                .map(|f| (f.path, f.contents)),
-        );
         let archive = files_archive(&files).map_err(|source| DockerError::Api {
             context: "cannot pack the secret files".into(),
             source: bollard::errors::Error::IOError { err: source },
@@ -319,43 +286,7 @@ impl DockerBackend {
     }
 
     fn instance(&self, c: &ContainerSummary) -> Option<Instance> {
-        let labels = c.labels.as_ref()?;
-        let tenant = TenantId::parse(labels.get(LABEL_TENANT)?).ok()?;
-        let replica = labels.get(LABEL_REPLICA)?.parse().ok()?;
-        let port = labels.get(LABEL_PORT).cloned().unwrap_or_default();
-        let ip = c
-            .network_settings
-            .as_ref()
-            .and_then(|n| n.networks.as_ref())
-            .and_then(|n| n.get(&self.config.network))
-            .and_then(|e| e.ip_address.clone())
-            .filter(|ip| !ip.is_empty())
-            .unwrap_or_else(|| "0.0.0.0".into());
-        let state = match c.state {
-            Some(ContainerSummaryStateEnum::RUNNING) => InstanceState::Running,
-            _ => InstanceState::Exited {
-                reason: format!(
-                    "container {} is {}",
-                    c.names
-                        .as_ref()
-                        .and_then(|n| n.first())
-                        .map(|n| n.trim_start_matches('/'))
-                        .unwrap_or("?"),
-                    c.status.as_deref().unwrap_or("not running")
-                ),
-            },
-        };
-        Some(Instance {
-            tenant,
-            replica,
-            spec_hash: labels.get(LABEL_SPEC_HASH).cloned().unwrap_or_default(),
-            endpoint: format!("{ip}:{port}"),
-            state,
-            started_at_ms: labels
-                .get(LABEL_CREATED_MS)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
-        })
+        instance_of(&self.config.network, c)
     }
 
     async fn as_instance(&self, tenant: &TenantId, replica: u32) -> Result<Instance, DockerError> {
@@ -379,22 +310,13 @@ impl Orchestrator for DockerBackend {
     }
 
     async fn check_version(&self, version: &GrafanaVersion) -> Result<(), OrchestratorError> {
-        let image = image_for(&self.config.image, &version.to_string());
-        match self.engine.docker.inspect_image(&image).await {
-            Ok(_) => Ok(()),
-            Err(e) if is_not_found(&e) => Err(OrchestratorError::UnknownVersion {
-                version: version.to_string(),
-                reason: format!(
-                    "image {image} is not on the Docker engine; pull or load it there \
-                     (`docker pull {image}`), or set docker.image to a registry that has it"
-                ),
-            }),
-            Err(e) => Err(DockerError::Api {
-                context: format!("cannot inspect image {image}"),
-                source: e,
-            }
-            .into()),
-        }
+        check_image(&self.engine, &self.config.image, version, |image| {
+            format!(
+                "image {image} is not on the Docker engine; pull or load it there \
+                 (`docker pull {image}`), or set docker.image to a registry that has it"
+            )
+        })
+        .await
     }
 
     async fn ensure(&self, spec: &InstanceSpec) -> Result<Instance, OrchestratorError> {
@@ -489,113 +411,6 @@ impl Orchestrator for DockerBackend {
     }
 }
 
-/// The container health check: `/api/health` through the configured command.
-pub(crate) fn health_config(config: &DockerConfig, port: u16, root_path: &str) -> HealthConfig {
-    const SECOND: i64 = 1_000_000_000;
-    HealthConfig {
-        test: Some(healthcheck(&config.healthcheck, port, root_path)),
-        interval: Some(5 * SECOND),
-        timeout: Some(3 * SECOND),
-        retries: Some(3),
-        // Grafana runs its database migrations on first start; that is not a failure.
-        start_period: Some(120 * SECOND),
-        ..Default::default()
-    }
-}
-
-/// Creates `name` with `driver` when missing; returns its gateway address.
-pub(crate) async fn ensure_network(
-    engine: &Engine,
-    name: &str,
-    driver: &str,
-) -> Result<Option<String>, DockerError> {
-    let inspect = || {
-        engine.docker.inspect_network(
-            name,
-            Some(InspectNetworkOptions {
-                verbose: false,
-                scope: None,
-            }),
-        )
-    };
-    let network = match inspect().await {
-        Ok(n) => n,
-        Err(e) if is_not_found(&e) => {
-            let mut labels = HashMap::new();
-            labels.insert(LABEL_MANAGED.to_owned(), "true".to_owned());
-            match engine
-                .docker
-                .create_network(NetworkCreateRequest {
-                    name: name.to_owned(),
-                    driver: Some(driver.to_owned()),
-                    attachable: (driver == "overlay").then_some(true),
-                    labels: Some(labels),
-                    ..Default::default()
-                })
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if is_conflict(&e) => {}
-                Err(e) => return Err(api(format!("cannot create the {driver} network {name}"))(e)),
-            }
-            inspect()
-                .await
-                .map_err(api(format!("cannot inspect network {name}")))?
-        }
-        Err(e) => return Err(api(format!("cannot inspect network {name}"))(e)),
-    };
-    if let Some(actual) = network.driver.as_deref() {
-        // A just-created swarm network may be reported without its driver for a moment.
-        if !actual.is_empty() && actual != driver {
-            return Err(DockerError::Mismatch(format!(
-                "network {name} exists with driver {actual}, not {driver}; set docker.network \
-                 to another name or remove that network"
-            )));
-        }
-    }
-    Ok(network
-        .ipam
-        .and_then(|i| i.config)
-        .and_then(|c| c.into_iter().find_map(|c| c.gateway)))
-}
-
-/// A tar archive of `files` (absolute path, contents) with their directories, the files
-/// readable by root and group 0 only (Grafana's images run Grafana as user 472 in group 0):
-/// secrets and provisioning (datasource credentials) alike.
-fn files_archive(files: &[(String, String)]) -> std::io::Result<Vec<u8>> {
-    let mut builder = tar::Builder::new(Vec::new());
-    let mut dirs = std::collections::BTreeSet::new();
-    for (path, _) in files {
-        let mut parent = std::path::Path::new(path.trim_start_matches('/')).parent();
-        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
-            dirs.insert(p.display().to_string());
-            parent = p.parent();
-        }
-    }
-    for dir in dirs {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Directory);
-        header.set_mode(0o755);
-        header.set_size(0);
-        header.set_mtime(0);
-        builder.append_data(&mut header, format!("{dir}/"), std::io::empty())?;
-    }
-    for (path, contents) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_mode(0o440);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_size(contents.len() as u64);
-        header.set_mtime(0);
-        builder.append_data(
-            &mut header,
-            path.trim_start_matches('/'),
-            contents.as_bytes(),
-        )?;
-    }
-    builder.into_inner()
-}
-
 /// Sends the tenant of every pug container stopped or removed by someone else (an operator, a
 /// "total failure"), so the controller looks at once. Crashes are not sent: the restart policy
 /// restarts the container, and the controller's polls count them as crash loops (a change
@@ -643,34 +458,4 @@ fn spawn_event_watch(
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secret_files_are_private() {
-        let bytes = files_archive(&[("/run/secrets/pug-a".into(), "s3cret".into())]).unwrap();
-        let mut archive = tar::Archive::new(&bytes[..]);
-        let entries: Vec<(String, u32)> = archive
-            .entries()
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                (
-                    e.path().unwrap().display().to_string(),
-                    e.header().mode().unwrap(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            entries,
-            vec![
-                ("run/".to_owned(), 0o755),
-                ("run/secrets/".to_owned(), 0o755),
-                ("run/secrets/pug-a".to_owned(), 0o440),
-            ]
-        );
-    }
 }

@@ -1,0 +1,427 @@
+//! The swarm backend: every tenant is one replicated Docker Swarm service, `pug-<tenant>`.
+//!
+//! Owns: the service spec (image from `docker.image`, Grafana's `GF_*` settings, secrets as
+//! Docker secrets read through `GF_<SECTION>_<KEY>__FILE`, the tenant's provisioning as Docker
+//! configs (dashboards) and a secret (the datasources file, which holds credentials) mounted
+//! at their paths under `/etc/grafana`, the container health check on
+//! `/api/health`, resource limits, restart policy, an attachable overlay network), its update
+//! and rollback configuration, and mapping the service's tasks back to the controller's
+//! replicas.
+//!
+//! How the controller's per-replica calls map onto one service:
+//! - `ensure(replica r)` makes the service run the spec with at least `r + 1` replicas. When the
+//!   task template changes, Swarm itself rolls the tasks: `update_parallelism` at a time,
+//!   watched for `update_monitor_secs`, `start-first` when the tenant's database is external
+//!   (two Grafanas may share it) and `stop-first` when it is SQLite on a volume (one writer);
+//!   a failed update is rolled back by Swarm (`FailureAction = rollback`).
+//! - `instances` reports one instance per active task slot, in slot order; its endpoint is the
+//!   node's address and the port Swarm published for that task (host mode: the routing mesh
+//!   needs IPVS, which not every engine has, and pug probes every replica by itself anyway).
+//! - `remove(replica r)` scales the service down to `r` replicas; suspending a tenant is
+//!   replicas 0 (the service, its secrets and its volume stay). Removing replica 0 of a service
+//!   already at 0 deletes it: that is how orphans go.
+//! - After Swarm rolled an update back, the tasks report as exited with Swarm's message, so
+//!   the controller counts the failure and, after `crash_loop_threshold` passes, rolls the
+//!   tenant's spec back as well; once the controller asks for the spec that runs, the rollback
+//!   is acknowledged with a label and the tasks report as running again.
+//!
+//! Swarm-wide throttling: template changes of existing services (upgrades) wait while other
+//! pug services are updating: one at a time until a first update has completed since pug
+//! started (the canary), then up to `docker.max_concurrent_ops` at once.
+//!
+//! The controller hashes every replica's spec including its allocated port, while all tasks of
+//! a service share one template (listening on [`CONTAINER_PORT`]). The backend therefore
+//! remembers which replica hash it applied with which template hash; after a restart of pug it
+//! reports template hashes, which makes the controller re-ensure each replica once (no task
+//! restarts: the template is unchanged).
+
+//!
+//! # Layout
+//! - `spec.rs`: the service spec built from an instance spec (pure; snapshot-tested).
+//! - `objects.rs`: the secrets and configs a task mounts (one generic path for both kinds).
+//! - `slots.rs`: which task is which replica, and its state (pure; table-tested).
+//! - `rollout.rs`: scaling, upgrades and their throttle, rollback acknowledgement.
+//! - this file: the backend and the [`Orchestrator`] impl, dispatching to the above.
+//!
+//! Must not: read the store or decide what should run (the controller does), or publish a
+//! task other than through the service spec.
+
+mod objects;
+mod rollout;
+mod slots;
+mod spec;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bollard::models::{Service, ServiceSpec, Task};
+use bollard::query_parameters::{
+    InspectServiceOptions, ListNodesOptions, ListServicesOptions, ListTasksOptions,
+};
+use pug_config::DockerConfig;
+use pug_orchestrator::{Instance, InstanceSpec, InstanceState, Orchestrator, OrchestratorError};
+use pug_types::{GrafanaVersion, TenantId};
+
+use crate::engine::{api, is_conflict, is_not_found, DockerError, Engine};
+use crate::network::{ensure_network, network_gateway};
+use crate::{
+    check_image, label_filter, LABEL_CREATED_MS, LABEL_MANAGED, LABEL_NAMESPACE, LABEL_SPEC_HASH,
+    LABEL_TENANT,
+};
+use objects::{Config, Secret};
+use slots::{Applied, Hosts};
+pub use spec::CONTAINER_PORT;
+use spec::{TaskFiles, TaskObjects};
+
+/// The swarm backend.
+#[derive(Debug)]
+pub struct SwarmBackend {
+    engine: Engine,
+    config: DockerConfig,
+    whitelist: Vec<String>,
+    /// What pug applied for each replica (see `slots::Applied`).
+    applied: Mutex<Applied>,
+    /// Whether an update has completed since pug started: until then, one update at a time.
+    canary_done: AtomicBool,
+}
+
+impl SwarmBackend {
+    /// Connects to a swarm manager and creates the overlay network when missing.
+    pub async fn new(config: DockerConfig) -> Result<Arc<Self>, DockerError> {
+        let engine = Engine::connect(&config.host, config.max_concurrent_ops).await?;
+        let info = engine
+            .docker
+            .info()
+            .await
+            .map_err(api("cannot read the engine's /info"))?;
+        let swarm = info.swarm.unwrap_or_default();
+        if swarm.control_available != Some(true) {
+            return Err(DockerError::NotAManager {
+                address: engine.address.clone(),
+                state: swarm
+                    .local_node_state
+                    .map(|s| s.to_string())
+                    .unwrap_or_default(),
+            });
+        }
+        ensure_network(&engine, &config.network, "overlay").await?;
+        let whitelist = if config.proxy_whitelist.is_empty() {
+            // Published host-mode ports reach tasks through docker_gwbridge: connections from
+            // this machine arrive from its gateway.
+            let mut w = vec!["127.0.0.1".to_owned()];
+            if let Ok(Some(gw)) = network_gateway(&engine, "docker_gwbridge").await {
+                w.push(gw);
+            }
+            w
+        } else {
+            config.proxy_whitelist.clone()
+        };
+        Ok(Arc::new(Self {
+            engine,
+            config,
+            whitelist,
+            applied: Mutex::default(),
+            canary_done: AtomicBool::new(false),
+        }))
+    }
+
+    /// The engine, for observation.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The service of a tenant.
+    pub fn service_name(&self, tenant: &TenantId) -> String {
+        spec::service_name(&self.config.namespace, tenant)
+    }
+
+    async fn service(&self, tenant: &TenantId) -> Result<Option<Service>, DockerError> {
+        let name = self.service_name(tenant);
+        match self
+            .engine
+            .docker
+            .inspect_service(&name, None::<InspectServiceOptions>)
+            .await
+        {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(api(format!("cannot inspect service {name}"))(e)),
+        }
+    }
+
+    /// The service spec of `spec`, once the secrets and configs it mounts exist.
+    async fn service_spec(
+        &self,
+        spec: &InstanceSpec,
+        template_hash: &str,
+        replicas: i64,
+        labels: HashMap<String, String>,
+    ) -> Result<ServiceSpec, DockerError> {
+        let TaskFiles {
+            env,
+            secrets,
+            configs,
+        } = spec::task_files(spec);
+        let namespace = &self.config.namespace;
+        let task = TaskObjects {
+            env,
+            secrets: objects::ensure::<Secret>(&self.engine, namespace, &spec.tenant, &secrets)
+                .await?,
+            configs: objects::ensure::<Config>(&self.engine, namespace, &spec.tenant, &configs)
+                .await?,
+        };
+        Ok(spec::service_spec(
+            &self.config,
+            spec,
+            template_hash,
+            replicas,
+            labels,
+            task,
+        ))
+    }
+
+    /// Creates the tenant's service with `replicas` tasks (an existing one is left alone: a
+    /// concurrent create won).
+    async fn create_service(
+        &self,
+        spec: &InstanceSpec,
+        template_hash: &str,
+        replicas: i64,
+    ) -> Result<(), OrchestratorError> {
+        let name = self.service_name(&spec.tenant);
+        let labels = spec::new_service_labels(
+            &self.config.namespace,
+            &spec.tenant,
+            template_hash,
+            crate::now_ms(),
+        );
+        let service_spec = self
+            .service_spec(spec, template_hash, replicas, labels)
+            .await?;
+        let _op = self.engine.op().await;
+        match self.engine.docker.create_service(service_spec, None).await {
+            Ok(_) => {}
+            Err(e) if is_conflict(&e) => {}
+            Err(e) if is_not_found(&e) => {
+                return Err(DockerError::Api {
+                    context: format!(
+                        "cannot create service {name}: a network or secret is missing; \
+                         check docker.network"
+                    ),
+                    source: e,
+                }
+                .into())
+            }
+            Err(e) => return Err(api(format!("cannot create service {name}"))(e).into()),
+        }
+        tracing::info!(tenant = %spec.tenant, version = %spec.version, replicas, "service created");
+        Ok(())
+    }
+
+    async fn tasks(&self, service: &str) -> Result<Vec<Task>, DockerError> {
+        self.engine
+            .docker
+            .list_tasks(Some(ListTasksOptions {
+                filters: Some(HashMap::from([(
+                    "service".to_owned(),
+                    vec![service.to_owned()],
+                )])),
+            }))
+            .await
+            .map_err(api(format!("cannot list the tasks of {service}")))
+    }
+
+    /// Where pug reaches tasks: `docker.swarm_node_address`, or each node's address.
+    async fn hosts(&self) -> Result<Hosts, DockerError> {
+        if !self.config.swarm_node_address.is_empty() {
+            return Ok(Hosts::Fixed(self.config.swarm_node_address.clone()));
+        }
+        let nodes = self
+            .engine
+            .docker
+            .list_nodes(None::<ListNodesOptions>)
+            .await
+            .map_err(api("cannot list swarm nodes"))?;
+        Ok(Hosts::ByNode(
+            nodes
+                .into_iter()
+                .filter_map(|n| Some((n.id?, n.status?.addr?)))
+                .collect(),
+        ))
+    }
+
+    async fn instances_of(
+        &self,
+        tenant: &TenantId,
+        service: &Service,
+    ) -> Result<Vec<Instance>, DockerError> {
+        let tasks = self.tasks(&self.service_name(tenant)).await?;
+        let hosts = self.hosts().await?;
+        let applied = self.applied.lock().expect("applied").clone();
+        Ok(slots::instances(
+            tenant,
+            service,
+            tasks,
+            &applied,
+            &hosts,
+            crate::now_ms(),
+        ))
+    }
+
+    async fn delete_service(&self, tenant: &TenantId) -> Result<(), DockerError> {
+        let name = self.service_name(tenant);
+        {
+            let _op = self.engine.op().await;
+            match self.engine.docker.delete_service(&name).await {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(api(format!("cannot delete service {name}"))(e)),
+            }
+        }
+        self.applied
+            .lock()
+            .expect("applied")
+            .retain(|(t, _), _| t != tenant);
+        // The tenant's secrets and configs that no service uses any more.
+        let namespace = &self.config.namespace;
+        objects::remove_unused::<Secret>(&self.engine, namespace, tenant).await;
+        objects::remove_unused::<Config>(&self.engine, namespace, tenant).await;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Orchestrator for SwarmBackend {
+    fn name(&self) -> &'static str {
+        "swarm"
+    }
+
+    async fn check_version(&self, version: &GrafanaVersion) -> Result<(), OrchestratorError> {
+        check_image(&self.engine, &self.config.image, version, |image| {
+            format!(
+                "image {image} is not on the swarm manager's engine; push it to a registry \
+                 every node can pull from and set docker.image accordingly"
+            )
+        })
+        .await
+    }
+
+    async fn ensure(&self, spec: &InstanceSpec) -> Result<Instance, OrchestratorError> {
+        let template_hash = spec::template_hash(&self.config, spec);
+        let want = spec.replica as i64 + 1;
+        match self.service(&spec.tenant).await? {
+            None => self.create_service(spec, &template_hash, want).await?,
+            Some(service) => self.roll(spec, &service, &template_hash, want).await?,
+        }
+        self.applied.lock().expect("applied").insert(
+            (spec.tenant.clone(), spec.replica),
+            (template_hash.clone(), spec.hash()),
+        );
+        let instances = self.instances(&spec.tenant).await?;
+        Ok(instances
+            .into_iter()
+            .find(|i| i.replica == spec.replica)
+            .unwrap_or_else(|| Instance {
+                tenant: spec.tenant.clone(),
+                replica: spec.replica,
+                spec_hash: spec.hash(),
+                // No task yet: nothing answers here, so probes see it as not ready.
+                endpoint: "0.0.0.0:0".into(),
+                state: InstanceState::Running,
+                started_at_ms: crate::now_ms(),
+            }))
+    }
+
+    async fn instances(&self, tenant: &TenantId) -> Result<Vec<Instance>, OrchestratorError> {
+        match self.service(tenant).await? {
+            Some(service) => Ok(self.instances_of(tenant, &service).await?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    async fn all_instances(&self) -> Result<Vec<Instance>, OrchestratorError> {
+        let services = self
+            .engine
+            .docker
+            .list_services(Some(ListServicesOptions {
+                filters: Some(label_filter(&[
+                    (LABEL_MANAGED, "true"),
+                    (LABEL_NAMESPACE, &self.config.namespace),
+                ])),
+                status: None,
+            }))
+            .await
+            .map_err(api("cannot list services"))?;
+        let grace_start = crate::now_ms() - (self.config.orphan_grace_secs as i64) * 1000;
+        let mut out = Vec::new();
+        for service in services {
+            let labels = service
+                .spec
+                .as_ref()
+                .and_then(|s| s.labels.clone())
+                .unwrap_or_default();
+            let Some(tenant) = labels
+                .get(LABEL_TENANT)
+                .and_then(|t| TenantId::parse(t).ok())
+            else {
+                continue;
+            };
+            let created = labels
+                .get(LABEL_CREATED_MS)
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(0);
+            if created > grace_start {
+                continue;
+            }
+            let instances = self.instances_of(&tenant, &service).await?;
+            if instances.is_empty() {
+                // Scaled to zero: report the service itself, so that an orphan goes too.
+                out.push(Instance {
+                    tenant,
+                    replica: 0,
+                    spec_hash: labels.get(LABEL_SPEC_HASH).cloned().unwrap_or_default(),
+                    endpoint: "0.0.0.0:0".into(),
+                    state: InstanceState::Exited {
+                        reason: "service scaled to zero".into(),
+                    },
+                    started_at_ms: created,
+                });
+            } else {
+                out.extend(instances);
+            }
+        }
+        out.sort_by(|a, b| (&a.tenant, a.replica).cmp(&(&b.tenant, b.replica)));
+        Ok(out)
+    }
+
+    async fn remove(&self, tenant: &TenantId, replica: u32) -> Result<(), OrchestratorError> {
+        let Some(service) = self.service(tenant).await? else {
+            return Ok(());
+        };
+        let current = service.spec.clone().unwrap_or_default();
+        let replicas = spec::replicas_of(&current);
+        if replicas == 0 && replica == 0 {
+            self.delete_service(tenant).await?;
+            tracing::info!(%tenant, "service deleted");
+            return Ok(());
+        }
+        let target = replicas.min(replica as i64);
+        if target != replicas {
+            self.update(&service, spec::with_replicas(current, target))
+                .await?;
+            tracing::info!(%tenant, replicas = target, "service scaled down");
+        }
+        Ok(())
+    }
+
+    async fn archive(&self, tenant: &TenantId) -> Result<(), OrchestratorError> {
+        self.delete_service(tenant).await?;
+        Ok(())
+    }
+
+    fn gateway_source_addresses(&self) -> Vec<String> {
+        self.whitelist.clone()
+    }
+}
