@@ -92,7 +92,9 @@ pub fn claim(dir: &Path, range: (u32, u32), data_dir: &Path) -> Result<UidClaim,
                 let _ = file.read_to_string(&mut holder);
                 let holder = holder.trim();
                 let who = if Path::new(holder) == data_dir {
-                    format!("another pug serving this data dir ({holder}) is running; stop it first")
+                    format!(
+                        "another pug serving this data dir ({holder}) is running; stop it first"
+                    )
                 } else {
                     format!(
                         "they are held by the pug serving {holder}; give each pug on a host a range of its own \
@@ -165,7 +167,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = claim(dir.path(), (300_000, 100), Path::new("/srv/a")).unwrap();
         let err = claim(dir.path(), (300_050, 100), Path::new("/srv/b")).unwrap_err();
-        assert!(err.contains("/srv/a") && err.contains("PUG_PROCESS_TENANT_UID_BASE=300100"), "{err}");
+        assert!(
+            err.contains("/srv/a") && err.contains("PUG_PROCESS_TENANT_UID_BASE=300100"),
+            "{err}"
+        );
         let same = claim(dir.path(), (300_000, 100), Path::new("/srv/a")).unwrap_err();
         assert!(same.contains("this data dir"), "{same}");
         let b = claim(dir.path(), (300_100, 100), Path::new("/srv/b")).unwrap();

@@ -286,9 +286,8 @@ fn a_second_pug_cannot_give_out_the_uids_of_a_running_one() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let status = crate::support::wait_for(T, "the second pug to exit", || {
-        second.try_wait().unwrap()
-    });
+    let status =
+        crate::support::wait_for(T, "the second pug to exit", || second.try_wait().unwrap());
     let out = second.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!status.success(), "the second pug started: {stderr}");
