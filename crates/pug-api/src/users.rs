@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use pug_gateway::{embed, GrafanaRole};
+use pug_auth::{embed, GrafanaRole};
 use pug_store::StoreError;
 use pug_types::{ExposeSecret, InvalidInput, TenantId};
 use serde::{Deserialize, Serialize};
@@ -164,7 +164,7 @@ pub(crate) async fn create_user(
 ) -> Result<impl IntoResponse, UsersError> {
     let Json(req) = body?;
     let name = req.name.trim().to_owned();
-    pug_gateway::validate_new_user(&name, req.email.trim(), &req.password)
+    pug_auth::validate_new_user(&name, req.email.trim(), &req.password)
         .map_err(|e| UsersError::Api(e.into()))?;
     let display_name = req
         .display_name
@@ -181,7 +181,7 @@ pub(crate) async fn create_user(
         ));
     }
     let password = req.password;
-    let hash = tokio::task::spawn_blocking(move || pug_gateway::hash_password(&password))
+    let hash = tokio::task::spawn_blocking(move || pug_auth::hash_password(&password))
         .await
         .map_err(|e| UsersError::Api(ApiError::Internal(e.to_string())))?;
     state

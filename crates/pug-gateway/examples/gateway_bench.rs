@@ -47,7 +47,7 @@ async fn main() {
             "bench",
             "bench@example.com",
             "bench",
-            &pug_gateway::hash_password("bench-password"),
+            &pug_auth::hash_password("bench-password"),
         )
         .await
         .unwrap();

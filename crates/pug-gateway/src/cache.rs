@@ -31,7 +31,7 @@ use pug_types::SecretString;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-use crate::auth::lock;
+use crate::throttle::lock;
 
 pub(crate) struct AuthCache<V> {
     ttl: Duration,
@@ -133,10 +133,11 @@ impl<V: Clone + Send + Sync + 'static> AuthCache<V> {
         cell.get_or_try_init(fetch).await.cloned()
     }
 
-    /// Forgets `key` (a session just ended); a background read under way does not bring it
-    /// back.
-    pub fn remove(&self, key: &str) {
-        lock(&self.entries).remove(key);
+    /// Forgets every entry; a background read under way does not bring one back (a sign-out
+    /// ended sessions cached under ids this replica cannot
+    /// derive: the sign-in's sessions on other hosts). Sign-outs are rare; the cache refills.
+    pub fn clear(&self) {
+        lock(&self.entries).clear();
     }
 }
 
@@ -300,7 +301,7 @@ mod tests {
                 .await,
             Ok(1)
         );
-        cache.remove("k");
+        cache.clear();
         assert_eq!(
             cache
                 .get("k", || std::future::ready(Ok::<_, &str>(2)))

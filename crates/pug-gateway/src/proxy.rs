@@ -29,8 +29,8 @@ use hyper_util::rt::TokioIo;
 use pug_store::SessionRecord;
 use pug_types::{Phase, TenantId, TenantStatus};
 
-use crate::auth::GrafanaRole;
 use crate::pages;
+use pug_auth::GrafanaRole;
 
 /// How long a replica that refused a connection is skipped.
 const COOL_DOWN_MS: u64 = 2_000;

@@ -148,8 +148,8 @@ impl Connections {
         total_cap: usize,
         per_client: usize,
     ) -> Option<Slot> {
-        let client = crate::auth::client_key(client);
-        let mut by_client = crate::auth::lock(&table.by_client);
+        let client = crate::throttle::client_key(client);
+        let mut by_client = crate::throttle::lock(&table.by_client);
         if table.total.load(Ordering::Relaxed) >= total_cap {
             return None;
         }
@@ -168,7 +168,7 @@ impl Connections {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut by_client = crate::auth::lock(&self.table.by_client);
+        let mut by_client = crate::throttle::lock(&self.table.by_client);
         if let Some(n) = by_client.get_mut(&self.client) {
             *n -= 1;
             if *n == 0 {

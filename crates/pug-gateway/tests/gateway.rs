@@ -7,11 +7,11 @@ mod support;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use pug_auth::EmbedClaims;
 use pug_config::GatewayMode;
-use pug_gateway::EmbedClaims;
 use pug_types::{Phase, TenantId};
 use serde_json::Value;
-use support::{no_redirects, raw_get, set_cookie, Env, Standin, Trap};
+use support::{no_redirects, raw_get, set_cookie, sign_in_on_host, Env, Standin, Trap};
 
 /// acme (alice, Editor) and bob (bob, Viewer), each with one stand-in replica.
 async fn two_tenants() -> (Env, Standin, Standin) {
@@ -289,7 +289,7 @@ async fn embed_tokens_sign_people_in_and_bad_ones_are_refused() {
     let (env, _acme, _bob) = two_tenants().await;
     let (info, key) = env.store.create_embed_key("webapp", None).await.unwrap();
     let key = key.expose_secret().to_owned();
-    let token = pug_gateway::embed::sign(&info.id, &key, &claims("acme", 300));
+    let token = pug_auth::embed::sign(&info.id, &key, &claims("acme", 300));
 
     let r = no_redirects()
         .get(format!("{}/t/acme/d/x?orgId=1&pug_token={token}", env.url))
@@ -334,8 +334,8 @@ async fn embed_tokens_sign_people_in_and_bad_ones_are_refused() {
         .unwrap();
     // A key made after an unknown key id was looked up is seen at the next refresh.
     env.gateway.refresh().await.unwrap();
-    let good = pug_gateway::embed::sign(&info.id, &key, &claims("acme", 300));
-    let admin = pug_gateway::embed::sign(
+    let good = pug_auth::embed::sign(&info.id, &key, &claims("acme", 300));
+    let admin = pug_auth::embed::sign(
         &info.id,
         &key,
         &EmbedClaims {
@@ -348,24 +348,24 @@ async fn embed_tokens_sign_people_in_and_bad_ones_are_refused() {
     let tampered = format!("{}.{}.{}", g[0], a[1], g[2]);
     let bad = [
         (
-            pug_gateway::embed::sign(&info.id, &key, &claims("acme", -120)),
+            pug_auth::embed::sign(&info.id, &key, &claims("acme", -120)),
             "expired",
         ),
         (tampered, "signature"),
         (
-            pug_gateway::embed::sign(&info.id, &key, &claims("bob", 300)),
+            pug_auth::embed::sign(&info.id, &key, &claims("bob", 300)),
             "for tenant",
         ),
         (
-            pug_gateway::embed::sign(&info.id, &key, &claims("acme", 3600)),
+            pug_auth::embed::sign(&info.id, &key, &claims("acme", 3600)),
             "longer than",
         ),
         (
-            pug_gateway::embed::sign("ek_unknown", &key, &claims("acme", 300)),
+            pug_auth::embed::sign("ek_unknown", &key, &claims("acme", 300)),
             "does not know",
         ),
         (
-            pug_gateway::embed::sign(&scoped.id, scoped_key.expose_secret(), &claims("acme", 300)),
+            pug_auth::embed::sign(&scoped.id, scoped_key.expose_secret(), &claims("acme", 300)),
             "for tenant",
         ),
         ("not-a-token".to_owned(), "not a JWT"),
@@ -697,7 +697,7 @@ async fn host_mode_routes_by_host_and_isolates_origins() {
     let client = no_redirects();
     let host = |t: &str| format!("{t}.pug.test:{}", env.addr.port());
 
-    // Not signed in: the login page is on the tenant's own host.
+    // Not signed in: sent to pug's own origin to sign in, never to a form on the tenant's host.
     let r = client
         .get(format!("{}/api/user", env.url))
         .header("host", host("acme"))
@@ -706,32 +706,11 @@ async fn host_mode_routes_by_host_and_isolates_origins() {
         .await
         .unwrap();
     assert_eq!(r.status(), 302);
-    assert_eq!(r.headers()["location"], "/_pug/login?next=%2Fapi%2Fuser");
-    let page = client
-        .get(format!("{}/_pug/login", env.url))
-        .header("host", host("acme"))
-        .send()
-        .await
-        .unwrap();
-    let csrf = set_cookie(&page, "pug_csrf").unwrap();
-    assert!(page.text().await.unwrap().contains("acme"));
-    let value = csrf.split_once('=').unwrap().1.to_owned();
-    let r = client
-        .post(format!("{}/_pug/login", env.url))
-        .header("host", host("acme"))
-        .header("cookie", &csrf)
-        .form(&[
-            ("user", "alice"),
-            ("password", "password-alice"),
-            ("csrf", value.as_str()),
-            ("next", "/"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 303);
-    assert_eq!(r.headers()["location"], "/");
-    let alice = set_cookie(&r, "pug_session").unwrap();
+    assert_eq!(
+        r.headers()["location"],
+        format!("{}/login?tenant=acme&next=%2Fapi%2Fuser", env.url).as_str()
+    );
+    let alice = sign_in_on_host(&env, "acme", "alice", "password-alice", "/").await;
 
     let r = client
         .get(format!("{}/api/user", env.url))

@@ -6,8 +6,8 @@ mod support;
 
 use std::time::Duration;
 
+use pug_auth::EmbedClaims;
 use pug_config::GatewayMode;
-use pug_gateway::EmbedClaims;
 use pug_store::SessionRecord;
 use support::{no_redirects, Env};
 
@@ -49,7 +49,7 @@ async fn made_up_key_ids_read_the_store_at_most_once_per_interval() {
     // `?pug_token=`: each once read and decrypted every key.
     let client = no_redirects();
     let flood = (0..64).map(|i| {
-        let token = pug_gateway::embed::sign(&format!("ek_made_up_{i}"), "guess", &claims());
+        let token = pug_auth::embed::sign(&format!("ek_made_up_{i}"), "guess", &claims());
         let client = client.clone();
         let url = env.url.clone();
         async move {
@@ -73,7 +73,7 @@ async fn made_up_key_ids_read_the_store_at_most_once_per_interval() {
     );
     // The same ids again: remembered as unknown, no read at all.
     for i in 0..8 {
-        let token = pug_gateway::embed::sign(&format!("ek_made_up_{i}"), "guess", &claims());
+        let token = pug_auth::embed::sign(&format!("ek_made_up_{i}"), "guess", &claims());
         let r = client
             .get(format!("{}/t/acme/api/user", env.url))
             .bearer_auth(&token)
@@ -89,7 +89,7 @@ async fn made_up_key_ids_read_the_store_at_most_once_per_interval() {
 
     // A real key still verifies (the read found it), without another read.
     use pug_types::ExposeSecret;
-    let good = pug_gateway::embed::sign(&key.id, secret.expose_secret(), &claims());
+    let good = pug_auth::embed::sign(&key.id, secret.expose_secret(), &claims());
     let r = client
         .get(format!("{}/t/acme/api/user", env.url))
         .bearer_auth(&good)

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod crypto;
+mod logins;
 mod queue;
 mod tenants;
 mod tokens;
@@ -24,6 +25,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
 
 pub use crypto::{generate_secret, token_hash, write_private, MasterKey, MASTER_KEY_ENV};
+pub use logins::LOGIN_CODE_TTL_MS;
 pub use queue::WorkItem;
 pub use tokens::{
     choose_revocation, token_id, RevokeRefusal, Role, TokenCheck, TokenInfo, LOCAL_TOKEN_NAME,

@@ -9,7 +9,9 @@
 //! under the same id never inherits it. [`Store::sweep_sessions`] deletes the rows that can no
 //! longer be honoured (expired, or their key or tenant gone) and the token ids past their expiry.
 //!
-//! Password hashing and verification happen in `pug-gateway`; this module only keeps the
+//! One-time sign-in codes for host mode's tenant hosts are [`crate::logins`].
+//!
+//! Password hashing and verification happen in `pug-auth`; this module only keeps the
 //! PHC string it is given. It decides nothing about tokens: the gateway says which token id to
 //! remember and until when.
 
@@ -75,6 +77,8 @@ pub struct SweepCounts {
     pub orphaned_sessions: u64,
     /// Remembered embed token ids past their expiry.
     pub token_ids: u64,
+    /// One-time sign-in codes past their expiry (see [`Store::create_login_code`]).
+    pub login_codes: u64,
 }
 
 /// Rows deleted per statement by the sweep, so that it never holds the write lock for long.
@@ -271,7 +275,8 @@ impl Store {
             ));
         }
         let id = generate_secret();
-        insert_session(&self.pool, &id, s, None).await?;
+        // A sign-in is its own login: the sessions its codes mint on tenant hosts share it.
+        insert_session(&self.pool, &id, s, None, Some(&token_hash(&id))).await?;
         Ok(id)
     }
 
@@ -320,7 +325,7 @@ impl Store {
             }
         }
         let id = generate_secret();
-        insert_session(&mut *tx, &id, s, Some(incarnation)).await?;
+        insert_session(&mut *tx, &id, s, Some(incarnation), None).await?;
         tx.commit().await?;
         Ok(EmbedSessionOutcome::Created(id))
     }
@@ -405,6 +410,11 @@ impl Store {
         .await?
         .rows_affected();
         counts.token_ids = sqlx::query("DELETE FROM embed_token_ids WHERE expires_at_ms <= $1")
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        counts.login_codes = sqlx::query("DELETE FROM login_codes WHERE expires_at_ms <= $1")
             .bind(now_ms)
             .execute(&self.pool)
             .await?
@@ -621,11 +631,12 @@ impl Store {
 }
 
 /// Inserts one session row (`incarnation`: the tenant's `created_at_ms`, for embed sessions).
-async fn insert_session<'e, E>(
+pub(crate) async fn insert_session<'e, E>(
     executor: E,
     id: &SecretString,
     s: &SessionRecord,
     incarnation: Option<i64>,
+    login_id: Option<&str>,
 ) -> Result<(), StoreError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
@@ -640,8 +651,8 @@ where
     };
     sqlx::query(
         "INSERT INTO sessions (id_hash, user_name, email, display_name, tenant_id, role, \
-         created_at_ms, expires_at_ms, key_id, tenant_created_at_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+         created_at_ms, expires_at_ms, key_id, tenant_created_at_ms, login_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(token_hash(id))
     .bind(&s.user)
@@ -653,6 +664,7 @@ where
     .bind(s.expires_at_ms)
     .bind(key_id)
     .bind(incarnation)
+    .bind(login_id)
     .execute(executor)
     .await?;
     Ok(())

@@ -105,7 +105,7 @@ fn people_reach_their_own_tenant_through_the_gateway() {
     assert!(keys.contains("webapp") && !keys.contains(key["key"].as_str().unwrap()));
 
     // An EdDSA key: the webapp keeps its Ed25519 private key; pug gets only the public key.
-    let (ed_private, ed_public) = pug_gateway::embed::generate_ed25519();
+    let (ed_private, ed_public) = pug_auth::embed::generate_ed25519();
     let public_file = pug.data.parent().unwrap().join("webapp.pub");
     std::fs::write(&public_file, &ed_public).unwrap();
     let ed_key: Value = serde_json::from_str(&pug.ok(&[
@@ -167,7 +167,7 @@ fn people_reach_their_own_tenant_through_the_gateway() {
         assert!(page.contains("<span id=\"login\">alice</span>"), "{page}");
 
         // An embed token from the webapp signs carol in to acme.
-        let claims = pug_gateway::EmbedClaims {
+        let claims = pug_auth::EmbedClaims {
             tenant: "acme".into(),
             sub: "carol".into(),
             email: "carol@example.com".into(),
@@ -176,7 +176,7 @@ fn people_reach_their_own_tenant_through_the_gateway() {
             name: None,
             jti: None,
         };
-        let token = pug_gateway::embed::sign(
+        let token = pug_auth::embed::sign(
             key["id"].as_str().unwrap(),
             key["key"].as_str().unwrap(),
             &claims,
@@ -198,12 +198,12 @@ fn people_reach_their_own_tenant_through_the_gateway() {
         assert_eq!(get(&format!("{url}/t/bob/"), &carol).await.0, 403);
 
         // …and an EdDSA token signs dave in.
-        let dave = pug_gateway::EmbedClaims {
+        let dave = pug_auth::EmbedClaims {
             sub: "dave".into(),
             email: "dave@example.com".into(),
             ..claims.clone()
         };
-        let token = pug_gateway::embed::sign_eddsa(
+        let token = pug_auth::embed::sign_eddsa(
             ed_key["id"].as_str().unwrap(),
             ed_private.expose_secret(),
             &dave,

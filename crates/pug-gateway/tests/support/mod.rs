@@ -244,7 +244,7 @@ impl Env {
                 name,
                 &format!("{name}@example.com"),
                 name,
-                &pug_gateway::hash_password(password),
+                &pug_auth::hash_password(password),
             )
             .await
             .unwrap();
@@ -334,4 +334,78 @@ pub async fn raw_get(addr: SocketAddr, target: &str, extra_headers: &str) -> (u1
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Host mode: signs `user` in on pug's own origin to continue to `tenant`'s host, follows the
+/// one-time code to that host, and returns the host's own session cookie (`name=value`).
+pub async fn sign_in_on_host(
+    env: &Env,
+    tenant: &str,
+    user: &str,
+    password: &str,
+    next: &str,
+) -> String {
+    sign_in_on_origin(env, tenant, user, password, next).await.1
+}
+
+/// [`sign_in_on_host`], also returning pug's origin session cookie: (origin, tenant host).
+pub async fn sign_in_on_origin(
+    env: &Env,
+    tenant: &str,
+    user: &str,
+    password: &str,
+    next: &str,
+) -> (String, String) {
+    let client = no_redirects();
+    let page = client
+        .get(format!("{}/login?tenant={tenant}", env.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let csrf = set_cookie(&page, "pug_csrf").unwrap();
+    let value = csrf.split_once('=').unwrap().1.to_owned();
+    let body = page.text().await.unwrap();
+    assert!(body.contains("type=\"password\""), "{body}");
+    let r = client
+        .post(format!("{}/login?tenant={tenant}", env.url))
+        .header("cookie", &csrf)
+        .form(&[
+            ("user", user),
+            ("password", password),
+            ("csrf", value.as_str()),
+            ("next", next),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "{:?}", r.text().await);
+    let origin = set_cookie(&r, "pug_session").expect("a session on pug's origin");
+    let to = r.headers()["location"].to_str().unwrap().to_owned();
+    let host_session = redeem(env, &to).await.expect("the code gives a session");
+    (origin, host_session)
+}
+
+/// Follows a callback URL (`http://<tenant>.pug.test:<port>/_pug/callback?…`) to the gateway
+/// with its Host; the tenant host's session cookie if the code was good.
+pub async fn redeem(env: &Env, callback: &str) -> Option<String> {
+    let url = reqwest::Url::parse(callback).unwrap();
+    assert_eq!(url.path(), "/_pug/callback", "{callback}");
+    let host = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
+    let r = no_redirects()
+        .get(format!(
+            "{}{}?{}",
+            env.url,
+            url.path(),
+            url.query().unwrap_or_default()
+        ))
+        .header("host", host)
+        .send()
+        .await
+        .unwrap();
+    match r.status().as_u16() {
+        303 => Some(set_cookie(&r, "pug_session").expect("the callback sets the session")),
+        401 => None,
+        other => panic!("callback answered {other}"),
+    }
 }

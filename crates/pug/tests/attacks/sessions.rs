@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use pug_gateway::EmbedClaims;
+use pug_auth::EmbedClaims;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -122,7 +122,7 @@ fn embed_subject_admin_or_a_pug_users_name_does_not_become_them_in_grafana() {
             ("mallory", "alice@example.com"),
         ];
         for (sub, email) in attempts {
-            let token = pug_gateway::embed::sign(&kid, &key, &claims(sub, email, None));
+            let token = pug_auth::embed::sign(&kid, &key, &claims(sub, email, None));
             let (status, cookie, page) = sign_in(&pug.url, &token).await;
             let Some(cookie) = cookie else {
                 // Refused outright (`Admin` is not a valid subject): not admin either.
@@ -163,7 +163,7 @@ fn embed_subject_admin_or_a_pug_users_name_does_not_become_them_in_grafana() {
 fn parent_domain_sso_cookie_never_reaches_grafana() {
     let (pug, kid, key) = setup((26420, 26439));
     rt().block_on(async {
-        let token = pug_gateway::embed::sign(&kid, &key, &claims("carol", "c@example.com", None));
+        let token = pug_auth::embed::sign(&kid, &key, &claims("carol", "c@example.com", None));
         let (_, cookie, _) = sign_in(&pug.url, &token).await;
         let cookie = cookie.expect("carol signs in");
         let jar = format!(
@@ -184,7 +184,7 @@ fn deleting_an_embed_key_ends_the_sessions_it_minted() {
     let (pug, kid, key) = setup((26440, 26459));
     let url = pug.url.clone();
     let cookie = rt().block_on(async {
-        let token = pug_gateway::embed::sign(&kid, &key, &claims("carol", "c@example.com", None));
+        let token = pug_auth::embed::sign(&kid, &key, &claims("carol", "c@example.com", None));
         let (_, cookie, page) = sign_in(&url, &token).await;
         let cookie = cookie.unwrap_or_else(|| panic!("carol signs in: {page}"));
         assert_eq!(get(&url, "/api/user", &cookie).await.0, 200);
@@ -205,7 +205,7 @@ fn a_tenant_created_again_does_not_honour_the_old_tenants_sessions() {
     let (pug, kid, key) = setup((26460, 26479));
     let url = pug.url.clone();
     let cookie = rt().block_on(async {
-        let token = pug_gateway::embed::sign(&kid, &key, &claims("carol", "c@example.com", None));
+        let token = pug_auth::embed::sign(&kid, &key, &claims("carol", "c@example.com", None));
         let (_, cookie, page) = sign_in(&url, &token).await;
         cookie.unwrap_or_else(|| panic!("carol signs in: {page}"))
     });
@@ -223,7 +223,7 @@ fn a_tenant_created_again_does_not_honour_the_old_tenants_sessions() {
     rt().block_on(async {
         assert_eq!(get(&url, "/api/user", &cookie).await.0, 401);
         // The new acme's own sessions work.
-        let token = pug_gateway::embed::sign(&kid, &key, &claims("carol", "c@example.com", None));
+        let token = pug_auth::embed::sign(&kid, &key, &claims("carol", "c@example.com", None));
         let (_, fresh, page) = sign_in(&url, &token).await;
         let fresh = fresh.unwrap_or_else(|| panic!("carol signs in again: {page}"));
         assert_eq!(get(&url, "/api/user", &fresh).await.0, 200);
@@ -234,7 +234,7 @@ fn a_tenant_created_again_does_not_honour_the_old_tenants_sessions() {
 fn a_replayed_embed_token_is_refused() {
     let (pug, kid, key) = setup((26480, 26499));
     rt().block_on(async {
-        let once = pug_gateway::embed::sign(
+        let once = pug_auth::embed::sign(
             &kid,
             &key,
             &claims("carol", "c@example.com", Some("4f1c0a7e-replay")),
@@ -249,7 +249,7 @@ fn a_replayed_embed_token_is_refused() {
         assert_eq!(get(&pug.url, "/api/user", &first.unwrap()).await.0, 200);
 
         // Without a jti a token still signs in, but its session ends with the token.
-        let loose = pug_gateway::embed::sign(&kid, &key, &claims("dave", "d@example.com", None));
+        let loose = pug_auth::embed::sign(&kid, &key, &claims("dave", "d@example.com", None));
         let r = client()
             .get(format!("{}/t/acme/?pug_token={loose}", pug.url))
             .send()
@@ -314,7 +314,7 @@ fn upgrade_requests_neither_pin_grafana_nor_tunnel_anything_but_websockets() {
     let (pug, kid, key) = setup((26500, 26519));
     let addr = pug.url.trim_start_matches("http://").to_owned();
     rt().block_on(async {
-        let token = pug_gateway::embed::sign(&kid, &key, &claims("carol", "c@example.com", None));
+        let token = pug_auth::embed::sign(&kid, &key, &claims("carol", "c@example.com", None));
         let (_, cookie, _) = sign_in(&pug.url, &token).await;
         let cookie = cookie.expect("carol signs in");
 

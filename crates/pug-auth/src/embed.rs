@@ -188,13 +188,13 @@ pub fn verify(
             });
         }
     }
-    if !crate::auth::valid_login(&claims.sub) {
+    if !crate::identity::valid_login(&claims.sub) {
         return Err(EmbedError::BadClaim("sub"));
     }
-    if !crate::auth::valid_email(&claims.email) {
+    if !crate::identity::valid_email(&claims.email) {
         return Err(EmbedError::BadClaim("email"));
     }
-    if crate::auth::GrafanaRole::parse(&claims.role).is_none() {
+    if crate::identity::GrafanaRole::parse(&claims.role).is_none() {
         return Err(EmbedError::BadClaim("role"));
     }
     if let Some(name) = &claims.name {
@@ -214,7 +214,7 @@ pub fn verify(
 }
 
 /// The Grafana login of embed subject `sub` vouched for by key `key_id`: `embed:<key>:<sub>`.
-/// The `:` is in no pug user name ([`crate::auth::valid_login`]) nor in a key id, so this is
+/// The `:` is in no pug user name ([`crate::identity::valid_login`]) nor in a key id, so this is
 /// never a pug user's login, Grafana's admin's, or another key's subject's.
 pub fn grafana_login(key_id: &str, sub: &str) -> String {
     format!("embed:{key_id}:{sub}")
@@ -535,7 +535,7 @@ mod tests {
 
     #[test]
     fn embed_identities_never_are_pug_users_the_admin_or_each_other() {
-        use crate::auth::valid_login;
+        use crate::identity::valid_login;
         // (key, sub) → (login, email)
         let cases = [
             (
