@@ -20,6 +20,9 @@ pub enum ApiError {
     Forbidden,
     #[error("tenant {0} does not exist")]
     NotFound(String),
+    /// Something other than a tenant does not exist (the message names it).
+    #[error("{0}")]
+    Missing(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -41,7 +44,8 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::AlreadyExists(_) => ApiError::Conflict(e.to_string()),
-            StoreError::NotFound(id) => ApiError::NotFound(id),
+            StoreError::NotFound { kind: "tenant", id } => ApiError::NotFound(id),
+            StoreError::NotFound { .. } => ApiError::Missing(e.to_string()),
             StoreError::Conflict { .. } => ApiError::Conflict(e.to_string()),
             other => ApiError::Internal(pug_orchestrator::error_chain(&other)),
         }
@@ -68,6 +72,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, None),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, Some("id".to_owned())),
+            ApiError::Missing(_) => (StatusCode::NOT_FOUND, None),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, None),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
             ApiError::Internal(detail) => {

@@ -119,8 +119,8 @@ impl IntoResponse for UsersError {
 
 fn store_error(e: StoreError) -> UsersError {
     match e {
-        StoreError::NotFound(what) if what.starts_with("user ") => UsersError::NotFound(format!(
-            "{what} does not exist; create it with pug user create"
+        StoreError::NotFound { kind: "user", id } => UsersError::NotFound(format!(
+            "user {id} does not exist; create it with pug user create"
         )),
         StoreError::AlreadyExists(what) => {
             UsersError::Api(ApiError::Conflict(format!("{what} already exists")))

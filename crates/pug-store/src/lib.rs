@@ -49,8 +49,9 @@ pub mod secret {
 pub enum StoreError {
     #[error("tenant {0} already exists; pick another id or delete it first")]
     AlreadyExists(String),
-    #[error("tenant {0} does not exist")]
-    NotFound(String),
+    /// No `kind` (`tenant`, `user`, …) with this id.
+    #[error("{kind} {id} does not exist")]
+    NotFound { kind: &'static str, id: String },
     #[error("tenant {id} changed while this request was in flight (generation {found}, expected {expected}); retry")]
     Conflict {
         id: String,

@@ -135,7 +135,10 @@ impl Store {
                     .fetch_optional(&mut *tx)
                     .await?;
             return Err(match found {
-                None => StoreError::NotFound(id.to_string()),
+                None => StoreError::NotFound {
+                    kind: "tenant",
+                    id: id.to_string(),
+                },
                 Some(found) => StoreError::Conflict {
                     id: id.to_string(),
                     expected,
@@ -148,7 +151,10 @@ impl Store {
         tx.commit().await?;
         self.tenant(id)
             .await?
-            .ok_or_else(|| StoreError::NotFound(id.to_string()))
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "tenant",
+                id: id.to_string(),
+            })
     }
 
     /// Writes a tenant's status (no-op if the tenant is gone).

@@ -133,7 +133,10 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("user {name}")));
+            return Err(StoreError::NotFound {
+                kind: "user",
+                id: name.to_owned(),
+            });
         }
         sqlx::query("DELETE FROM sessions WHERE user_name = $1 AND tenant_id IS NULL")
             .bind(name)
@@ -159,7 +162,10 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         if deleted.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("user {name}")));
+            return Err(StoreError::NotFound {
+                kind: "user",
+                id: name.to_owned(),
+            });
         }
         tx.commit().await?;
         Ok(())
@@ -216,7 +222,10 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
         if user_exists.is_none() {
-            return Err(StoreError::NotFound(format!("user {user}")));
+            return Err(StoreError::NotFound {
+                kind: "user",
+                id: user.to_owned(),
+            });
         }
         let tenant_exists: Option<String> =
             sqlx::query_scalar("SELECT id FROM tenants WHERE id = $1")
@@ -224,7 +233,10 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
         if tenant_exists.is_none() {
-            return Err(StoreError::NotFound(tenant.to_string()));
+            return Err(StoreError::NotFound {
+                kind: "tenant",
+                id: tenant.to_string(),
+            });
         }
         sqlx::query(
             "INSERT INTO memberships (user_name, tenant_id, role) VALUES ($1, $2, $3) \
@@ -459,7 +471,10 @@ impl Store {
                 .fetch_optional(&self.pool)
                 .await?;
             if exists.is_none() {
-                return Err(StoreError::NotFound(t.to_string()));
+                return Err(StoreError::NotFound {
+                    kind: "tenant",
+                    id: t.to_string(),
+                });
             }
         }
         // Lowercase hex (96 bits): a key id is part of the Grafana login of the people its
