@@ -37,7 +37,7 @@ use utoipa::OpenApi;
 pub use error::{ApiError, ErrorBody};
 pub use tenants::{CreateTenant, DatasourceInput, TenantDetail, UpdateTenant, UpgradeTenant};
 pub use tokens::{parse_expires_in, CreatedToken, NewToken, TokenInfo};
-pub use users::{EmbedKey, UserInfo};
+pub use users::{EmbedKey, Grant, NewEmbedKey, NewUser, UserInfo};
 
 /// Everything handlers need.
 #[derive(Clone)]
