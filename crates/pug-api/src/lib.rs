@@ -153,7 +153,7 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
 }
 
 /// The fleet at a glance.
-#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FleetStatus {
     /// Tenants by phase.
     pub tenants_by_phase: std::collections::BTreeMap<String, u64>,

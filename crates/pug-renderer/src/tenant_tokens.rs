@@ -145,7 +145,13 @@ mod tests {
         let b = tenant("b", &["127.0.0.1:3002"]);
         let idle = tenant("c", &[]);
         let no_token = tenant("d", &["127.0.0.1:3003"]);
-        let cases: &[(&str, Vec<TenantEndpoints>, Vec<(&str, Scope)>)] = &[
+        /// What a case is about, the tenants, and the entries they must give.
+        type Case = (
+            &'static str,
+            Vec<TenantEndpoints>,
+            Vec<(&'static str, Scope)>,
+        );
+        let cases: &[Case] = &[
             ("no tenants", vec![], vec![]),
             (
                 "a ready tenant: its token, its instances",

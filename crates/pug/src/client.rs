@@ -239,6 +239,96 @@ mod erased {
 #[cfg(test)]
 mod tests {
     use super::Client;
+    use crate::{ClientArgs, Output};
+
+    fn args(url: String, token: Option<&str>, data_dir: &std::path::Path) -> ClientArgs {
+        ClientArgs {
+            url: Some(url),
+            token: token.map(str::to_owned),
+            data_dir: data_dir.to_owned(),
+            output: Output::Table,
+        }
+    }
+
+    /// A pug that answers every request with `status` and `body`.
+    async fn answering(status: u16, body: &'static str) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let status = axum::http::StatusCode::from_u16(status).unwrap();
+        let app = axum::Router::new().fallback(move || async move { (status, body) });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    #[tokio::test]
+    async fn failures_are_one_line_that_says_what_to_do() {
+        let empty = tempfile::tempdir().unwrap();
+        let error = r#"{"error":"tenant acme does not exist","field":"id"}"#;
+        let cases = [
+            (404, error, Some("t"), "tenant acme does not exist".to_owned()),
+            (500, "upstream broke", Some("t"), "upstream broke".to_owned()),
+            (
+                401,
+                r#"{"error":"a token is needed"}"#,
+                None,
+                "a token is needed (no token found: pass --token or PUG_TOKEN, or run on the machine of `pug serve` with --data-dir)".to_owned(),
+            ),
+            (401, r#"{"error":"bad token"}"#, Some("t"), "bad token".to_owned()),
+        ];
+        for (status, body, token, want) in cases {
+            let url = answering(status, body).await;
+            let api = Client::new(&args(url, token, empty.path())).unwrap();
+            let e = api.tenant("acme").await.unwrap_err();
+            assert_eq!(e.to_string(), want, "{status} {body}");
+        }
+
+        // Not running: how to reach it.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let api = Client::new(&args(url.clone(), None, empty.path())).unwrap();
+        let e = api.status().await.unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("cannot reach pug at {url}: ")),
+            "{e}"
+        );
+        assert!(
+            e.ends_with("; is `pug serve` running? (set --url or PUG_URL)"),
+            "{e}"
+        );
+
+        // A success that is not the expected type names the URL.
+        let url = answering(200, "[]").await;
+        let api = Client::new(&args(url.clone(), None, empty.path())).unwrap();
+        let e = api.status().await.unwrap_err().to_string();
+        assert_eq!(e, format!("unexpected answer from {url}/api/v1/status"));
+    }
+
+    #[test]
+    fn pug_is_found_through_the_files_serve_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let found = |args: &ClientArgs| {
+            let c = Client::new(args).unwrap();
+            (c.url, c.token)
+        };
+        let mut none = args(String::new(), None, dir.path());
+        none.url = None;
+        assert_eq!(found(&none), ("http://127.0.0.1:8080".to_owned(), None));
+        std::fs::write(dir.path().join(super::URL_FILE), "http://127.0.0.1:9/\n").unwrap();
+        std::fs::write(dir.path().join(super::TOKEN_FILE), "local-secret\n").unwrap();
+        assert_eq!(
+            found(&none),
+            (
+                "http://127.0.0.1:9".to_owned(),
+                Some("local-secret".to_owned())
+            )
+        );
+        let flags = args("http://pug.example/".into(), Some("flag"), dir.path());
+        assert_eq!(
+            found(&flags),
+            ("http://pug.example".to_owned(), Some("flag".to_owned()))
+        );
+    }
 
     #[test]
     fn path_segments_are_encoded() {
