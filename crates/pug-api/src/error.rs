@@ -4,7 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use pug_store::StoreError;
 use pug_types::InvalidInput;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Every error the API returns. User errors say what was wrong and how to fix it; internal
 /// errors are logged in full and answered with a generic message.
@@ -31,7 +31,7 @@ pub enum ApiError {
     Internal(String),
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// What was wrong and how to fix it.
     pub error: String,

@@ -37,7 +37,7 @@ use utoipa::OpenApi;
 pub use error::{ApiError, ErrorBody};
 pub use tenants::{CreateTenant, DatasourceInput, TenantDetail, UpdateTenant, UpgradeTenant};
 pub use tokens::{parse_expires_in, CreatedToken, NewToken, TokenInfo};
-pub use users::{EmbedKey, UserInfo};
+pub use users::{EmbedKey, Grant, NewEmbedKey, NewUser, UserInfo};
 
 /// Everything handlers need.
 #[derive(Clone)]
@@ -153,7 +153,7 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
 }
 
 /// The fleet at a glance.
-#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FleetStatus {
     /// Tenants by phase.
     pub tenants_by_phase: std::collections::BTreeMap<String, u64>,

@@ -2,7 +2,8 @@
 //! manager reachability, tasks per node, tenants' running and desired tasks).
 //!
 //! The API does not know Docker: `pug serve` hands it a [`SwarmSource`] (as an axum
-//! `Extension`) when the backend is `swarm`; without one the endpoint says how to get one.
+//! `Extension<Arc<dyn SwarmSource>>`) when the backend is `swarm`; without one the endpoint says
+//! how to get one.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,12 +15,17 @@ use serde_json::Value;
 
 use crate::{ApiError, ApiState};
 
-/// A swarm status, as JSON.
-pub type SwarmFuture = Pin<Box<dyn Future<Output = Result<Value, String>> + Send>>;
+/// Why the swarm could not be read (its causes stay attached, for the one-line answer).
+pub type SwarmError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Reads the swarm's status on request.
-#[derive(Clone)]
-pub struct SwarmSource(pub Arc<dyn Fn() -> SwarmFuture + Send + Sync>);
+/// A swarm status on its way, as JSON.
+pub type SwarmFuture<'a> = Pin<Box<dyn Future<Output = Result<Value, SwarmError>> + Send + 'a>>;
+
+/// Reads the swarm's status on request (in `pug serve`: the swarm backend's observer).
+pub trait SwarmSource: Send + Sync {
+    /// The swarm as observed now.
+    fn status(&self) -> SwarmFuture<'_>;
+}
 
 /// `GET /api/v1/swarm`: nodes (role, availability, state, address, leader, reachability, tasks
 /// by state), the leader, managers and how many are reachable, and each tenant's running and
@@ -32,7 +38,7 @@ pub struct SwarmSource(pub Arc<dyn Fn() -> SwarmFuture + Send + Sync>);
     ))]
 pub(crate) async fn status(
     State(state): State<ApiState>,
-    source: Option<Extension<SwarmSource>>,
+    source: Option<Extension<Arc<dyn SwarmSource>>>,
 ) -> Result<Json<Value>, ApiError> {
     let Some(Extension(source)) = source else {
         return Err(ApiError::BadRequest(format!(
@@ -40,8 +46,10 @@ pub(crate) async fn status(
             state.config.backend.as_str()
         )));
     };
-    (source.0)()
-        .await
-        .map(Json)
-        .map_err(|e| ApiError::Unavailable(format!("cannot read the swarm: {e}")))
+    source.status().await.map(Json).map_err(|e| {
+        ApiError::Unavailable(format!(
+            "cannot read the swarm: {}",
+            pug_orchestrator::error_chain(&*e)
+        ))
+    })
 }

@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 use crate::{ApiError, ApiState, ErrorBody};
 
 /// A new tenant.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     /// A DNS label: `[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?`.
@@ -31,21 +31,21 @@ pub struct CreateTenant {
     #[serde(default)]
     pub display_name: Option<String>,
     /// grafana.ini overrides as `section.key=value`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub set: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     /// Datasources to provision into the tenant's Grafana.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub datasources: Vec<DatasourceInput>,
     /// Dashboards to provision into the tenant's Grafana.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dashboards: Vec<DashboardSpec>,
 }
 
 /// A datasource as given to the API: its spec plus the values of its `secureJsonData`, which
 /// pug stores as tenant secrets and never returns.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 pub struct DatasourceInput {
     pub name: String,
     #[serde(rename = "type")]

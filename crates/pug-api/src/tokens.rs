@@ -24,7 +24,7 @@ use crate::{ApiError, ApiState, ErrorBody};
 const MAX_EXPIRES_IN: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
 
 /// A request for a new API token.
-#[derive(Deserialize, utoipa::ToSchema)]
+#[derive(Deserialize, Serialize, utoipa::ToSchema)]
 pub struct NewToken {
     /// A name to recognise it by.
     pub name: String,

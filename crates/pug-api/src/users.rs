@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 use crate::{ApiError, ApiState, ErrorBody};
 
 /// A new pug user.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     /// 1–64 of `a-z 0-9 . _ @ -`: the login in every tenant's Grafana.
@@ -48,7 +48,7 @@ pub struct Grant {
 }
 
 /// A new embed key.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewEmbedKey {
     /// A name to recognise it by (e.g. the webapp's).

@@ -3,7 +3,8 @@
 //! Owns: the [`Orchestrator`] trait (one per engine: local processes here, Docker and Swarm in
 //! `pug-docker`), the [`InstanceSpec`] that says what one replica must be, the Grafana settings
 //! every instance gets ([`settings`]), readiness probing ([`probe_health`]), the process backend
-//! ([`process`]) with its tenant isolation ([`isolation`]) and the resolution and download of Grafana releases ([`install`]).
+//! ([`process`]) with its tenant isolation ([`isolation`]), set up from `[process]` of pug's
+//! configuration ([`process_setup`]), and the resolution and download of Grafana releases ([`install`]).
 //!
 //! Must not: read the store or decide what should run. The controller decides; an orchestrator
 //! only makes one replica match one spec, reports what runs, and removes what it is told to.
@@ -14,6 +15,7 @@
 pub mod install;
 pub mod isolation;
 pub mod process;
+pub mod process_setup;
 pub mod provisioning;
 pub mod settings;
 pub mod uid_claim;

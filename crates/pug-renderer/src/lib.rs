@@ -16,15 +16,19 @@
 //! - [`api`]: the HTTP routes and the mapping of errors to statuses.
 //! - [`metrics`]: Prometheus families.
 //! - [`error`]: error types.
+//! - [`tenant_tokens`]: inside `pug serve`, which tenant's token may render which instances.
+//! - [`embedded`]: the renderer `pug serve` runs beside the process backend.
 
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod embedded;
 pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod params;
 pub mod security;
+pub mod tenant_tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +37,7 @@ pub use crate::cli::RenderArgs;
 pub use crate::config::{ConfigError, RendererConfig};
 pub use crate::error::{RenderError, RendererError};
 pub use crate::security::{Scope, ScopedTokens, StaticTokens, TokenScopes};
+pub use crate::tenant_tokens::{TenantEndpoints, TenantSource, TenantTokens};
 
 /// The engine and its state: what `pug render` runs, and what `pug serve` embeds.
 pub struct Renderer {

@@ -1,63 +1,97 @@
-//! The CLI side of pug: every command but `serve` is a call to the REST API, printed as a
-//! table or as JSON.
+//! The one client of pug's REST API: every command but `serve` and `render` calls pug through it.
+//!
+//! Owns: finding pug (flags, `PUG_URL`/`PUG_TOKEN`, then the files `pug serve` writes into its
+//! data dir), one typed method per endpoint on the API's own request and response types, and
+//! failures as one line: the server's `{"error": …}`, or how to reach a pug that is not running.
+//!
+//! Must not: print (the commands do), retry, or decide anything the server decides.
 
-use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use comfy_table::{presets::NOTHING, Table};
-use pug_api::{CreatedToken, FleetStatus, TenantDetail, TokenInfo};
-use pug_types::{Phase, Tenant};
+use pug_api::{
+    CreateTenant, CreatedToken, EmbedKey, ErrorBody, FleetStatus, Grant, NewEmbedKey, NewToken,
+    NewUser, TenantDetail, TokenInfo, UpdateTenant, UpgradeTenant, UserInfo,
+};
+use pug_docker::SwarmStatus;
+use pug_types::Tenant;
+use reqwest::Method;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde::Serialize;
 
-use crate::{ClientArgs, Output, WaitArgs};
+use crate::ClientArgs;
 
+/// In pug's data dir: the URL the local `pug serve` listens at.
+pub const URL_FILE: &str = "pug.url";
+/// In pug's data dir: the local CLI's admin token (readable by pug's user only).
+pub const TOKEN_FILE: &str = "local.token";
+
+/// A change to a tenant's desired state.
+#[derive(Clone, Copy, Debug)]
+pub enum Action {
+    Suspend,
+    Resume,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Suspend => "suspend",
+            Action::Resume => "resume",
+        }
+    }
+}
+
+/// pug's REST API, as one pug answers it.
 pub struct Client {
     http: reqwest::Client,
     url: String,
     token: Option<String>,
-    output: Output,
 }
 
 impl Client {
     /// Finds pug's URL and a token: flags, `PUG_URL`/`PUG_TOKEN`, then the local data dir.
     pub fn new(args: &ClientArgs) -> anyhow::Result<Self> {
-        let url = match &args.url {
-            Some(u) => u.clone(),
-            None => std::fs::read_to_string(args.data_dir.join("pug.url"))
-                .map(|s| s.trim().to_owned())
-                .unwrap_or_else(|_| "http://127.0.0.1:8080".into()),
-        };
-        let token = match &args.token {
-            Some(t) => Some(t.clone()),
-            None => std::fs::read_to_string(args.data_dir.join("local.token"))
+        let read = |file| {
+            std::fs::read_to_string(args.data_dir.join(file))
                 .ok()
-                .map(|s| s.trim().to_owned()),
+                .map(|s| s.trim().to_owned())
         };
+        let url = (args.url.clone())
+            .or_else(|| read(URL_FILE))
+            .unwrap_or_else(|| "http://127.0.0.1:8080".into());
         Ok(Self {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()?,
             url: url.trim_end_matches('/').to_owned(),
-            token,
-            output: args.output,
+            token: args.token.clone().or_else(|| read(TOKEN_FILE)),
         })
     }
 
-    async fn call<T: DeserializeOwned>(
+    /// `/api/v1/<segments…>`, each segment percent-encoded.
+    fn path(segments: &[&str]) -> String {
+        let mut url = reqwest::Url::parse("http://pug/api/v1").expect("static URL");
+        url.path_segments_mut()
+            .expect("an http URL has path segments")
+            .extend(segments);
+        url.path().to_owned()
+    }
+
+    /// Sends one request; the answer's body if it is a success, else the server's error.
+    async fn send(
         &self,
-        method: reqwest::Method,
+        method: Method,
         path: &str,
-        body: Option<&Value>,
-    ) -> anyhow::Result<T> {
-        let url = format!("{}/api/v1{path}", self.url);
+        body: Option<&dyn erased::Body>,
+    ) -> anyhow::Result<String> {
+        let url = format!("{}{path}", self.url);
         let mut request = self.http.request(method, &url);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
         if let Some(body) = body {
-            request = request.json(body);
+            request = request.json(&body.to_json()?);
         }
         let response = request.send().await.map_err(|e| {
             anyhow!(
@@ -68,377 +102,251 @@ impl Client {
         })?;
         let status = response.status();
         let text = response.text().await.context("cannot read pug's answer")?;
-        if !status.is_success() {
-            let message = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-                .unwrap_or(text);
-            if status == reqwest::StatusCode::UNAUTHORIZED && self.token.is_none() {
-                bail!("{message} (no token found: pass --token or PUG_TOKEN, or run on the machine of `pug serve` with --data-dir)");
-            }
-            bail!("{message}");
+        if status.is_success() {
+            return Ok(text);
         }
-        serde_json::from_str(&text).with_context(|| format!("unexpected answer from {url}"))
+        let message = serde_json::from_str::<ErrorBody>(&text).map_or(text, |b| b.error);
+        if status == reqwest::StatusCode::UNAUTHORIZED && self.token.is_none() {
+            bail!("{message} (no token found: pass --token or PUG_TOKEN, or run on the machine of `pug serve` with --data-dir)");
+        }
+        bail!("{message}")
     }
 
-    fn print_json(&self, v: &impl serde::Serialize) -> anyhow::Result<()> {
-        println!("{}", serde_json::to_string_pretty(v)?);
-        Ok(())
-    }
-
-    pub async fn status(&self) -> anyhow::Result<ExitCode> {
-        let s: FleetStatus = self.call(reqwest::Method::GET, "/status", None).await?;
-        if self.output == Output::Json {
-            self.print_json(&s)?;
-            return Ok(ExitCode::SUCCESS);
-        }
-        println!(
-            "pug {} — backend {}, store {}",
-            s.version, s.backend, s.store
-        );
-        println!(
-            "tenants: {}   reconcile queue: {}",
-            s.tenants_total, s.queue_depth
-        );
-        let mut table = table(&["PHASE", "TENANTS"]);
-        for (phase, n) in &s.tenants_by_phase {
-            if *n > 0 {
-                table.add_row(vec![phase.clone(), n.to_string()]);
-            }
-        }
-        println!("{table}");
-        Ok(ExitCode::SUCCESS)
-    }
-
-    pub async fn list(&self) -> anyhow::Result<ExitCode> {
-        let tenants: Vec<TenantDetail> = self.call(reqwest::Method::GET, "/tenants", None).await?;
-        if self.output == Output::Json {
-            self.print_json(&tenants)?;
-            return Ok(ExitCode::SUCCESS);
-        }
-        let mut t = table(&["ID", "PHASE", "VERSION", "READY", "URL"]);
-        for detail in &tenants {
-            let tenant = &detail.tenant;
-            t.add_row(vec![
-                tenant.id.to_string(),
-                tenant.status.phase.to_string(),
-                tenant.spec.version.to_string(),
-                format!("{}/{}", tenant.status.ready_replicas, tenant.spec.replicas),
-                detail.url.clone(),
-            ]);
-        }
-        println!("{t}");
-        Ok(ExitCode::SUCCESS)
-    }
-
-    pub async fn show(&self, id: &str) -> anyhow::Result<ExitCode> {
-        let d: TenantDetail = self
-            .call(reqwest::Method::GET, &format!("/tenants/{id}"), None)
-            .await?;
-        if self.output == Output::Json {
-            self.print_json(&d)?;
-            return Ok(ExitCode::SUCCESS);
-        }
-        let t = &d.tenant;
-        let mut table = table(&["", ""]);
-        table.add_row(vec!["id".into(), t.id.to_string()]);
-        table.add_row(vec!["name".into(), t.spec.display_name.clone()]);
-        table.add_row(vec!["url".into(), d.url.clone()]);
-        table.add_row(vec!["phase".into(), t.status.phase.to_string()]);
-        table.add_row(vec![
-            "version".into(),
-            format!(
-                "{} (running: {})",
-                t.spec.version,
-                t.status.running_version.as_deref().unwrap_or("-")
-            ),
-        ]);
-        table.add_row(vec![
-            "replicas".into(),
-            format!("{} ready of {}", t.status.ready_replicas, t.spec.replicas),
-        ]);
-        table.add_row(vec![
-            "desired".into(),
-            format!("{:?}", t.spec.desired_state).to_lowercase(),
-        ]);
-        table.add_row(vec![
-            "generation".into(),
-            format!(
-                "{} (observed {})",
-                t.generation, t.status.observed_generation
-            ),
-        ]);
-        for (section, key, value) in t.spec.overrides.iter() {
-            table.add_row(vec![
-                "override".into(),
-                format!("{section}.{key} = {value}"),
-            ]);
-        }
-        if let Some(e) = &t.status.last_error {
-            table.add_row(vec!["last error".into(), e.clone()]);
-        }
-        println!("{table}");
-        if !d.events.is_empty() {
-            println!("\nEVENTS");
-            let mut ev = table_plain();
-            for e in &d.events {
-                ev.add_row(vec![
-                    format_ms(e.at_ms),
-                    e.reason.clone(),
-                    e.message.clone(),
-                ]);
-            }
-            println!("{ev}");
-        }
-        Ok(ExitCode::SUCCESS)
-    }
-
-    pub async fn create(&self, id: &str, body: Value, wait: WaitArgs) -> anyhow::Result<ExitCode> {
-        let t: Tenant = self
-            .call(reqwest::Method::POST, "/tenants", Some(&body))
-            .await?;
-        self.after_change(id, t, wait, "created").await
-    }
-
-    pub async fn update(
+    /// A request whose answer is `T` as JSON.
+    async fn call<T: DeserializeOwned>(
         &self,
-        id: &str,
-        body: &pug_api::UpdateTenant,
-        wait: WaitArgs,
-    ) -> anyhow::Result<ExitCode> {
-        let body = serde_json::to_value(body)?;
-        let t: Tenant = self
-            .call(
-                reqwest::Method::PATCH,
-                &format!("/tenants/{id}"),
-                Some(&body),
-            )
-            .await?;
-        self.after_change(id, t, wait, "updated").await
+        method: Method,
+        path: &str,
+        body: Option<&dyn erased::Body>,
+    ) -> anyhow::Result<T> {
+        let text = self.send(method, path, body).await?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("unexpected answer from {}{path}", self.url))
     }
 
-    pub async fn upgrade(
-        &self,
-        id: &str,
-        version: &str,
-        wait: WaitArgs,
-    ) -> anyhow::Result<ExitCode> {
-        let body = serde_json::json!({ "version": version });
-        let t: Tenant = self
-            .call(
-                reqwest::Method::POST,
-                &format!("/tenants/{id}/upgrade"),
-                Some(&body),
-            )
-            .await?;
-        self.after_change(id, t, wait, "upgrade started").await
+    pub async fn status(&self) -> anyhow::Result<FleetStatus> {
+        self.call(Method::GET, &Self::path(&["status"]), None).await
     }
 
-    pub async fn action(&self, id: &str, action: &str, wait: WaitArgs) -> anyhow::Result<ExitCode> {
-        let t: Tenant = self
-            .call(
-                reqwest::Method::POST,
-                &format!("/tenants/{id}/{action}"),
-                None,
-            )
-            .await?;
-        self.after_change(id, t, wait, &format!("{action} requested"))
+    pub async fn tenants(&self) -> anyhow::Result<Vec<TenantDetail>> {
+        self.call(Method::GET, &Self::path(&["tenants"]), None)
             .await
     }
 
-    pub async fn delete(&self, id: &str, purge: bool) -> anyhow::Result<ExitCode> {
-        let path = format!("/tenants/{id}{}", if purge { "?purge=true" } else { "" });
-        let t: Tenant = self.call(reqwest::Method::DELETE, &path, None).await?;
-        if self.output == Output::Json {
-            self.print_json(&t)?;
-        } else {
-            println!("tenant {id}: deletion started; its data will be archived");
-        }
-        Ok(ExitCode::SUCCESS)
+    pub async fn tenant(&self, id: &str) -> anyhow::Result<TenantDetail> {
+        self.call(Method::GET, &Self::path(&["tenants", id]), None)
+            .await
     }
 
-    pub async fn create_token(
-        &self,
-        name: &str,
-        role: &str,
-        expires: Option<&str>,
-    ) -> anyhow::Result<ExitCode> {
-        if let Some(text) = expires {
-            // The same check the API makes, before a round trip: one clear line on bad input.
-            pug_api::parse_expires_in(text).map_err(|e| anyhow!("--expires: {e}"))?;
-        }
-        let body = serde_json::json!({ "name": name, "role": role, "expires_in": expires });
-        let t: CreatedToken = self
-            .call(reqwest::Method::POST, "/tokens", Some(&body))
-            .await?;
-        if self.output == Output::Json {
-            self.print_json(&t)?;
-        } else {
-            println!("{}", t.token);
-            eprintln!(
-                "token {:?} ({}, id {}) created, {}; it is shown only this once",
-                t.name,
-                t.role,
-                t.id,
-                match t.expires_at_ms {
-                    Some(ms) => format!("expires {}", format_time(ms)),
-                    None => "works until revoked".to_owned(),
-                }
-            );
-        }
-        Ok(ExitCode::SUCCESS)
+    pub async fn create_tenant(&self, body: &CreateTenant) -> anyhow::Result<Tenant> {
+        self.call(Method::POST, &Self::path(&["tenants"]), Some(body))
+            .await
     }
 
-    pub async fn list_tokens(&self) -> anyhow::Result<ExitCode> {
-        let tokens: Vec<TokenInfo> = self.call(reqwest::Method::GET, "/tokens", None).await?;
-        if self.output == Output::Json {
-            self.print_json(&tokens)?;
-            return Ok(ExitCode::SUCCESS);
-        }
-        let mut t = table(&["ID", "NAME", "ROLE", "CREATED", "EXPIRES", "LAST USED"]);
-        for token in &tokens {
-            t.add_row(vec![
-                token.id.clone(),
-                token.name.clone(),
-                token.role.clone(),
-                format_time(token.created_at_ms),
-                match token.expires_at_ms {
-                    Some(ms) if token.expired => format!("{} (expired)", format_time(ms)),
-                    Some(ms) => format_time(ms),
-                    None => "never".to_owned(),
-                },
-                token
-                    .last_used_at_ms
-                    .map(format_time)
-                    .unwrap_or_else(|| "-".to_owned()),
-            ]);
-        }
-        println!("{t}");
-        Ok(ExitCode::SUCCESS)
+    pub async fn update_tenant(&self, id: &str, body: &UpdateTenant) -> anyhow::Result<Tenant> {
+        self.call(Method::PATCH, &Self::path(&["tenants", id]), Some(body))
+            .await
     }
 
-    pub async fn revoke_token(&self, id: &str) -> anyhow::Result<ExitCode> {
-        let mut url = reqwest::Url::parse("http://pug/tokens").expect("static URL");
-        url.path_segments_mut()
-            .expect("an http URL has path segments")
-            .push(id);
-        let t: TokenInfo = self.call(reqwest::Method::DELETE, url.path(), None).await?;
-        if self.output == Output::Json {
-            self.print_json(&t)?;
-        } else {
-            println!("token {:?} ({}, id {}) revoked", t.name, t.role, t.id);
-        }
-        Ok(ExitCode::SUCCESS)
+    pub async fn upgrade_tenant(&self, id: &str, body: &UpgradeTenant) -> anyhow::Result<Tenant> {
+        let path = Self::path(&["tenants", id, "upgrade"]);
+        self.call(Method::POST, &path, Some(body)).await
     }
 
-    async fn after_change(
-        &self,
-        id: &str,
-        t: Tenant,
-        wait: WaitArgs,
-        what: &str,
-    ) -> anyhow::Result<ExitCode> {
-        if !wait.wait {
-            if self.output == Output::Json {
-                self.print_json(&t)?;
-            } else {
-                println!(
-                    "tenant {id}: {what} (generation {}); it converges in the background",
-                    t.generation
-                );
-            }
-            return Ok(ExitCode::SUCCESS);
-        }
-        self.wait(id, t, wait).await
+    pub async fn tenant_action(&self, id: &str, action: Action) -> anyhow::Result<Tenant> {
+        let path = Self::path(&["tenants", id, action.as_str()]);
+        self.call(Method::POST, &path, None).await
     }
 
-    /// Polls the tenant until the controller has acted on `submitted` and the tenant settled.
-    async fn wait(&self, id: &str, submitted: Tenant, wait: WaitArgs) -> anyhow::Result<ExitCode> {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
-                .expect("static template"),
+    /// Deletes a tenant; `purge` also drops its PostgreSQL database and role.
+    pub async fn delete_tenant(&self, id: &str, purge: bool) -> anyhow::Result<Tenant> {
+        let query = if purge { "?purge=true" } else { "" };
+        let path = Self::path(&["tenants", id]) + query;
+        self.call(Method::DELETE, &path, None).await
+    }
+
+    pub async fn create_token(&self, body: &NewToken) -> anyhow::Result<CreatedToken> {
+        self.call(Method::POST, &Self::path(&["tokens"]), Some(body))
+            .await
+    }
+
+    pub async fn tokens(&self) -> anyhow::Result<Vec<TokenInfo>> {
+        self.call(Method::GET, &Self::path(&["tokens"]), None).await
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> anyhow::Result<TokenInfo> {
+        self.call(Method::DELETE, &Self::path(&["tokens", id]), None)
+            .await
+    }
+
+    pub async fn create_user(&self, body: &NewUser) -> anyhow::Result<UserInfo> {
+        self.call(Method::POST, &Self::path(&["users"]), Some(body))
+            .await
+    }
+
+    pub async fn users(&self) -> anyhow::Result<Vec<UserInfo>> {
+        self.call(Method::GET, &Self::path(&["users"]), None).await
+    }
+
+    pub async fn delete_user(&self, name: &str) -> anyhow::Result<()> {
+        let path = Self::path(&["users", name]);
+        self.send(Method::DELETE, &path, None).await.map(drop)
+    }
+
+    pub async fn grant(&self, name: &str, tenant: &str, body: &Grant) -> anyhow::Result<UserInfo> {
+        let path = Self::path(&["users", name, "tenants", tenant]);
+        self.call(Method::PUT, &path, Some(body)).await
+    }
+
+    pub async fn revoke_access(&self, name: &str, tenant: &str) -> anyhow::Result<()> {
+        let path = Self::path(&["users", name, "tenants", tenant]);
+        self.send(Method::DELETE, &path, None).await.map(drop)
+    }
+
+    pub async fn create_embed_key(&self, body: &NewEmbedKey) -> anyhow::Result<EmbedKey> {
+        self.call(Method::POST, &Self::path(&["embed-keys"]), Some(body))
+            .await
+    }
+
+    pub async fn embed_keys(&self) -> anyhow::Result<Vec<EmbedKey>> {
+        self.call(Method::GET, &Self::path(&["embed-keys"]), None)
+            .await
+    }
+
+    pub async fn delete_embed_key(&self, id: &str) -> anyhow::Result<()> {
+        let path = Self::path(&["embed-keys", id]);
+        self.send(Method::DELETE, &path, None).await.map(drop)
+    }
+
+    pub async fn swarm(&self) -> anyhow::Result<SwarmStatus> {
+        self.call(Method::GET, &Self::path(&["swarm"]), None).await
+    }
+}
+
+/// Request bodies behind one object-safe type, so `send` is not generic over each of them.
+mod erased {
+    pub trait Body: Sync {
+        fn to_json(&self) -> serde_json::Result<serde_json::Value>;
+    }
+
+    impl<T: super::Serialize + Sync> Body for T {
+        fn to_json(&self) -> serde_json::Result<serde_json::Value> {
+            serde_json::to_value(self)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Client;
+    use crate::{ClientArgs, Output};
+
+    fn args(url: String, token: Option<&str>, data_dir: &std::path::Path) -> ClientArgs {
+        ClientArgs {
+            url: Some(url),
+            token: token.map(str::to_owned),
+            data_dir: data_dir.to_owned(),
+            output: Output::Table,
+        }
+    }
+
+    /// A pug that answers every request with `status` and `body`.
+    async fn answering(status: u16, body: &'static str) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let status = axum::http::StatusCode::from_u16(status).unwrap();
+        let app = axum::Router::new().fallback(move || async move { (status, body) });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    #[tokio::test]
+    async fn failures_are_one_line_that_says_what_to_do() {
+        let empty = tempfile::tempdir().unwrap();
+        let error = r#"{"error":"tenant acme does not exist","field":"id"}"#;
+        let cases = [
+            (404, error, Some("t"), "tenant acme does not exist".to_owned()),
+            (500, "upstream broke", Some("t"), "upstream broke".to_owned()),
+            (
+                401,
+                r#"{"error":"a token is needed"}"#,
+                None,
+                "a token is needed (no token found: pass --token or PUG_TOKEN, or run on the machine of `pug serve` with --data-dir)".to_owned(),
+            ),
+            (401, r#"{"error":"bad token"}"#, Some("t"), "bad token".to_owned()),
+        ];
+        for (status, body, token, want) in cases {
+            let url = answering(status, body).await;
+            let api = Client::new(&args(url, token, empty.path())).unwrap();
+            let e = api.tenant("acme").await.unwrap_err();
+            assert_eq!(e.to_string(), want, "{status} {body}");
+        }
+
+        // Not running: how to reach it.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let api = Client::new(&args(url.clone(), None, empty.path())).unwrap();
+        let e = api.status().await.unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("cannot reach pug at {url}: ")),
+            "{e}"
         );
-        bar.enable_steady_tick(Duration::from_millis(120));
-        let deadline = Instant::now() + Duration::from_secs(wait.timeout);
-        loop {
-            let d: TenantDetail = self
-                .call(reqwest::Method::GET, &format!("/tenants/{id}"), None)
-                .await?;
-            let t = &d.tenant;
-            bar.set_message(format!(
-                "{id}: {} — {}/{} ready, Grafana {}",
-                t.status.phase, t.status.ready_replicas, t.spec.replicas, t.spec.version
-            ));
-            let acted = t.status.observed_generation >= submitted.generation;
-            if acted && t.status.phase.is_settled() {
-                bar.finish_and_clear();
-                let rolled_back = t.spec.version != submitted.spec.version;
-                if self.output == Output::Json {
-                    self.print_json(&d)?;
-                }
-                if t.status.phase == Phase::Failed || rolled_back {
-                    bail!(
-                        "tenant {id} is {}{}: {}",
-                        t.status.phase,
-                        if rolled_back {
-                            format!(" on Grafana {} (rolled back)", t.spec.version)
-                        } else {
-                            String::new()
-                        },
-                        t.status
-                            .last_error
-                            .as_deref()
-                            .unwrap_or("no error recorded")
-                    );
-                }
-                if self.output == Output::Table {
-                    println!(
-                        "tenant {id}: {} — {}/{} ready, Grafana {} at {}",
-                        t.status.phase,
-                        t.status.ready_replicas,
-                        t.spec.replicas,
-                        t.spec.version,
-                        d.url
-                    );
-                }
-                return Ok(ExitCode::SUCCESS);
-            }
-            if Instant::now() > deadline {
-                bar.finish_and_clear();
-                bail!(
-                    "tenant {id} did not settle within {}s (phase {}); see `pug tenant show {id}`",
-                    wait.timeout,
-                    t.status.phase
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(
+            e.ends_with("; is `pug serve` running? (set --url or PUG_URL)"),
+            "{e}"
+        );
+
+        // A success that is not the expected type names the URL.
+        let url = answering(200, "[]").await;
+        let api = Client::new(&args(url.clone(), None, empty.path())).unwrap();
+        let e = api.status().await.unwrap_err().to_string();
+        assert_eq!(e, format!("unexpected answer from {url}/api/v1/status"));
+    }
+
+    #[test]
+    fn pug_is_found_through_the_files_serve_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let found = |args: &ClientArgs| {
+            let c = Client::new(args).unwrap();
+            (c.url, c.token)
+        };
+        let mut none = args(String::new(), None, dir.path());
+        none.url = None;
+        assert_eq!(found(&none), ("http://127.0.0.1:8080".to_owned(), None));
+        std::fs::write(dir.path().join(super::URL_FILE), "http://127.0.0.1:9/\n").unwrap();
+        std::fs::write(dir.path().join(super::TOKEN_FILE), "local-secret\n").unwrap();
+        assert_eq!(
+            found(&none),
+            (
+                "http://127.0.0.1:9".to_owned(),
+                Some("local-secret".to_owned())
+            )
+        );
+        let flags = args("http://pug.example/".into(), Some("flag"), dir.path());
+        assert_eq!(
+            found(&flags),
+            ("http://pug.example".to_owned(), Some("flag".to_owned()))
+        );
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        let cases = [
+            (&["status"][..], "/api/v1/status"),
+            (
+                &["tenants", "acme", "upgrade"][..],
+                "/api/v1/tenants/acme/upgrade",
+            ),
+            (
+                &["users", "a@b.c", "tenants", "acme"][..],
+                "/api/v1/users/a@b.c/tenants/acme",
+            ),
+            (&["tokens", "../status"][..], "/api/v1/tokens/..%2Fstatus"),
+            (&["tenants", "a b?c"][..], "/api/v1/tenants/a%20b%3Fc"),
+        ];
+        for (segments, want) in cases {
+            assert_eq!(Client::path(segments), want, "{segments:?}");
         }
     }
-}
-
-fn table(header: &[&str]) -> Table {
-    let mut t = table_plain();
-    if header.iter().any(|h| !h.is_empty()) {
-        t.set_header(header.to_vec());
-    }
-    t
-}
-
-fn table_plain() -> Table {
-    let mut t = Table::new();
-    t.load_preset(NOTHING);
-    t
-}
-
-fn format_ms(ms: i64) -> String {
-    let secs = ms / 1000;
-    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-    format!("{h:02}:{m:02}:{s:02}Z")
-}
-
-/// A time as RFC 3339 to the second, UTC.
-fn format_time(ms: i64) -> String {
-    let at = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(at).to_string()
 }

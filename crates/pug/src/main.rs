@@ -3,14 +3,25 @@
 //! This binary is thin on purpose: it parses flags, loads the configuration, and either runs
 //! pug's roles (`pug serve`) from the library crates, or acts as a client of the REST API (every
 //! other command). Errors end here as one line on stderr and a non-zero exit code.
+//!
+//! # Layout
+//! - `serve`: `pug serve`, wiring the library crates; `adapters`: the seams it fills.
+//! - `client`: the one typed client of the REST API every other command uses.
+//! - `tenant`, `token`, `user`, `swarm`: the commands, each parsing its flags and printing.
+//! - `print`: tables, JSON and times.
+//!
+//! Must not: hold logic a library could own, or reach the API other than through `client`.
 
 #![forbid(unsafe_code)]
 
+mod adapters;
 mod client;
-mod rendering;
+mod print;
 mod serve;
-mod swarm_cmd;
-mod users_cmd;
+mod swarm;
+mod tenant;
+mod token;
+mod user;
 
 use std::path::PathBuf;
 
@@ -37,24 +48,24 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Creates, lists, shows and changes tenants.
     #[command(subcommand)]
-    Tenant(TenantCommand),
+    Tenant(tenant::TenantCommand),
     /// Shows the fleet: tenants by phase, queue depth, backend.
     Status(ClientArgs),
     /// Shows the Docker Swarm pug runs tenants on (backend = "swarm").
     #[command(subcommand)]
-    Swarm(swarm_cmd::SwarmCommand),
+    Swarm(swarm::SwarmCommand),
     /// Manages API tokens.
     #[command(subcommand)]
-    Token(TokenCommand),
+    Token(token::TokenCommand),
     /// Runs the renderer alone: Grafana's remote rendering API on a warm Chromium (also reads
     /// the environment variables of Grafana's renderer image: HTTP_PORT, AUTH_TOKEN, …).
     Render(pug_renderer::RenderArgs),
     /// Manages the people who sign in at the gateway and their tenants.
     #[command(subcommand)]
-    User(users_cmd::UserCommand),
+    User(user::UserCommand),
     /// Manages keys for embed tokens (a customer webapp signs people in).
     #[command(subcommand)]
-    EmbedKey(users_cmd::EmbedKeyCommand),
+    EmbedKey(user::EmbedKeyCommand),
 }
 
 /// How the CLI reaches pug.
@@ -78,126 +89,6 @@ pub struct ClientArgs {
 pub enum Output {
     Table,
     Json,
-}
-
-#[derive(Subcommand)]
-enum TenantCommand {
-    /// Creates a tenant; it converges in the background (or waits with --wait).
-    Create {
-        id: String,
-        /// The Grafana version, e.g. 11.3.0.
-        #[arg(long)]
-        version: String,
-        #[arg(long, default_value_t = 1)]
-        replicas: u32,
-        #[arg(long)]
-        display_name: Option<String>,
-        /// A grafana.ini override, section.key=value (repeatable).
-        #[arg(long = "set")]
-        set: Vec<String>,
-        #[command(flatten)]
-        wait: WaitArgs,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    /// Lists tenants.
-    List(ClientArgs),
-    /// Shows a tenant's spec, status and recent events (never its secrets).
-    Show {
-        id: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    /// Changes a tenant's overrides, replicas or name (a rolling restart follows).
-    Update {
-        id: String,
-        /// A grafana.ini override, section.key=value (repeatable).
-        #[arg(long = "set")]
-        set: Vec<String>,
-        /// Removes an override, section.key (repeatable).
-        #[arg(long = "unset")]
-        unset: Vec<String>,
-        #[arg(long)]
-        replicas: Option<u32>,
-        #[arg(long)]
-        display_name: Option<String>,
-        #[command(flatten)]
-        wait: WaitArgs,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    /// Upgrades a tenant to a newer Grafana (rolling, health-gated, rolled back on failure).
-    Upgrade {
-        id: String,
-        #[arg(long)]
-        version: String,
-        #[command(flatten)]
-        wait: WaitArgs,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    /// Stops a tenant's instances; keeps its data.
-    Suspend {
-        id: String,
-        #[command(flatten)]
-        wait: WaitArgs,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    /// Starts a suspended tenant's instances again.
-    Resume {
-        id: String,
-        #[command(flatten)]
-        wait: WaitArgs,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    /// Deletes a tenant: instances stopped, data archived under <data-dir>/archive.
-    Delete {
-        id: String,
-        /// Also drop the tenant's PostgreSQL database and role.
-        #[arg(long)]
-        purge: bool,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-}
-
-/// Waiting for a change to settle.
-#[derive(Args, Clone, Copy, Debug)]
-pub struct WaitArgs {
-    /// Wait, with a progress display, until the tenant is ready (exit 0) or failed (exit 1).
-    #[arg(long)]
-    wait: bool,
-    /// How long --wait waits, in seconds.
-    #[arg(long, default_value_t = 300)]
-    timeout: u64,
-}
-
-#[derive(Subcommand)]
-enum TokenCommand {
-    /// Makes a new API token and prints it once.
-    Create {
-        #[arg(long, default_value = "cli")]
-        name: String,
-        /// admin (everything) or read (GET only, e.g. for Prometheus and /metrics).
-        #[arg(long, default_value = "admin")]
-        role: String,
-        /// How long it works, e.g. 90s, 30m, 2h, 30d. Default: until revoked.
-        #[arg(long)]
-        expires: Option<String>,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    /// Lists API tokens: id, name, role, created, expires, last used (never a secret).
-    List(ClientArgs),
-    /// Revokes an API token by id (from `pug token list`) or name; it stops working at once.
-    Revoke {
-        /// The token's id, or its name when no other token has it.
-        id: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -232,85 +123,21 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
-    use client::Client;
-    use std::process::ExitCode;
     match cli.command {
-        Command::Serve(args) => serve::serve(args).await.map(|()| ExitCode::SUCCESS),
-        Command::Status(c) => Client::new(&c)?.status().await,
+        Command::Serve(args) => serve::serve(args)
+            .await
+            .map(|()| std::process::ExitCode::SUCCESS),
         Command::Render(args) => {
             serve::init_tracing();
             pug_renderer::run(args).await?;
-            Ok(ExitCode::SUCCESS)
+            Ok(std::process::ExitCode::SUCCESS)
         }
-        Command::Swarm(cmd) => swarm_cmd::swarm(cmd).await,
-        Command::User(cmd) => users_cmd::user(cmd).await,
-        Command::EmbedKey(cmd) => users_cmd::embed_key(cmd).await,
-        Command::Token(TokenCommand::Create {
-            name,
-            role,
-            expires,
-            client,
-        }) => {
-            Client::new(&client)?
-                .create_token(&name, &role, expires.as_deref())
-                .await
-        }
-        Command::Token(TokenCommand::List(client)) => Client::new(&client)?.list_tokens().await,
-        Command::Token(TokenCommand::Revoke { id, client }) => {
-            Client::new(&client)?.revoke_token(&id).await
-        }
-        Command::Tenant(cmd) => match cmd {
-            TenantCommand::Create {
-                id,
-                version,
-                replicas,
-                display_name,
-                set,
-                wait,
-                client,
-            } => {
-                let body = serde_json::json!({
-                    "id": id, "version": version, "replicas": replicas,
-                    "display_name": display_name, "set": set,
-                });
-                Client::new(&client)?.create(&id, body, wait).await
-            }
-            TenantCommand::List(c) => Client::new(&c)?.list().await,
-            TenantCommand::Show { id, client } => Client::new(&client)?.show(&id).await,
-            TenantCommand::Update {
-                id,
-                set,
-                unset,
-                replicas,
-                display_name,
-                wait,
-                client,
-            } => {
-                let body = pug_api::UpdateTenant {
-                    display_name,
-                    replicas,
-                    set,
-                    unset,
-                    ..Default::default()
-                };
-                Client::new(&client)?.update(&id, &body, wait).await
-            }
-            TenantCommand::Upgrade {
-                id,
-                version,
-                wait,
-                client,
-            } => Client::new(&client)?.upgrade(&id, &version, wait).await,
-            TenantCommand::Suspend { id, wait, client } => {
-                Client::new(&client)?.action(&id, "suspend", wait).await
-            }
-            TenantCommand::Resume { id, wait, client } => {
-                Client::new(&client)?.action(&id, "resume", wait).await
-            }
-            TenantCommand::Delete { id, purge, client } => {
-                Client::new(&client)?.delete(&id, purge).await
-            }
-        },
+        Command::Status(client) => tenant::status(&client).await,
+        Command::Tenant(cmd) => tenant::run(cmd).await,
+        Command::Swarm(cmd) => swarm::run(cmd).await,
+        Command::Token(cmd) => token::run(cmd).await,
+        Command::User(cmd) => user::user(cmd).await,
+        Command::EmbedKey(cmd) => user::embed_key(cmd).await,
     }
 }
 

@@ -1,22 +1,27 @@
-//! `pug serve`: wires the store, the orchestrator, the controller and the API together and
-//! runs them until Ctrl-C or SIGTERM.
+//! `pug serve`: wires the store, the orchestrator, the controller, the renderer, the gateway
+//! and the API together, prints where they are, and runs them until Ctrl-C or SIGTERM.
+//!
+//! Must not: hold logic of a role. Each comes from its library's constructor; what a library
+//! needs from another reaches it through an adapter ([`crate::adapters`]).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 use pug_config::{Backend, Config};
 use pug_controller::{Controller, ControllerMetrics, ControllerSettings, TenantDatabases};
-use pug_orchestrator::install::Installer;
-use pug_orchestrator::isolation::{self, Isolation, IsolationSettings, Started, TenantUser};
-use pug_orchestrator::process::{ProcessBackend, ProcessSettings};
+use pug_orchestrator::process::ProcessBackend;
+use pug_orchestrator::process_setup::{self, IsolationState};
 use pug_orchestrator::Orchestrator;
 use pug_store::{write_private, Role, Store, LOCAL_TOKEN_NAME};
-use pug_types::ExposeSecret;
+use pug_types::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
+
+use crate::adapters::{ObservedSwarm, StoreTenants, StoreUsers};
+use crate::client::{TOKEN_FILE, URL_FILE};
 
 /// Flags of `pug serve`; each overrides the configuration file and `PUG_*` variables.
 #[derive(Args, Debug)]
@@ -36,38 +41,84 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// The flags given, as configuration keys.
     fn flags(&self) -> BTreeMap<String, serde_json::Value> {
-        let mut flags = BTreeMap::new();
-        if let Some(v) = &self.listen {
-            flags.insert("listen".into(), v.clone().into());
-        }
-        if let Some(v) = &self.data_dir {
-            flags.insert("data_dir".into(), v.display().to_string().into());
-        }
-        if let Some(v) = &self.backend {
-            flags.insert("backend".into(), v.clone().into());
-        }
-        flags
+        let data_dir = self.data_dir.as_ref().map(|d| d.display().to_string());
+        [
+            ("listen", self.listen.clone()),
+            ("data_dir", data_dir),
+            ("backend", self.backend.clone()),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| Some((key.to_owned(), value?.into())))
+        .collect()
     }
+}
+
+/// The backend `config.backend` names, and what the rest of `serve` needs from it.
+struct Started {
+    orchestrator: Arc<dyn Orchestrator>,
+    process: Option<Arc<ProcessBackend>>,
+    isolation: Option<IsolationState>,
+    swarm: Option<pug_docker::Engine>,
+}
+
+async fn start_backend(config: &Config, store: &Store) -> anyhow::Result<Started> {
+    let none = |orchestrator| Started {
+        orchestrator,
+        process: None,
+        isolation: None,
+        swarm: None,
+    };
+    Ok(match config.backend {
+        Backend::Process => {
+            let p = &config.process;
+            let users = StoreUsers {
+                store: store.clone(),
+                base: p.tenant_uid_base,
+                count: p.tenant_uid_count,
+            };
+            let setup = process_setup::start(p, &config.data_dir, Arc::new(users))?;
+            Started {
+                process: Some(setup.backend.clone()),
+                isolation: Some(setup.isolation),
+                ..none(setup.backend)
+            }
+        }
+        Backend::Docker => none(
+            pug_docker::DockerBackend::new(config.docker.clone())
+                .await
+                .context("cannot start the docker backend")?,
+        ),
+        Backend::Swarm => {
+            let backend = pug_docker::SwarmBackend::new(config.docker.clone())
+                .await
+                .context("cannot start the swarm backend")?;
+            Started {
+                swarm: Some(backend.engine().clone()),
+                ..none(backend)
+            }
+        }
+    })
+}
+
+/// Creates the data directory and makes its path absolute.
+fn data_dir(config: &Config) -> anyhow::Result<PathBuf> {
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    dir.canonicalize()
+        .with_context(|| format!("cannot resolve {}", dir.display()))
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref(), args.flags())?;
     init_tracing();
-    std::fs::create_dir_all(&config.data_dir).with_context(|| {
-        format!(
-            "cannot create the data directory {}",
-            config.data_dir.display()
-        )
-    })?;
-    let data_dir = config
-        .data_dir
-        .canonicalize()
-        .with_context(|| format!("cannot resolve {}", config.data_dir.display()))?;
     let config = Config {
-        data_dir: data_dir.clone(),
+        data_dir: data_dir(&config)?,
         ..config
     };
+    let data_dir = config.data_dir.clone();
 
     let store = Store::open_data_dir(&data_dir, &config.store_url())
         .await
@@ -78,113 +129,22 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(store.create_token("admin", Role::Admin).await?)
     };
 
-    let process_backend: Option<Arc<ProcessBackend>>;
-    let mut isolation_line = None;
-    let mut swarm_engine = None;
-    let orchestrator: Arc<dyn Orchestrator> = match config.backend {
-        Backend::Process => {
-            let grafana_bin = (!config.process.grafana_bin.is_empty())
-                .then(|| PathBuf::from(&config.process.grafana_bin));
-            if let Some(bin) = &grafana_bin {
-                if !bin.is_file() {
-                    bail!(
-                        "process.grafana_bin {} is not a file; point it at a grafana executable or leave it empty to download releases",
-                        bin.display()
-                    );
-                }
-            }
-            let installer = Installer::with_policy(
-                grafana_bin,
-                data_dir.join("grafana"),
-                &config.process.download_base_url,
-                pug_orchestrator::install::DownloadPolicy {
-                    allow_insecure: config.process.allow_insecure_download,
-                    max_bytes: config.process.max_download_mb.saturating_mul(1 << 20),
-                    checksum_base_url: (!config.process.checksum_base_url.is_empty())
-                        .then(|| config.process.checksum_base_url.clone()),
-                },
-            );
-            let isolation = match Isolation::start(IsolationSettings {
-                mode: match config.process.isolation {
-                    pug_config::IsolationMode::Auto => isolation::Mode::Auto,
-                    pug_config::IsolationMode::Required => isolation::Mode::Required,
-                    pug_config::IsolationMode::Off => isolation::Mode::Off,
-                },
-                data_dir: data_dir.clone(),
-                ports: (config.process.port_min, config.process.port_max),
-                users: Arc::new(StoreUsers {
-                    store: store.clone(),
-                    base: config.process.tenant_uid_base,
-                    count: config.process.tenant_uid_count,
-                }),
-                firewall: Arc::new(isolation::Iptables),
-                uids: (
-                    config.process.tenant_uid_base,
-                    config.process.tenant_uid_count,
-                ),
-                uid_claims: pug_orchestrator::uid_claim::DEFAULT_DIR.into(),
-            })? {
-                Started::Isolated(iso) => {
-                    isolation_line = Some(format!(
-                        "on   (a user of its own per tenant; instance ports reachable by pug only: firewall chain {})",
-                        iso.chain()
-                    ));
-                    Some(iso)
-                }
-                Started::Shared { reason } => {
-                    isolation_line = Some(format!(
-                        "OFF  ({reason}): tenants must trust each other; run pug as root with iptables to isolate them"
-                    ));
-                    tracing::warn!(
-                        "tenants are NOT isolated: {reason}. Every tenant's Grafana runs as pug's \
-                         user and can reach every other tenant's Grafana as any user and read pug's \
-                         files (master.key, local.token, pug.db): serve mutually trusting tenants \
-                         only, or run pug as root with iptables installed (process.isolation)"
-                    );
-                    None
-                }
-            };
-            let backend = ProcessBackend::new(
-                ProcessSettings {
-                    root: data_dir.join("tenants"),
-                    archive: data_dir.join("archive"),
-                    bind_address: config.process.bind_address.clone(),
-                    stop_timeout: Duration::from_secs(10),
-                    isolation,
-                },
-                installer,
-            )?;
-            process_backend = Some(backend.clone());
-            backend
-        }
-        Backend::Docker => {
-            process_backend = None;
-            pug_docker::DockerBackend::new(config.docker.clone())
-                .await
-                .context("cannot start the docker backend")?
-        }
-        Backend::Swarm => {
-            process_backend = None;
-            let backend = pug_docker::SwarmBackend::new(config.docker.clone())
-                .await
-                .context("cannot start the swarm backend")?;
-            swarm_engine = Some(backend.engine().clone());
-            backend
-        }
-    };
-
-    let databases = if config.grafana_database.url.is_empty() {
-        None
-    } else {
-        Some(TenantDatabases::new(
-            &config.grafana_database.url,
-            &config.grafana_database.ssl_mode,
-        )?)
-    };
-
+    let backend = start_backend(&config, &store).await?;
+    let databases = (!config.grafana_database.url.is_empty())
+        .then(|| {
+            let db = &config.grafana_database;
+            TenantDatabases::new(&db.url, &db.ssl_mode)
+        })
+        .transpose()?;
     let mut registry = pug_metrics::new_registry();
     let metrics = ControllerMetrics::register(&mut registry);
-    let swarm = swarm_engine.map(|e| crate::swarm_cmd::observe(e, &config, &mut registry));
+    // The swarm observed for `/metrics` (every 15 s) and for `GET /api/v1/swarm`.
+    let swarm = backend.swarm.map(|engine| {
+        let observer =
+            pug_docker::SwarmObserver::new(engine, &config.docker.namespace, &mut registry);
+        observer.spawn(Duration::from_secs(15));
+        observer
+    });
     let gateway = pug_gateway::Gateway::new(
         store.clone(),
         pug_gateway::GatewaySettings::from_config(&config),
@@ -193,9 +153,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .await
     .context("cannot start the gateway")?;
     let shutdown = CancellationToken::new();
-    let renderer = crate::rendering::start(&config, store.clone(), shutdown.clone()).await?;
+    let renderer =
+        pug_renderer::embedded::start(&config, StoreTenants(store.clone()), shutdown.clone())
+            .await?;
     let mut settings = ControllerSettings::from_config(&config);
     settings.renderer_url = renderer.as_ref().map(|r| r.url.clone());
+    let orchestrator = backend.orchestrator.clone();
     let controller = Controller::new(
         store.clone(),
         orchestrator.clone(),
@@ -212,13 +175,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 config.listen
             )
         })?;
-    let local = listener.local_addr()?;
-    let api_url = format!("http://{local}");
+    let api_url = format!("http://{}", listener.local_addr()?);
 
     // The CLI on this machine finds pug through these two files (both readable by pug's user only).
     let local_token = store.replace_token(LOCAL_TOKEN_NAME, Role::Admin).await?;
-    write_private(&data_dir.join("local.token"), local_token.expose_secret())?;
-    write_private(&data_dir.join("pug.url"), &api_url)?;
+    write_private(&data_dir.join(TOKEN_FILE), local_token.expose_secret())?;
+    write_private(&data_dir.join(URL_FILE), &api_url)?;
 
     let state = pug_api::ApiState {
         store: store.clone(),
@@ -228,51 +190,25 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         registry: Arc::new(registry),
         renderer_address: renderer.as_ref().map(|r| r.address.clone()),
     };
+    let mut api = pug_api::router(state);
+    if let Some(observer) = swarm {
+        let source: Arc<dyn pug_api::swarm::SwarmSource> = Arc::new(ObservedSwarm(observer));
+        api = api.layer(axum::Extension(source));
+    }
     // Tenant traffic and the login pages go to the gateway; /api/v1, /metrics, /healthz to the API.
-    let app = gateway.service(crate::swarm_cmd::with_swarm(pug_api::router(state), swarm));
+    let app = gateway.service(api);
 
     let controller_task = tokio::spawn(pug_controller::run(controller, shutdown.clone()));
 
-    println!("pug is running");
-    println!("  API        {api_url}/api/v1   (OpenAPI: {api_url}/api/v1/openapi.json)");
-    println!(
-        "  tenants    {}   (e.g. {})",
-        config.public_url(),
-        config.tenant_url("<tenant>")
-    );
-    println!("  metrics    {api_url}/metrics (with an API token: Authorization: Bearer …)");
-    match &renderer {
-        Some(r) => println!(
-            "  renderer   {}   (every tenant's Grafana renders panels here)",
-            r.url
-        ),
-        None => println!("  renderer   off   (renderer.mode; needs Chromium)"),
-    }
-    println!(
-        "  sign in    {}   (pug user create / pug user grant; embed tokens: pug embed-key create)",
-        match config.gateway.mode {
-            pug_config::GatewayMode::Path => format!("{}/login", config.public_url()),
-            pug_config::GatewayMode::Host => config.tenant_url("<tenant>") + "_pug/login",
-        }
-    );
-    println!(
-        "  data       {}   (backend: {}, store: {})",
-        data_dir.display(),
-        orchestrator.name(),
-        store.backend_name()
-    );
-    if let Some(line) = &isolation_line {
-        println!("  isolation  {line}");
-    }
-    println!(
-        "  CLI        pug tenant create acme --version 11.3.0   (uses {}/local.token)",
-        data_dir.display()
-    );
-    if let Some(token) = first_admin_token {
-        println!();
-        println!("  admin token (shown once, stored only as a hash):");
-        println!("    {}", token.expose_secret());
-    }
+    print_banner(&Banner {
+        config: &config,
+        api_url: &api_url,
+        renderer_url: renderer.as_ref().map(|r| r.url.as_str()),
+        backend: orchestrator.name(),
+        store: store.backend_name(),
+        isolation: backend.isolation.as_ref(),
+        first_admin_token: first_admin_token.as_ref(),
+    });
 
     let signal = shutdown.clone();
     tokio::spawn(async move {
@@ -294,36 +230,75 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         r.stop().await;
     }
     if config.process.stop_on_exit {
-        if let Some(p) = &process_backend {
+        if let Some(p) = &backend.process {
             p.stop_all().await;
         }
     } else {
         tracing::info!("tenant instances keep running; the next `pug serve` adopts them");
     }
-    if let Some(p) = &process_backend {
+    if let Some(p) = &backend.process {
         p.shutdown();
     }
     store.close().await;
     Ok(())
 }
 
-/// The process backend's tenant users, allocated and kept by the store.
-#[derive(Debug)]
-struct StoreUsers {
-    store: Store,
-    base: u32,
-    count: u32,
+/// What the start banner shows.
+struct Banner<'a> {
+    config: &'a Config,
+    api_url: &'a str,
+    renderer_url: Option<&'a str>,
+    backend: &'a str,
+    store: &'a str,
+    isolation: Option<&'a IsolationState>,
+    first_admin_token: Option<&'a SecretString>,
 }
 
-#[async_trait::async_trait]
-impl isolation::TenantUsers for StoreUsers {
-    async fn user_of(&self, tenant: &pug_types::TenantId) -> Result<TenantUser, String> {
-        let uid = self
-            .store
-            .allocate_tenant_uid(tenant, self.base, self.count)
-            .await
-            .map_err(|e| pug_orchestrator::error_chain(&e))?;
-        Ok(TenantUser { uid, gid: uid })
+fn print_banner(b: &Banner) {
+    let (config, api_url) = (b.config, b.api_url);
+    let data_dir: &Path = &config.data_dir;
+    println!("pug is running");
+    println!("  API        {api_url}/api/v1   (OpenAPI: {api_url}/api/v1/openapi.json)");
+    println!(
+        "  tenants    {}   (e.g. {})",
+        config.public_url(),
+        config.tenant_url("<tenant>")
+    );
+    println!("  metrics    {api_url}/metrics (with an API token: Authorization: Bearer …)");
+    match b.renderer_url {
+        Some(url) => println!("  renderer   {url}   (every tenant's Grafana renders panels here)"),
+        None => println!("  renderer   off   (renderer.mode; needs Chromium)"),
+    }
+    println!(
+        "  sign in    {}   (pug user create / pug user grant; embed tokens: pug embed-key create)",
+        match config.gateway.mode {
+            pug_config::GatewayMode::Path => format!("{}/login", config.public_url()),
+            pug_config::GatewayMode::Host => config.tenant_url("<tenant>") + "_pug/login",
+        }
+    );
+    println!(
+        "  data       {}   (backend: {}, store: {})",
+        data_dir.display(),
+        b.backend,
+        b.store
+    );
+    match b.isolation {
+        Some(IsolationState::Isolated { chain }) => println!(
+            "  isolation  on   (a user of its own per tenant; instance ports reachable by pug only: firewall chain {chain})"
+        ),
+        Some(IsolationState::Shared { reason }) => println!(
+            "  isolation  OFF  ({reason}): tenants must trust each other; run pug as root with iptables to isolate them"
+        ),
+        None => {}
+    }
+    println!(
+        "  CLI        pug tenant create acme --version 11.3.0   (uses {}/{TOKEN_FILE})",
+        data_dir.display()
+    );
+    if let Some(token) = b.first_admin_token {
+        println!();
+        println!("  admin token (shown once, stored only as a hash):");
+        println!("    {}", token.expose_secret());
     }
 }
 

@@ -1,14 +1,15 @@
 //! `pug swarm status`: nodes, roles, leader, manager reachability and pug's tasks per node, as
 //! the swarm backend of a running `pug serve` observes them (`GET /api/v1/swarm`).
+//!
+//! Must not: call the API other than through [`Client`].
 
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
 use clap::Subcommand;
-use comfy_table::{presets::NOTHING, Table};
 use pug_docker::SwarmStatus;
 
+use crate::client::Client;
+use crate::print::{self, table};
 use crate::{ClientArgs, Output};
 
 #[derive(Subcommand)]
@@ -17,44 +18,12 @@ pub enum SwarmCommand {
     Status(ClientArgs),
 }
 
-pub async fn swarm(cmd: SwarmCommand) -> anyhow::Result<ExitCode> {
+/// Prints the swarm; exits non-zero when it has no leader or a node is not ready.
+pub async fn run(cmd: SwarmCommand) -> anyhow::Result<ExitCode> {
     let SwarmCommand::Status(args) = cmd;
-    let url = match &args.url {
-        Some(u) => u.clone(),
-        None => std::fs::read_to_string(args.data_dir.join("pug.url"))
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|_| "http://127.0.0.1:8080".into()),
-    };
-    let token = match &args.token {
-        Some(t) => Some(t.clone()),
-        None => std::fs::read_to_string(args.data_dir.join("local.token"))
-            .ok()
-            .map(|s| s.trim().to_owned()),
-    };
-    let url = format!("{}/api/v1/swarm", url.trim_end_matches('/'));
-    let mut request = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?
-        .get(&url);
-    if let Some(t) = &token {
-        request = request.bearer_auth(t);
-    }
-    let response = request.send().await.map_err(|e| {
-        anyhow!("cannot reach pug at {url}: {e}; is `pug serve` running? (set --url or PUG_URL)")
-    })?;
-    let status = response.status();
-    let text = response.text().await.context("cannot read pug's answer")?;
-    if !status.is_success() {
-        let message = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
-            .unwrap_or(text);
-        bail!("{message}");
-    }
-    let s: SwarmStatus =
-        serde_json::from_str(&text).with_context(|| format!("unexpected answer from {url}"))?;
+    let s = Client::new(&args)?.swarm().await?;
     if args.output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        print::json(&s)?;
         return Ok(ExitCode::SUCCESS);
     }
     print!("{}", render(&s));
@@ -118,44 +87,6 @@ pub fn render(s: &SwarmStatus) -> String {
         out.push_str(&format!("{tenants}\n"));
     }
     out
-}
-
-fn table(header: &[&str]) -> Table {
-    let mut t = Table::new();
-    t.load_preset(NOTHING).set_header(header.to_vec());
-    t
-}
-
-/// Starts observing the swarm for `/metrics` (every 15 s) and for `GET /api/v1/swarm`.
-pub fn observe(
-    engine: pug_docker::Engine,
-    config: &pug_config::Config,
-    registry: &mut prometheus_client::registry::Registry,
-) -> std::sync::Arc<pug_docker::SwarmObserver> {
-    let observer = pug_docker::SwarmObserver::new(engine, &config.docker.namespace, registry);
-    observer.spawn(Duration::from_secs(15));
-    observer
-}
-
-/// Serves `GET /api/v1/swarm` from `observer`, when there is one.
-pub fn with_swarm(
-    api: axum::Router,
-    observer: Option<std::sync::Arc<pug_docker::SwarmObserver>>,
-) -> axum::Router {
-    let Some(observer) = observer else {
-        return api;
-    };
-    let source = pug_api::swarm::SwarmSource(std::sync::Arc::new(move || {
-        let observer = observer.clone();
-        Box::pin(async move {
-            let status = observer
-                .observe()
-                .await
-                .map_err(|e| pug_orchestrator::error_chain(&e))?;
-            serde_json::to_value(status).map_err(|e| e.to_string())
-        }) as pug_api::swarm::SwarmFuture
-    }));
-    api.layer(axum::Extension(source))
 }
 
 #[cfg(test)]

@@ -1,0 +1,276 @@
+//! The renderer inside `pug serve`, which every tenant's Grafana is wired to.
+//!
+//! Owns: whether it runs ([`plan`]: `renderer.mode` and the backend; pure), its settings from
+//! pug's configuration ([`settings`]), its listener and server, and its token table (each
+//! tenant's token renders only that tenant's ready instances: [`crate::tenant_tokens`]).
+//!
+//! Must not: decide how tenants' Grafana is configured (the controller writes `rendering.*`
+//! from `ControllerSettings::renderer_url`), or read pug's store (it reads tenants through a
+//! [`TenantSource`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pug_config::{Backend, Config, RendererMode};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{find_browser, find_executable, BROWSER_CANDIDATES};
+use crate::tenant_tokens::{TenantSource, TenantTokens, REFRESH};
+use crate::{Renderer, RendererConfig, RendererError, ScopedTokens};
+
+/// Whether `pug serve` starts its renderer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// `renderer.mode = "off"`.
+    Off,
+    /// Start it; in `auto` mode a failure is reported and pug runs without rendering.
+    Start,
+    /// Not on this backend (said once, at info level).
+    Skip(String),
+    /// `renderer.mode = "on"` on a backend it cannot serve: pug does not start.
+    Refuse(String),
+}
+
+/// Decides from `renderer.mode` and the backend: Chromium beside pug cannot load pages from
+/// containers on another network or node, so only the process backend is served.
+pub fn plan(mode: RendererMode, backend: Backend) -> Plan {
+    if mode == RendererMode::Off {
+        return Plan::Off;
+    }
+    if backend == Backend::Process {
+        return Plan::Start;
+    }
+    let why = format!(
+        "the embedded renderer serves the process backend only (Chromium beside pug cannot load pages from {} tenants' containers)",
+        backend.as_str()
+    );
+    if mode == RendererMode::On {
+        Plan::Refuse(why)
+    } else {
+        Plan::Skip(why)
+    }
+}
+
+/// The renderer's settings from `[renderer]`, with Chromium at `chrome_path`.
+pub fn settings(config: &Config, chrome_path: PathBuf) -> RendererConfig {
+    let r = &config.renderer;
+    RendererConfig {
+        addr: r.listen,
+        auth_tokens: Vec::new(),
+        // Every valid token is a tenant's, scoped to that tenant's instances; the allow-list
+        // only adds that nothing but the instances' host is ever loaded.
+        allowed_hosts: vec![config.process.bind_address.clone()],
+        chrome_path,
+        max_concurrency: r.max_concurrency,
+        max_queue: r.max_queue,
+        renders_per_browser: r.renders_per_browser,
+        max_browser_rss_bytes: r.max_browser_rss_mb << 20,
+        page_reuse: r.page_reuse.max(1),
+        temp_dir: None,
+        ..RendererConfig::default()
+    }
+}
+
+/// Why the embedded renderer did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error("renderer.mode = \"on\": {0}")]
+    Refused(String),
+    #[error("cannot listen on {addr} (renderer.listen); give the renderer another port")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no browser found (looked for {})", BROWSER_CANDIDATES.join(", "))]
+    NoBrowser,
+    #[error("Chromium ({0}) was not found")]
+    BrowserMissing(String),
+    #[error("cannot start Chromium")]
+    Start(#[source] RendererError),
+    #[error("cannot read tenants' renderer tokens")]
+    Tokens(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// A running embedded renderer.
+pub struct Embedded {
+    renderer: Renderer,
+    /// `rendering.server_url` of every tenant.
+    pub url: String,
+    /// `host:port` where the renderer answers (for Prometheus).
+    pub address: String,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the renderer as [`plan`] decides. In `auto` mode a missing Chromium or a taken port
+/// is reported and pug runs without rendering; in `on` mode it is an error.
+pub async fn start<S: TenantSource>(
+    config: &Config,
+    tenants: S,
+    shutdown: CancellationToken,
+) -> Result<Option<Embedded>, EmbedError> {
+    let mode = config.renderer.mode;
+    match plan(mode, config.backend) {
+        Plan::Off => return Ok(None),
+        Plan::Refuse(why) => return Err(EmbedError::Refused(why)),
+        Plan::Skip(why) => {
+            tracing::info!("rendering is off: {why}");
+            return Ok(None);
+        }
+        Plan::Start => {}
+    }
+    match try_start(config, tenants, shutdown).await {
+        Ok(embedded) => Ok(Some(embedded)),
+        Err(e) if mode == RendererMode::Auto => {
+            tracing::warn!(
+                "rendering is off: {}; install Chromium (apt-get install chromium-headless-shell, or chromium) or set renderer.chrome_path, or set renderer.mode = \"off\" to silence this",
+                chain(&e)
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn try_start<S: TenantSource>(
+    config: &Config,
+    tenants: S,
+    shutdown: CancellationToken,
+) -> Result<Embedded, EmbedError> {
+    let addr = config.renderer.listen;
+    // Bind first: a taken port should not cost a Chromium start.
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| EmbedError::Bind { addr, source })?;
+    let chrome = &config.renderer.chrome_path;
+    let chrome_path = if chrome.is_empty() {
+        find_browser().ok_or(EmbedError::NoBrowser)?
+    } else {
+        find_executable(chrome).ok_or_else(|| EmbedError::BrowserMissing(chrome.clone()))?
+    };
+    let table = Arc::new(ScopedTokens::new());
+    let renderer = Renderer::start(settings(config, chrome_path), table.clone())
+        .await
+        .map_err(EmbedError::Start)?;
+    let mut tokens = TenantTokens::new(tenants);
+    tokens
+        .refresh(&table)
+        .await
+        .map_err(|e| EmbedError::Tokens(Box::new(e)))?;
+    tokens.spawn(Arc::downgrade(&table), REFRESH);
+    let server = tokio::spawn({
+        let router = renderer.router();
+        async move {
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %e, "the renderer's server failed");
+            }
+        }
+    });
+    let url = config.renderer_url();
+    Ok(Embedded {
+        renderer,
+        address: address(&url).to_owned(),
+        url,
+        server,
+    })
+}
+
+/// `host:port` of a renderer URL (`http://host:port/render`).
+fn address(url: &str) -> &str {
+    url.trim_start_matches("http://")
+        .trim_end_matches("/render")
+}
+
+/// An error and its causes, as one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    out
+}
+
+impl Embedded {
+    /// Waits for the server to stop (after the shutdown token), then stops Chromium.
+    pub async fn stop(self) {
+        let _ = self.server.await;
+        self.renderer.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mode_and_the_backend_decide_whether_it_runs() {
+        use Backend::*;
+        use RendererMode::*;
+        let why = |b: &str| {
+            format!("the embedded renderer serves the process backend only (Chromium beside pug cannot load pages from {b} tenants' containers)")
+        };
+        let cases = [
+            (Off, Process, Plan::Off),
+            (Off, Docker, Plan::Off),
+            (Auto, Process, Plan::Start),
+            (On, Process, Plan::Start),
+            (Auto, Docker, Plan::Skip(why("docker"))),
+            (Auto, Swarm, Plan::Skip(why("swarm"))),
+            (On, Docker, Plan::Refuse(why("docker"))),
+            (On, Swarm, Plan::Refuse(why("swarm"))),
+        ];
+        for (mode, backend, want) in cases {
+            assert_eq!(plan(mode, backend), want, "{mode:?} on {backend:?}");
+        }
+    }
+
+    #[test]
+    fn settings_follow_the_configuration() {
+        let mut config = Config::default();
+        config.process.bind_address = "127.0.0.2".into();
+        config.renderer.max_browser_rss_mb = 3;
+        config.renderer.page_reuse = 0;
+        let s = settings(&config, PathBuf::from("/usr/bin/chromium"));
+        assert_eq!(s.allowed_hosts, vec!["127.0.0.2".to_owned()]);
+        assert!(
+            s.auth_tokens.is_empty(),
+            "only tenants' own tokens are valid"
+        );
+        assert_eq!(s.max_browser_rss_bytes, 3 << 20);
+        assert_eq!(s.page_reuse, 1, "at least one render per page");
+        assert_eq!(s.addr, config.renderer.listen);
+        assert_eq!(s.max_concurrency, config.renderer.max_concurrency);
+    }
+
+    #[test]
+    fn the_address_is_the_urls_host_and_port() {
+        assert_eq!(address("http://127.0.0.1:8081/render"), "127.0.0.1:8081");
+        let mut config = Config::default();
+        config.renderer.listen = "0.0.0.0:9000".parse().unwrap();
+        assert_eq!(address(&config.renderer_url()), "127.0.0.1:9000");
+    }
+
+    #[test]
+    fn errors_say_what_to_fix() {
+        assert_eq!(
+            EmbedError::NoBrowser.to_string(),
+            format!(
+                "no browser found (looked for {})",
+                BROWSER_CANDIDATES.join(", ")
+            )
+        );
+        let e = EmbedError::Bind {
+            addr: "127.0.0.1:8081".parse().unwrap(),
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        };
+        assert!(chain(&e).starts_with(
+            "cannot listen on 127.0.0.1:8081 (renderer.listen); give the renderer another port: "
+        ));
+    }
+}

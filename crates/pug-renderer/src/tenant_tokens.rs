@@ -1,0 +1,283 @@
+//! The token table of the renderer inside `pug serve`: each tenant's `renderer_token` may
+//! render that tenant's ready instances and nothing else.
+//!
+//! Owns: deciding which token is valid for which `host:port` origins ([`entries`], pure), the
+//! cache of tenants' tokens between passes, and the loop that rebuilds the [`ScopedTokens`]
+//! table every second from a [`TenantSource`].
+//!
+//! Must not: read pug's store itself (`pug serve` implements [`TenantSource`] over it), or
+//! check a presented token (that is [`ScopedTokens`], in constant time).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Weak;
+use std::time::Duration;
+
+use crate::security::{Scope, ScopedTokens};
+
+/// How often the table is rebuilt: a tenant that just became ready can be rendered within this.
+pub const REFRESH: Duration = Duration::from_secs(1);
+
+/// A tenant and the `host:port` of each of its ready instances (none: not renderable now).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantEndpoints {
+    pub tenant: String,
+    pub endpoints: Vec<String>,
+}
+
+/// Where the table learns tenants and their tokens (in `pug serve`: the store).
+pub trait TenantSource: Send + Sync + 'static {
+    /// A tenant's token as the source keeps it (e.g. a secret that is wiped when dropped).
+    type Token: Clone + Send + Sync + 'static;
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Every tenant that exists, with its ready instances.
+    fn tenants(&self) -> impl Future<Output = Result<Vec<TenantEndpoints>, Self::Error>> + Send;
+
+    /// The tenant's `renderer_token`, if it has one.
+    fn token(
+        &self,
+        tenant: &str,
+    ) -> impl Future<Output = Result<Option<Self::Token>, Self::Error>> + Send;
+
+    /// The token's text, as Grafana presents it.
+    fn expose(token: &Self::Token) -> &str;
+}
+
+/// The table's entries: each tenant with ready instances and a known token → its token,
+/// scoped to exactly those instances. Tenants without ready instances or without a token get
+/// no entry, so their tokens render nothing.
+pub fn entries<'a, T>(
+    tenants: &[TenantEndpoints],
+    tokens: &'a HashMap<String, T>,
+    expose: impl Fn(&'a T) -> &'a str,
+) -> Vec<(&'a str, Scope)> {
+    tenants
+        .iter()
+        .filter(|t| !t.endpoints.is_empty())
+        .filter_map(|t| {
+            let token = tokens.get(&t.tenant)?;
+            Some((expose(token), Scope::Hosts(t.endpoints.clone())))
+        })
+        .collect()
+}
+
+/// Keeps a [`ScopedTokens`] table in step with the tenants of a [`TenantSource`].
+pub struct TenantTokens<S: TenantSource> {
+    source: S,
+    /// Tokens read so far, by tenant: a tenant's token never changes while the tenant exists,
+    /// so each is read once (they are sealed in the store; reading one decrypts it).
+    cache: HashMap<String, S::Token>,
+}
+
+impl<S: TenantSource> TenantTokens<S> {
+    pub fn new(source: S) -> Self {
+        Self {
+            source,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// Rebuilds `table` from the source. On an error the table keeps its previous entries.
+    pub async fn refresh(&mut self, table: &ScopedTokens) -> Result<(), S::Error> {
+        let tenants = self.source.tenants().await?;
+        // A deleted tenant's token is forgotten; a tenant made again under its id has a new one.
+        self.cache
+            .retain(|id, _| tenants.iter().any(|t| &t.tenant == id));
+        for t in tenants.iter().filter(|t| !t.endpoints.is_empty()) {
+            if !self.cache.contains_key(&t.tenant) {
+                if let Some(token) = self.source.token(&t.tenant).await? {
+                    self.cache.insert(t.tenant.clone(), token);
+                }
+            }
+        }
+        table.replace(entries(&tenants, &self.cache, S::expose));
+        Ok(())
+    }
+
+    /// Refreshes `table` every `every` until the table is dropped (with the renderer).
+    pub fn spawn(
+        mut self,
+        table: Weak<ScopedTokens>,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(table) = table.upgrade() else {
+                    return;
+                };
+                if let Err(e) = self.refresh(&table).await {
+                    tracing::warn!(error = %e, "renderer: cannot refresh tenants' tokens");
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::security::TokenScopes;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    fn tenant(id: &str, endpoints: &[&str]) -> TenantEndpoints {
+        TenantEndpoints {
+            tenant: id.into(),
+            endpoints: endpoints.iter().map(|e| (*e).to_owned()).collect(),
+        }
+    }
+
+    fn hosts(endpoints: &[&str]) -> Scope {
+        Scope::Hosts(endpoints.iter().map(|e| (*e).to_owned()).collect())
+    }
+
+    #[test]
+    fn each_token_may_render_its_own_tenants_ready_instances_only() {
+        let tokens: HashMap<String, String> = [("a", "tok-a"), ("b", "tok-b"), ("c", "tok-c")]
+            .into_iter()
+            .map(|(t, k)| (t.to_owned(), k.to_owned()))
+            .collect();
+        let a = tenant("a", &["127.0.0.1:3000", "127.0.0.1:3001"]);
+        let b = tenant("b", &["127.0.0.1:3002"]);
+        let idle = tenant("c", &[]);
+        let no_token = tenant("d", &["127.0.0.1:3003"]);
+        /// What a case is about, the tenants, and the entries they must give.
+        type Case = (
+            &'static str,
+            Vec<TenantEndpoints>,
+            Vec<(&'static str, Scope)>,
+        );
+        let cases: &[Case] = &[
+            ("no tenants", vec![], vec![]),
+            (
+                "a ready tenant: its token, its instances",
+                vec![a.clone()],
+                vec![("tok-a", hosts(&["127.0.0.1:3000", "127.0.0.1:3001"]))],
+            ),
+            (
+                "two tenants: neither token reaches the other's instances",
+                vec![a.clone(), b.clone()],
+                vec![
+                    ("tok-a", hosts(&["127.0.0.1:3000", "127.0.0.1:3001"])),
+                    ("tok-b", hosts(&["127.0.0.1:3002"])),
+                ],
+            ),
+            (
+                "no ready instance: its token renders nothing",
+                vec![idle],
+                vec![],
+            ),
+            ("no token known: no entry", vec![no_token], vec![]),
+        ];
+        for (what, tenants, want) in cases {
+            assert_eq!(&entries(tenants, &tokens, |t| t.as_str()), want, "{what}");
+        }
+    }
+
+    /// An in-memory source that counts token reads and can fail.
+    #[derive(Default)]
+    struct Fake {
+        tenants: Mutex<Vec<TenantEndpoints>>,
+        tokens: Mutex<HashMap<String, String>>,
+        reads: AtomicUsize,
+        fail: Mutex<bool>,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("the store is down")]
+    struct Down;
+
+    impl TenantSource for Arc<Fake> {
+        type Token = String;
+        type Error = Down;
+        async fn tenants(&self) -> Result<Vec<TenantEndpoints>, Down> {
+            if *self.fail.lock().unwrap() {
+                return Err(Down);
+            }
+            Ok(self.tenants.lock().unwrap().clone())
+        }
+        async fn token(&self, tenant: &str) -> Result<Option<String>, Down> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            Ok(self.tokens.lock().unwrap().get(tenant).cloned())
+        }
+        fn expose(token: &String) -> &str {
+            token
+        }
+    }
+
+    impl Fake {
+        fn set(&self, tenants: Vec<TenantEndpoints>, tokens: &[(&str, &str)]) {
+            *self.tenants.lock().unwrap() = tenants;
+            *self.tokens.lock().unwrap() = tokens
+                .iter()
+                .map(|(t, k)| ((*t).to_owned(), (*k).to_owned()))
+                .collect();
+        }
+    }
+
+    #[tokio::test]
+    async fn refresh_follows_the_tenants_and_reads_each_token_once() {
+        let fake = Arc::new(Fake::default());
+        let mut tokens = TenantTokens::new(fake.clone());
+        let table = ScopedTokens::new();
+
+        // Not ready yet: nothing renders, and the token is not even read.
+        fake.set(vec![tenant("a", &[])], &[("a", "tok-a")]);
+        tokens.refresh(&table).await.unwrap();
+        assert_eq!(table.scope("tok-a"), None);
+        assert_eq!(fake.reads.load(Ordering::SeqCst), 0);
+
+        // Ready: its token renders its instance; an unknown token renders nothing.
+        fake.set(vec![tenant("a", &["127.0.0.1:3000"])], &[("a", "tok-a")]);
+        tokens.refresh(&table).await.unwrap();
+        assert_eq!(table.scope("tok-a"), Some(hosts(&["127.0.0.1:3000"])));
+        assert_eq!(table.scope("tok-unknown"), None);
+
+        // The instance moved: the scope follows; the cached token is not read again.
+        fake.set(vec![tenant("a", &["127.0.0.1:3005"])], &[("a", "tok-a")]);
+        tokens.refresh(&table).await.unwrap();
+        assert_eq!(table.scope("tok-a"), Some(hosts(&["127.0.0.1:3005"])));
+        assert_eq!(fake.reads.load(Ordering::SeqCst), 1);
+
+        // The store cannot be read: the table keeps what it had.
+        *fake.fail.lock().unwrap() = true;
+        assert!(tokens.refresh(&table).await.is_err());
+        assert_eq!(table.scope("tok-a"), Some(hosts(&["127.0.0.1:3005"])));
+        *fake.fail.lock().unwrap() = false;
+
+        // Deleted, then made again with a new token: the old token stops, the new one is read.
+        fake.set(vec![], &[]);
+        tokens.refresh(&table).await.unwrap();
+        assert_eq!(table.scope("tok-a"), None);
+        fake.set(vec![tenant("a", &["127.0.0.1:3000"])], &[("a", "tok-a2")]);
+        tokens.refresh(&table).await.unwrap();
+        assert_eq!(table.scope("tok-a"), None);
+        assert_eq!(table.scope("tok-a2"), Some(hosts(&["127.0.0.1:3000"])));
+        assert_eq!(fake.reads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn the_loop_fills_the_table_and_ends_with_it() {
+        let fake = Arc::new(Fake::default());
+        fake.set(vec![tenant("a", &["127.0.0.1:3000"])], &[("a", "tok-a")]);
+        let table = Arc::new(ScopedTokens::new());
+        let task = TenantTokens::new(fake).spawn(Arc::downgrade(&table), Duration::from_millis(10));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while table.scope("tok-a").is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the loop never filled the table"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(table);
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the loop ends once the table is dropped")
+            .unwrap();
+    }
+}

@@ -1,0 +1,73 @@
+//! The seams of the library crates that `pug serve` fills: each adapter hands one library what
+//! another one has.
+//!
+//! Owns: the process backend's tenant users (uids the store allocates), the embedded
+//! renderer's tenants and tokens (from the store), and `GET /api/v1/swarm` (from the swarm
+//! backend's observer).
+//!
+//! Must not: decide anything (the libraries do); each method is one call and a conversion.
+
+use std::sync::Arc;
+
+use pug_orchestrator::isolation::{TenantUser, TenantUsers};
+use pug_renderer::{TenantEndpoints, TenantSource};
+use pug_store::{secret, Store, StoreError};
+use pug_types::{ExposeSecret, SecretString, TenantId};
+
+/// The process backend's tenant users, allocated and kept by the store.
+#[derive(Debug)]
+pub struct StoreUsers {
+    pub store: Store,
+    /// `process.tenant_uid_base` and `process.tenant_uid_count`.
+    pub base: u32,
+    pub count: u32,
+}
+
+#[async_trait::async_trait]
+impl TenantUsers for StoreUsers {
+    async fn user_of(&self, tenant: &TenantId) -> Result<TenantUser, String> {
+        let uid = self
+            .store
+            .allocate_tenant_uid(tenant, self.base, self.count)
+            .await
+            .map_err(|e| pug_orchestrator::error_chain(&e))?;
+        Ok(TenantUser { uid, gid: uid })
+    }
+}
+
+/// The renderer's tenants: their status' endpoints and their sealed `renderer_token`.
+pub struct StoreTenants(pub Store);
+
+impl TenantSource for StoreTenants {
+    type Token = SecretString;
+    type Error = StoreError;
+
+    async fn tenants(&self) -> Result<Vec<TenantEndpoints>, StoreError> {
+        let statuses = self.0.tenant_statuses().await?;
+        Ok(statuses
+            .into_iter()
+            .map(|(id, status)| TenantEndpoints {
+                tenant: id.to_string(),
+                endpoints: status.endpoints,
+            })
+            .collect())
+    }
+
+    async fn token(&self, tenant: &str) -> Result<Option<SecretString>, StoreError> {
+        let id = TenantId::parse(tenant).map_err(|e| StoreError::Corrupt(e.message))?;
+        self.0.secret(&id, secret::RENDERER_TOKEN).await
+    }
+
+    fn expose(token: &SecretString) -> &str {
+        token.expose_secret()
+    }
+}
+
+/// `GET /api/v1/swarm` from the swarm backend's observer.
+pub struct ObservedSwarm(pub Arc<pug_docker::SwarmObserver>);
+
+impl pug_api::swarm::SwarmSource for ObservedSwarm {
+    fn status(&self) -> pug_api::swarm::SwarmFuture<'_> {
+        Box::pin(async move { Ok(serde_json::to_value(self.0.observe().await?)?) })
+    }
+}
