@@ -149,12 +149,10 @@ impl Store {
         insert_event(&mut tx, id, event.0, event.1).await?;
         crate::queue::enqueue_in(&mut tx, id, now_ms(), true).await?;
         tx.commit().await?;
-        self.tenant(id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "tenant",
-                id: id.to_string(),
-            })
+        self.tenant(id).await?.ok_or_else(|| StoreError::NotFound {
+            kind: "tenant",
+            id: id.to_string(),
+        })
     }
 
     /// Writes a tenant's status (no-op if the tenant is gone).

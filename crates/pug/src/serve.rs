@@ -271,10 +271,8 @@ fn print_banner(b: &Banner) {
     }
     println!(
         "  sign in    {}   (pug user create / pug user grant; embed tokens: pug embed-key create)",
-        match config.gateway.mode {
-            pug_config::GatewayMode::Path => format!("{}/login", config.public_url()),
-            pug_config::GatewayMode::Host => config.tenant_url("<tenant>") + "_pug/login",
-        }
+        // Both modes sign in on pug's own origin (host mode: never on a tenant's).
+        format!("{}/login", config.public_url())
     );
     println!(
         "  data       {}   (backend: {}, store: {})",
