@@ -270,9 +270,9 @@ fn print_banner(b: &Banner) {
         None => println!("  renderer   off   (renderer.mode; needs Chromium)"),
     }
     println!(
-        "  sign in    {}   (pug user create / pug user grant; embed tokens: pug embed-key create)",
         // Both modes sign in on pug's own origin (host mode: never on a tenant's).
-        format!("{}/login", config.public_url())
+        "  sign in    {}/login   (pug user create / pug user grant; embed tokens: pug embed-key create)",
+        config.public_url()
     );
     println!(
         "  data       {}   (backend: {}, store: {})",
