@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+mod error;
 mod metrics;
 mod queue;
 mod reconcile;
@@ -28,6 +29,9 @@ use pug_orchestrator::Orchestrator;
 use pug_store::{Store, StoreError};
 use pug_types::TenantId;
 
+use crate::reconcile::plan::Policy;
+
+pub use error::{Cause, ReconcileError, Step};
 pub use metrics::ControllerMetrics;
 pub use queue::run;
 pub use reconcile::{reconcile, Outcome, PURGE_LABEL};
@@ -77,19 +81,15 @@ impl ControllerSettings {
             renderer_url: None,
         }
     }
-}
 
-/// Why a reconcile pass could not finish.
-#[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Orchestrator(#[from] pug_orchestrator::OrchestratorError),
-    #[error(transparent)]
-    Database(#[from] tenant_db::TenantDbError),
-    #[error("secret {0} of the tenant is missing from the store")]
-    MissingSecret(&'static str),
+    /// The settings the reconcile decisions depend on.
+    pub(crate) fn policy(&self) -> Policy {
+        Policy {
+            ready_timeout: self.ready_timeout,
+            crash_loop_threshold: self.crash_loop_threshold,
+            readiness_poll: self.readiness_poll,
+        }
+    }
 }
 
 impl Controller {
