@@ -22,8 +22,9 @@ pub struct ReconcileError {
     /// The tenant the pass was for; `None` for fleet-wide steps (garbage collection's listing).
     pub tenant: Option<TenantId>,
     pub step: Step,
+    /// Boxed: a pass returns this on every step, and the causes are large.
     #[source]
-    pub cause: Cause,
+    pub cause: Box<Cause>,
 }
 
 fn tenant_prefix(tenant: &Option<TenantId>) -> String {
@@ -115,7 +116,7 @@ impl ReconcileError {
     /// first (a missing or undecryptable secret, an unavailable version, broken isolation);
     /// the queue still looks again with backoff, as the fix may come at any time.
     pub fn retryable(&self) -> bool {
-        match &self.cause {
+        match &*self.cause {
             Cause::MissingSecret(_) | Cause::NoSpec { .. } => false,
             Cause::Store(e) => !matches!(
                 e,
@@ -146,7 +147,7 @@ impl<T, E: Into<Cause>> At<T> for Result<T, E> {
         self.map_err(|e| ReconcileError {
             tenant: Some(tenant.clone()),
             step,
-            cause: e.into(),
+            cause: Box::new(e.into()),
         })
     }
 
@@ -154,7 +155,7 @@ impl<T, E: Into<Cause>> At<T> for Result<T, E> {
         self.map_err(|e| ReconcileError {
             tenant: None,
             step,
-            cause: e.into(),
+            cause: Box::new(e.into()),
         })
     }
 }
@@ -167,7 +168,7 @@ mod tests {
         ReconcileError {
             tenant: Some(TenantId::parse("acme").unwrap()),
             step: Step::Start { replica: 1 },
-            cause,
+            cause: Box::new(cause),
         }
     }
 
@@ -222,13 +223,13 @@ mod tests {
         let source = std::error::Error::source(&e).expect("a source");
         assert_eq!(source.to_string(), "the engine refused: the swarm is busy");
         assert!(matches!(
-            e.cause,
+            *e.cause,
             Cause::Orchestrator(OrchestratorError::Engine(_))
         ));
         let fleet = ReconcileError {
             tenant: None,
             step: Step::ListInstances,
-            cause: Cause::MissingSecret("x"),
+            cause: Box::new(Cause::MissingSecret("x")),
         };
         assert_eq!(fleet.to_string(), "cannot list the instances");
     }

@@ -1,6 +1,8 @@
 //! Tenants, their status, secrets, events and ports.
 
-use pug_types::{Event, EventReason, ExposeSecret, SecretString, Tenant, TenantId, TenantSpec, TenantStatus};
+use pug_types::{
+    Event, EventReason, ExposeSecret, SecretString, Tenant, TenantId, TenantSpec, TenantStatus,
+};
 use sqlx::Row;
 
 use crate::{now_ms, Store, StoreError};

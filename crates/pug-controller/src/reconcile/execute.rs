@@ -73,11 +73,7 @@ pub(super) async fn run(
             Action::DropDatabase => drop_database(c, id).await?,
             Action::Record { reason, message } => record(c, id, *reason, message).await?,
             Action::WriteStatus(change) => write_status(c, id, change).await?,
-            Action::RemoveRecord => c
-                .store
-                .remove_tenant(id)
-                .await
-                .at(id, Step::RemoveRecord)?,
+            Action::RemoveRecord => c.store.remove_tenant(id).await.at(id, Step::RemoveRecord)?,
             Action::ForgetMetrics => c.metrics.forget(id),
         }
     }
@@ -97,7 +93,7 @@ fn spec_of<'a>(
         .ok_or_else(|| ReconcileError {
             tenant: Some(id.clone()),
             step: Step::Start { replica },
-            cause: Cause::NoSpec { replica },
+            cause: Box::new(Cause::NoSpec { replica }),
         })
 }
 
@@ -144,10 +140,7 @@ async fn drop_database(c: &Controller, id: &TenantId) -> Result<(), ReconcileErr
         .await
         .at(id, step)?
     {
-        Some(password) => dbs
-            .drop(id, &password)
-            .await
-            .at(id, Step::DropDatabase)?,
+        Some(password) => dbs.drop(id, &password).await.at(id, Step::DropDatabase)?,
         None => {
             tracing::warn!(tenant = %id, "no database password stored; no database to drop")
         }

@@ -101,7 +101,7 @@ async fn desired(
         read(name.into()).await?.ok_or(ReconcileError {
             tenant: Some(id.clone()),
             step: Step::ReadSecret(name.into()),
-            cause: Cause::MissingSecret(name),
+            cause: Box::new(Cause::MissingSecret(name)),
         })
     };
     let admin_password = need(secret::ADMIN_PASSWORD).await?;

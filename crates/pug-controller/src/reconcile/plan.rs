@@ -144,7 +144,10 @@ pub enum Action {
     /// Drop a deleted tenant's database and role.
     DropDatabase,
     /// Append an event to the tenant's log.
-    Record { reason: EventReason, message: String },
+    Record {
+        reason: EventReason,
+        message: String,
+    },
     /// Update the fleet metrics and the stored status.
     WriteStatus(Box<StatusChange>),
     /// Remove a deleted tenant's record (its events stay).
@@ -169,34 +172,6 @@ pub struct StatusChange {
 pub struct Plan {
     pub actions: Vec<Action>,
     pub outcome: Outcome,
-}
-
-impl Plan {
-    /// The status change the plan writes, if any.
-    pub fn status(&self) -> Option<&StatusChange> {
-        self.actions.iter().find_map(|a| match a {
-            Action::WriteStatus(change) => Some(&**change),
-            _ => None,
-        })
-    }
-
-    /// The events the plan records by itself (a start records its own once it knows the endpoint).
-    pub fn events(&self) -> Vec<(EventReason, &str)> {
-        self.actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Record { reason, message } => Some((*reason, message.as_str())),
-                Action::RollBack { message, .. } => {
-                    Some((EventReason::UpgradeRolledBack, message.as_str()))
-                }
-                Action::WriteStatus(change) => change
-                    .phase_changed
-                    .as_deref()
-                    .map(|m| (EventReason::PhaseChanged, m)),
-                _ => None,
-            })
-            .collect()
-    }
 }
 
 /// The first step for an active tenant: replicas beyond the desired count go (and their ports),
@@ -280,9 +255,9 @@ pub fn rollout(
     let outdated: Vec<&Probed> = replicas
         .iter()
         .filter(|p| {
-            p.instance.as_ref().is_some_and(|i| {
-                i.state == InstanceState::Running && i.spec_hash != p.desired_hash
-            })
+            p.instance
+                .as_ref()
+                .is_some_and(|i| i.state == InstanceState::Running && i.spec_hash != p.desired_hash)
         })
         .collect();
     let waiting: Vec<Waiting> = replicas

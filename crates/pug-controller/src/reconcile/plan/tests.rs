@@ -10,6 +10,35 @@ use pug_types::{Overrides, TenantId};
 
 use super::*;
 
+/// What the tests read out of a plan.
+impl Plan {
+    /// The status change the plan writes, if any.
+    fn status(&self) -> Option<&StatusChange> {
+        self.actions.iter().find_map(|a| match a {
+            Action::WriteStatus(change) => Some(&**change),
+            _ => None,
+        })
+    }
+
+    /// The events the plan records by itself (a start records its own once it knows the endpoint).
+    fn events(&self) -> Vec<(EventReason, &str)> {
+        self.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Record { reason, message } => Some((*reason, message.as_str())),
+                Action::RollBack { message, .. } => {
+                    Some((EventReason::UpgradeRolledBack, message.as_str()))
+                }
+                Action::WriteStatus(change) => change
+                    .phase_changed
+                    .as_deref()
+                    .map(|m| (EventReason::PhaseChanged, m)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 const NOW: i64 = 1_800_000_000_000;
 const SECRET: &str = "s3cret-admin-pw";
 
@@ -629,7 +658,9 @@ fn every_decision_of_an_active_tenant() {
 
 #[test]
 fn ready_records_the_version_that_ran_and_clears_the_error() {
-    let row = rows().into_iter().find(|r| r.name.starts_with("an upgrade completes"));
+    let row = rows()
+        .into_iter()
+        .find(|r| r.name.starts_with("an upgrade completes"));
     let (_, _, plan) = run(&row.unwrap());
     let status = plan.status().unwrap().write.as_ref().unwrap();
     assert_eq!(status.running_version.as_deref(), Some(V2));
@@ -642,7 +673,9 @@ fn ready_records_the_version_that_ran_and_clears_the_error() {
 
 #[test]
 fn a_phase_not_ready_keeps_the_version_that_ran() {
-    let row = rows().into_iter().find(|r| r.name.starts_with("one at a time"));
+    let row = rows()
+        .into_iter()
+        .find(|r| r.name.starts_with("one at a time"));
     let (_, _, plan) = run(&row.unwrap());
     let status = plan.status().unwrap().write.as_ref().unwrap();
     assert_eq!(status.running_version.as_deref(), Some(V1));
@@ -651,7 +684,9 @@ fn a_phase_not_ready_keeps_the_version_that_ran() {
 
 #[test]
 fn a_rollback_puts_back_exactly_the_version_that_ran_at_the_generation_seen() {
-    let row = rows().into_iter().find(|r| r.name.starts_with("rollback: the new version is"));
+    let row = rows()
+        .into_iter()
+        .find(|r| r.name.starts_with("rollback: the new version is"));
     let (_, _, plan) = run(&row.unwrap());
     let Action::RollBack {
         spec,
@@ -696,11 +731,20 @@ fn no_secret_reaches_an_event_a_status_or_an_outcome() {
         panic!("{first:?}")
     };
     let (_, message) = reason.event(0, &version(V1), "127.0.0.1:20000");
-    assert_eq!(message, "replica 0 exited: bad password [redacted]; restarted");
+    assert_eq!(
+        message,
+        "replica 0 exited: bad password [redacted]; restarted"
+    );
     assert_eq!(plan.outcome, row.outcome);
     let change = plan.status().unwrap();
     for text in [
-        change.write.as_ref().unwrap().last_error.as_deref().unwrap(),
+        change
+            .write
+            .as_ref()
+            .unwrap()
+            .last_error
+            .as_deref()
+            .unwrap(),
         change.phase_changed.as_deref().unwrap(),
     ] {
         assert!(!text.contains(SECRET), "{text}");
@@ -741,7 +785,10 @@ fn each_start_reason_has_its_event() {
 #[test]
 fn scale_down_and_replacement_events_say_what_happened() {
     let rows = rows();
-    let scaled = rows.iter().find(|r| r.name.starts_with("scale down")).unwrap();
+    let scaled = rows
+        .iter()
+        .find(|r| r.name.starts_with("scale down"))
+        .unwrap();
     let (_, first, _) = run(scaled);
     let plan = Plan {
         actions: first,
@@ -750,11 +797,20 @@ fn scale_down_and_replacement_events_say_what_happened() {
     assert_eq!(
         plan.events(),
         [
-            (EventReason::ReplicaRemoved, "replica 1 removed (scaled to 1)"),
-            (EventReason::ReplicaRemoved, "replica 2 removed (scaled to 1)"),
+            (
+                EventReason::ReplicaRemoved,
+                "replica 1 removed (scaled to 1)"
+            ),
+            (
+                EventReason::ReplicaRemoved,
+                "replica 2 removed (scaled to 1)"
+            ),
         ]
     );
-    let upgrade = rows.iter().find(|r| r.name.starts_with("an upgrade replaces")).unwrap();
+    let upgrade = rows
+        .iter()
+        .find(|r| r.name.starts_with("an upgrade replaces"))
+        .unwrap();
     let (_, _, plan) = run(upgrade);
     assert_eq!(
         plan.events(),
@@ -797,7 +853,14 @@ fn status_change_writes_only_what_changed() {
         },
         "an unchanged status is not written, but the metrics still see it"
     );
-    let fewer = status_change(&t, Phase::Ready, vec!["a:1".into()], None, Some(V1.into()), NOW);
+    let fewer = status_change(
+        &t,
+        Phase::Ready,
+        vec!["a:1".into()],
+        None,
+        Some(V1.into()),
+        NOW,
+    );
     assert_eq!(fewer.phase_changed, None, "the same phase records no event");
     assert_eq!(fewer.write.as_ref().map(|s| s.ready_replicas), Some(1));
     let degraded = status_change(
@@ -838,10 +901,7 @@ fn suspended_deleted_and_gone_tenants() {
     let suspended = tenant(V1, 2, Some(V1), DesiredState::Suspended);
     let deleted = tenant(V1, 2, Some(V1), DesiredState::Deleted);
     let mut purged = deleted.clone();
-    purged
-        .spec
-        .labels
-        .insert(PURGE_LABEL.into(), "true".into());
+    purged.spec.labels.insert(PURGE_LABEL.into(), "true".into());
     let table: Vec<(&str, Plan, &[&str])> = vec![
         (
             "suspend stops every instance and keeps the data",
