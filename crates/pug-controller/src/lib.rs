@@ -11,6 +11,14 @@
 //! queue row is still there, the orchestrator still reports what runs, and the next pass picks
 //! up from what it observes, never from what it remembers.
 //!
+//! # Layout
+//!
+//! - `reconcile/`: one pass, as observe (`observe.rs`) → plan (`plan.rs`, pure; its table tests
+//!   in `plan/tests.rs`) → execute (`execute.rs`).
+//! - `queue.rs`: the loops that drive passes, resync and garbage collection.
+//! - `error.rs`: [`ReconcileError`], naming the tenant and [`Step`], with [`ReconcileError::retryable`].
+//! - `metrics.rs`, `tenant_db.rs`: fleet metrics; tenant databases on a shared PostgreSQL.
+//!
 //! Must not: serve HTTP, spawn processes or talk to Docker itself (the orchestrator does), or
 //! write a secret into an event, a status or a log line.
 
