@@ -11,11 +11,20 @@
 //! queue row is still there, the orchestrator still reports what runs, and the next pass picks
 //! up from what it observes, never from what it remembers.
 //!
+//! # Layout
+//!
+//! - `reconcile/`: one pass, as observe (`observe.rs`) → plan (`plan.rs`, pure; its table tests
+//!   in `plan/tests.rs`) → execute (`execute.rs`).
+//! - `queue.rs`: the loops that drive passes, resync and garbage collection.
+//! - `error.rs`: [`ReconcileError`], naming the tenant and [`Step`], with [`ReconcileError::retryable`].
+//! - `metrics.rs`, `tenant_db.rs`: fleet metrics; tenant databases on a shared PostgreSQL.
+//!
 //! Must not: serve HTTP, spawn processes or talk to Docker itself (the orchestrator does), or
 //! write a secret into an event, a status or a log line.
 
 #![forbid(unsafe_code)]
 
+mod error;
 mod metrics;
 mod queue;
 mod reconcile;
@@ -28,6 +37,9 @@ use pug_orchestrator::Orchestrator;
 use pug_store::{Store, StoreError};
 use pug_types::TenantId;
 
+use crate::reconcile::plan::Policy;
+
+pub use error::{Cause, ReconcileError, Step};
 pub use metrics::ControllerMetrics;
 pub use queue::run;
 pub use reconcile::{reconcile, Outcome, PURGE_LABEL};
@@ -77,19 +89,15 @@ impl ControllerSettings {
             renderer_url: None,
         }
     }
-}
 
-/// Why a reconcile pass could not finish.
-#[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Orchestrator(#[from] pug_orchestrator::OrchestratorError),
-    #[error(transparent)]
-    Database(#[from] tenant_db::TenantDbError),
-    #[error("secret {0} of the tenant is missing from the store")]
-    MissingSecret(&'static str),
+    /// The settings the reconcile decisions depend on.
+    pub(crate) fn policy(&self) -> Policy {
+        Policy {
+            ready_timeout: self.ready_timeout,
+            crash_loop_threshold: self.crash_loop_threshold,
+            readiness_poll: self.readiness_poll,
+        }
+    }
 }
 
 impl Controller {

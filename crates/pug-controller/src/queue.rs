@@ -5,9 +5,10 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use pug_store::{now_ms, WorkItem};
-use pug_types::TenantId;
+use pug_types::{EventReason, TenantId};
 use tokio_util::sync::CancellationToken;
 
+use crate::error::{At, Step};
 use crate::reconcile::{reconcile, Outcome};
 use crate::{Controller, ReconcileError};
 
@@ -124,7 +125,7 @@ async fn work(c: &Controller, item: WorkItem) {
             c.metrics.op("error");
             let attempts = item.attempts + 1;
             let delay = backoff(attempts, Duration::from_secs(1), c.settings.max_backoff);
-            tracing::warn!(tenant = %item.tenant, attempts, error = %error_line(&e), "reconcile failed");
+            tracing::warn!(tenant = %item.tenant, attempts, retryable = e.retryable(), error = %error_line(&e), "reconcile failed");
             c.store
                 .requeue_work(&item, now_ms() + delay.as_millis() as i64, attempts)
                 .await
@@ -162,21 +163,29 @@ async fn resync_loop(c: Controller, shutdown: CancellationToken) {
 
 /// Removes instances that belong to no tenant in the store (orphans).
 pub(crate) async fn collect_garbage(c: &Controller) -> Result<usize, ReconcileError> {
-    let known: HashSet<TenantId> = c.store.tenant_ids().await?.into_iter().collect();
+    let tenants = c.store.tenant_ids().await.fleet_wide(Step::ListTenants)?;
+    let known: HashSet<TenantId> = tenants.into_iter().collect();
     let mut removed = 0;
-    for instance in c.orchestrator.all_instances().await? {
+    let all = c.orchestrator.all_instances().await;
+    for instance in all.fleet_wide(Step::ListInstances)? {
         if known.contains(&instance.tenant) {
             continue;
         }
         tracing::warn!(tenant = %instance.tenant, replica = instance.replica, "removing an orphan instance (its tenant does not exist)");
         c.orchestrator
             .remove(&instance.tenant, instance.replica)
-            .await?;
+            .await
+            .at(
+                &instance.tenant,
+                Step::Stop {
+                    replica: instance.replica,
+                },
+            )?;
         let _ = c
             .store
             .add_event(
                 &instance.tenant,
-                "OrphanRemoved",
+                EventReason::OrphanRemoved,
                 &format!(
                     "removed replica {} at {}: no such tenant in the store",
                     instance.replica, instance.endpoint

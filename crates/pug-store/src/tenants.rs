@@ -1,6 +1,8 @@
 //! Tenants, their status, secrets, events and ports.
 
-use pug_types::{Event, ExposeSecret, SecretString, Tenant, TenantId, TenantSpec, TenantStatus};
+use pug_types::{
+    Event, EventReason, ExposeSecret, SecretString, Tenant, TenantId, TenantSpec, TenantStatus,
+};
 use sqlx::Row;
 
 use crate::{now_ms, Store, StoreError};
@@ -237,11 +239,11 @@ impl Store {
     pub async fn add_event(
         &self,
         id: &TenantId,
-        reason: &str,
+        reason: EventReason,
         message: &str,
     ) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await?;
-        insert_event(&mut conn, id, reason, message).await
+        insert_event(&mut conn, id, reason.as_str(), message).await
     }
 
     /// The newest `limit` events of a tenant, oldest first.

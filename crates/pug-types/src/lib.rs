@@ -10,11 +10,13 @@
 
 #![forbid(unsafe_code)]
 
+mod event;
 mod id;
 mod overrides;
 mod tenant;
 mod version;
 
+pub use event::EventReason;
 pub use id::TenantId;
 pub use overrides::{find_expansion, grafana_env_name, ExpansionContext, Overrides};
 pub use tenant::{
