@@ -198,6 +198,12 @@ impl InstanceSpec {
             "data_source_proxy_whitelist",
             &self.data_source_proxy_whitelist.join(" "),
         );
+        // Cloud credentials of the machine (or container) Grafana runs on are pug's, not the
+        // tenant's: AWS datasources use the tenant's own keys only (not the SDK's default chain,
+        // a credentials file or the instance role), Azure ones never the machine's identity.
+        plain("aws", "allowed_auth_providers", "keys");
+        plain("azure", "managed_identity_enabled", "false");
+        plain("azure", "workload_identity_enabled", "false");
         plain("server", "static_root_path", "public");
         plain("panels", "disable_sanitize_html", "false");
         plain(

@@ -83,6 +83,18 @@ const RESERVED: &[(&str, &str)] = &[
         "the operator sets it (grafana.data_source_proxy_whitelist)",
     ),
     (
+        "aws.allowed_auth_providers",
+        "a tenant's AWS datasources use its own keys, never the machine's credentials or role",
+    ),
+    (
+        "azure.managed_identity_enabled",
+        "a tenant's Azure datasources never use the machine's identity",
+    ),
+    (
+        "azure.workload_identity_enabled",
+        "a tenant's Azure datasources never use the machine's identity",
+    ),
+    (
         "panels.disable_sanitize_html",
         "unsanitised panel HTML runs script on the tenant's origin",
     ),
@@ -455,6 +467,11 @@ mod tests {
             "auth_jwt.key_file=/etc/passwd",
             "plugins.preinstall_disabled=false",
             "install.plugins=https://evil/p.zip;p",
+            // The machine's cloud credentials.
+            "aws.allowed_auth_providers=default,ec2_iam_role,credentials",
+            "aws_allowed.auth_providers=default",
+            "azure.managed_identity_enabled=true",
+            "azure.workload_identity_enabled=true",
             // `__FILE` reads a file into any setting (the image's entrypoint).
             "server.root_url__file=/etc/passwd",
             "smtp.from_address__file=/run/secrets/pug-security-secret-key",
