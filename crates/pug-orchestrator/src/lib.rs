@@ -14,6 +14,7 @@
 
 pub mod install;
 pub mod isolation;
+pub mod leftovers;
 pub mod process;
 pub mod process_setup;
 pub mod provisioning;

@@ -201,6 +201,7 @@ impl ProcessBackend {
             "logs",
             "plugins",
             "run",
+            "tmp",
             "provisioning/datasources",
             "provisioning/dashboards",
             "provisioning/plugins",
@@ -211,7 +212,7 @@ impl ProcessBackend {
                 .map_err(io(format!("cannot create {}", path.display())))?;
         }
         if let Some(user) = user {
-            for sub in ["data", "logs", "plugins", "run"] {
+            for sub in ["data", "logs", "plugins", "run", "tmp"] {
                 let path = dir.join(sub);
                 give_to(&path, user).map_err(io(format!(
                     "cannot give {} to the tenant's user",
@@ -394,6 +395,9 @@ impl Orchestrator for ProcessBackend {
                 "PATH",
                 std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
             )
+            // Temporary files stay in the replica's own directory (archived with the tenant),
+            // not in the machine's shared /tmp, where the next owner of the uid would find them.
+            .env("TMPDIR", dir.join("tmp"))
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -511,6 +515,12 @@ impl Orchestrator for ProcessBackend {
                 for pid in isolation::processes_of(uid) {
                     tracing::info!(%tenant, pid, uid, "killing a leftover process of a deleted tenant's user");
                     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                }
+                for shared in crate::leftovers::SHARED_DIRS {
+                    let removed = crate::leftovers::remove_owned_by(Path::new(shared), uid);
+                    if removed > 0 {
+                        tracing::info!(%tenant, uid, dir = shared, removed, "removed a deleted tenant's files from a shared directory");
+                    }
                 }
             }
             // The archive is root's 0700: once there, the files are out of reach of whoever

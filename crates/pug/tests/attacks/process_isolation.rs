@@ -307,3 +307,77 @@ fn a_second_pug_cannot_give_out_the_uids_of_a_running_one() {
     );
     again.ok(&["tenant", "list"]);
 }
+
+/// A deleted tenant's uid goes to the next tenant created: what the old tenant's Grafana left
+/// in the machine's shared `/tmp` must not pass to the new one with it.
+#[test]
+fn a_deleted_tenants_files_in_tmp_do_not_pass_to_the_next_owner_of_its_uid() {
+    if !is_root() {
+        eprintln!("skipped: process isolation needs root (CI runs as root)");
+        return;
+    }
+    let pug = Pug::start((28000, 28009), &[("PUG_PROCESS_ISOLATION", "required")]);
+    pug.ok(&[
+        "tenant",
+        "create",
+        "leaver",
+        "--version",
+        "11.3.0",
+        "--wait",
+    ]);
+    let instances = pug.instances();
+    let (_, pid) = instances
+        .iter()
+        .find(|(k, _)| k == "leaver/replica-0")
+        .unwrap_or_else(|| panic!("no instance of leaver in {instances:?}"));
+    let old_uid = uid_of(*pid);
+    // The instance's temporary files are its own: TMPDIR is inside its replica directory.
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let tmpdir = pug.data.join("tenants/leaver/replica-0/tmp");
+    assert!(
+        String::from_utf8_lossy(&environ).contains(&format!("TMPDIR={}", tmpdir.display())),
+        "{}",
+        String::from_utf8_lossy(&environ)
+    );
+    // Code in leaver's Grafana writes to the shared /tmp anyway.
+    let left = format!("/tmp/pug-leftover-{}", std::process::id());
+    let out = as_user(
+        old_uid,
+        "sh",
+        &["-c", &format!("umask 077; echo leaver-secret > {left}")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    pug.ok(&["tenant", "delete", "leaver"]);
+    crate::support::wait_for(T, "the tenant to be deleted", || {
+        (!pug.cli(&["tenant", "show", "leaver"]).status.success()).then_some(())
+    });
+    pug.ok(&[
+        "tenant",
+        "create",
+        "arriver",
+        "--version",
+        "11.3.0",
+        "--wait",
+    ]);
+    let instances = pug.instances();
+    let (_, pid) = instances
+        .iter()
+        .find(|(k, _)| k == "arriver/replica-0")
+        .unwrap_or_else(|| panic!("no instance of arriver in {instances:?}"));
+    assert_eq!(
+        uid_of(*pid),
+        old_uid,
+        "the freed uid went to the next tenant"
+    );
+    let out = as_user(old_uid, "cat", &[&left]);
+    let _ = std::fs::remove_file(&left);
+    assert!(
+        !out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("leaver-secret"),
+        "the next owner of the uid read what the deleted tenant left in /tmp"
+    );
+}
