@@ -195,6 +195,43 @@ pub fn reject_rule(chain: &str, ports: (u16, u16), pug_uid: u32, data_dir: &Path
     .collect()
 }
 
+/// The chain pug's INPUT rule lives in (a chain jumped from OUTPUT cannot match on the input
+/// interface).
+pub fn input_chain(chain: &str) -> String {
+    format!("{chain}-IN")
+}
+
+/// The rule of a pug's input chain: a new TCP connection to an instance port from another
+/// machine (any interface but loopback) is reset. Instances listen on loopback by default;
+/// with `process.bind_address` set to a network address they would otherwise be reachable
+/// from the network without the gateway.
+pub fn input_rule(chain: &str, ports: (u16, u16), data_dir: &Path) -> Vec<String> {
+    [
+        "-w",
+        "-A",
+        chain,
+        "!",
+        "-i",
+        "lo",
+        "-p",
+        "tcp",
+        "--syn",
+        "--dport",
+        &format!("{}:{}", ports.0, ports.1),
+        "-m",
+        "comment",
+        "--comment",
+        &comment(data_dir),
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// Chains of `iptables -S` output that belong to pugs whose data dir no longer exists (a pug
 /// killed with SIGKILL cannot remove its chain).
 pub fn stale_chains(listing: &str, exists: impl Fn(&Path) -> bool) -> Vec<String> {
@@ -227,15 +264,17 @@ fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
-/// Removes a chain and the jump to it (absent is fine).
+/// Removes a chain and the jumps to it (absent is fine).
 fn remove_chain(fw: &dyn Firewall, program: &str, chain: &str) {
     // A jump may be there more than once (two pugs raced on one data dir); a few passes at most.
-    for _ in 0..8 {
-        if fw
-            .run(program, &args(&["-w", "-D", "OUTPUT", "-j", chain]))
-            .is_err()
-        {
-            break;
+    for hook in ["OUTPUT", "INPUT"] {
+        for _ in 0..8 {
+            if fw
+                .run(program, &args(&["-w", "-D", hook, "-j", chain]))
+                .is_err()
+            {
+                break;
+            }
         }
     }
     let _ = fw.run(program, &args(&["-w", "-F", chain]));
@@ -268,6 +307,16 @@ pub fn install_firewall(
             .is_err()
         {
             fw.run(program, &args(&["-w", "-I", "OUTPUT", "1", "-j", &chain]))?;
+        }
+        let input = input_chain(&chain);
+        let _ = fw.run(program, &args(&["-w", "-N", &input]));
+        fw.run(program, &args(&["-w", "-F", &input]))?;
+        fw.run(program, &input_rule(&input, ports, data_dir))?;
+        if fw
+            .run(program, &args(&["-w", "-C", "INPUT", "-j", &input]))
+            .is_err()
+        {
+            fw.run(program, &args(&["-w", "-I", "INPUT", "1", "-j", &input]))?;
         }
     }
     Ok(chain)
@@ -346,7 +395,9 @@ impl Isolation {
                 let reason =
                     format!("the firewall cannot be set up ({e}); install the iptables package");
                 for program in PROGRAMS {
-                    remove_chain(s.firewall.as_ref(), program, &chain_name(&s.data_dir));
+                    let chain = chain_name(&s.data_dir);
+                    remove_chain(s.firewall.as_ref(), program, &chain);
+                    remove_chain(s.firewall.as_ref(), program, &input_chain(&chain));
                 }
                 match decide(s.mode, Some(reason)) {
                     Decision::Refuse { reason } => refuse(reason),
@@ -362,6 +413,7 @@ impl Isolation {
     pub fn stop(&self) {
         for program in PROGRAMS {
             remove_chain(self.firewall.as_ref(), program, &self.chain);
+            remove_chain(self.firewall.as_ref(), program, &input_chain(&self.chain));
         }
         tracing::info!(chain = %self.chain, "firewall chain removed");
     }
@@ -617,10 +669,16 @@ mod tests {
             // The jump exists already (-C succeeded): not inserted twice.
             assert!(!has(&format!("-w -I OUTPUT 1 -j {chain}")));
             assert!(mine.iter().any(|c| c.contains("--dport 20000:20009")));
+            // The input chain: connections from other machines to instance ports are reset.
+            assert!(has(&format!("-w -F {chain}-IN")), "{mine:?}");
+            assert!(has(&format!("-w -C INPUT -j {chain}-IN")));
+            assert!(mine.iter().any(|c| c.starts_with(&format!(
+                "{program} -w -A {chain}-IN ! -i lo -p tcp --syn --dport 20000:20009"
+            ))));
         }
-        // A missing jump is inserted first in OUTPUT.
+        // Missing jumps are inserted first in OUTPUT and INPUT.
         let fw = Fake {
-            fail: vec!["-C OUTPUT"],
+            fail: vec!["-C OUTPUT", "-C INPUT"],
             ..Default::default()
         };
         install_firewall(&fw, dir, (1, 2), 0).unwrap();
@@ -628,6 +686,9 @@ mod tests {
         assert!(calls
             .iter()
             .any(|c| c == &format!("iptables -w -I OUTPUT 1 -j {chain}")));
+        assert!(calls
+            .iter()
+            .any(|c| c == &format!("iptables -w -I INPUT 1 -j {chain}-IN")));
         // A failing rule is an error naming the command.
         let fw = Fake {
             fail: vec!["-A PUG-"],

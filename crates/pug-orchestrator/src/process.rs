@@ -543,6 +543,21 @@ impl Orchestrator for ProcessBackend {
     fn changes(&self) -> Option<mpsc::UnboundedReceiver<TenantId>> {
         self.changes_rx.lock().expect("changes").take()
     }
+
+    /// pug connects to its instances at `process.bind_address`, and a connection to a local
+    /// address comes from that address: loopback's, or the network address instances listen
+    /// on. (Only pug's user may connect, and other machines not at all: see `isolation`.)
+    fn gateway_source_addresses(&self) -> Vec<String> {
+        let mut out = vec!["127.0.0.1".to_owned(), "::1".to_owned()];
+        let bind = &self.settings.bind_address;
+        if bind
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        {
+            out.push(bind.clone());
+        }
+        out
+    }
 }
 
 /// Finds running processes whose `--pidfile` lies under `root`: pug's instances.

@@ -381,3 +381,134 @@ fn a_deleted_tenants_files_in_tmp_do_not_pass_to_the_next_owner_of_its_uid() {
         "the next owner of the uid read what the deleted tenant left in /tmp"
     );
 }
+
+/// A network namespace standing for another machine, joined to this one by a veth pair
+/// (`host` here, `peer` there); removed when dropped.
+struct OtherMachine {
+    netns: String,
+}
+
+impl OtherMachine {
+    fn new(host: &str, peer: &str) -> Self {
+        let netns = format!("pugatk{}", std::process::id());
+        let (h, n) = (
+            format!("pa{}h", std::process::id()),
+            format!("pa{}n", std::process::id()),
+        );
+        let run = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("ip runs");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {} (the test needs iproute2)",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let _ = Command::new("ip").args(["netns", "del", &netns]).output();
+        run(&["netns", "add", &netns]);
+        run(&["link", "add", &h, "type", "veth", "peer", "name", &n]);
+        run(&["link", "set", &n, "netns", &netns]);
+        run(&["addr", "add", &format!("{host}/30"), "dev", &h]);
+        run(&["link", "set", &h, "up"]);
+        run(&[
+            "netns",
+            "exec",
+            &netns,
+            "ip",
+            "addr",
+            "add",
+            &format!("{peer}/30"),
+            "dev",
+            &n,
+        ]);
+        run(&["netns", "exec", &netns, "ip", "link", "set", &n, "up"]);
+        run(&["netns", "exec", &netns, "ip", "link", "set", "lo", "up"]);
+        Self { netns }
+    }
+
+    /// `curl` from the other machine: (curl's exit code, output).
+    fn curl(&self, url: &str) -> (i32, String) {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns,
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                url,
+            ])
+            .output()
+            .expect("ip runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code().unwrap_or(-1), text)
+    }
+}
+
+impl Drop for OtherMachine {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its end of the pair, and with it this end.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
+    }
+}
+
+/// With `process.bind_address` on a network address, another machine connects straight to an
+/// instance port, without the gateway: reset. Other ports of that address stay reachable from
+/// there (so the refusal is pug's rule, not the network).
+#[test]
+fn another_machine_cannot_reach_an_instance_on_a_network_bind_address() {
+    if !is_root() {
+        eprintln!("skipped: process isolation needs root (CI runs as root)");
+        return;
+    }
+    let (host, peer) = ("10.231.77.1", "10.231.77.2");
+    let other = OtherMachine::new(host, peer);
+    let pug = Pug::start(
+        (28010, 28019),
+        &[
+            ("PUG_PROCESS_ISOLATION", "required"),
+            ("PUG_PROCESS_BIND_ADDRESS", host),
+        ],
+    );
+    pug.ok(&[
+        "tenant",
+        "create",
+        "exposed",
+        "--version",
+        "11.3.0",
+        "--wait",
+    ]);
+    let instances = pug.instances();
+    let (_, pid) = instances
+        .iter()
+        .find(|(k, _)| k == "exposed/replica-0")
+        .unwrap_or_else(|| panic!("no instance of exposed in {instances:?}"));
+    let port = port_of(*pid);
+
+    // The control: a listener of this machine on the same address answers the other machine.
+    let listener = std::net::TcpListener::bind((host, 0)).unwrap();
+    let control = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf);
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\nconnection: close\r\n\r\ncontrol");
+    });
+    let (code, out) = other.curl(&format!("http://{host}:{control}/"));
+    assert_eq!((code, out.as_str()), (0, "control"));
+    server.join().unwrap();
+
+    let (code, out) = other.curl(&format!("http://{host}:{port}/t/exposed/api/health"));
+    assert_eq!(code, 7, "the instance answered another machine: {out}");
+    // pug itself still reaches it (the tenant is served through the gateway).
+    pug.create_user("alice", "alice-password-1");
+    pug.ok(&["user", "grant", "alice", "exposed", "--role", "Viewer"]);
+    let (status, body) = through_the_gateway(&pug.url, "exposed", "alice", "alice-password-1");
+    assert_eq!(status, 200, "{body}");
+    drop(other);
+}
