@@ -11,7 +11,7 @@
 
 use pug_types::{ExposeSecret, SecretString};
 
-use crate::{generate_secret, now_ms, token_hash, Store, StoreError};
+use crate::{generate_secret, now_ms, token_hash, Kind, Store, StoreError};
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -325,7 +325,17 @@ impl Store {
             .expect("the chosen token is one of the rows")]
         .0;
         // The last-admin guard is repeated in the statement, so two revocations racing for the
-        // last two admin tokens cannot both succeed on SQLite (one writer at a time).
+        // last two admin tokens cannot both succeed: SQLite has one writer at a time; on
+        // PostgreSQL each statement would see the other token still there (read committed), so
+        // the admin tokens are locked first and the second revocation waits, then sees the first.
+        let mut tx = self.pool.begin().await?;
+        if self.kind == Kind::Postgres {
+            sqlx::query(
+                "SELECT hash FROM api_tokens WHERE role = 'admin' ORDER BY hash FOR UPDATE",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+        }
         let deleted = sqlx::query(
             "DELETE FROM api_tokens WHERE hash = $1 AND (\
                role <> 'admin' \
@@ -335,9 +345,10 @@ impl Store {
         )
         .bind(hash)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
+        tx.commit().await?;
         Ok(match deleted {
             0 if token.usable_admin(now) => Err(RevokeRefusal::LastAdmin),
             0 => Err(RevokeRefusal::NoMatch),
