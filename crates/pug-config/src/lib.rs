@@ -454,7 +454,15 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         Self::figment(file, flags)?
             .extract::<Config>()
-            .map_err(|e| ConfigError::Invalid(e.to_string()))
+            // figment keeps every error it met; say them all, not just the first.
+            .map_err(|e| {
+                ConfigError::Invalid(
+                    e.into_iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                )
+            })
             .and_then(Config::validated)
     }
 
@@ -484,8 +492,21 @@ impl Config {
         Ok(figment)
     }
 
+    /// The configuration, or every problem it has at once (one per setting), so that a
+    /// person fixes them in one go rather than one restart at a time.
     fn validated(self) -> Result<Self, ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(self)
+        } else {
+            Err(ConfigError::Invalid(problems.join("; ")))
+        }
+    }
+
+    /// What is wrong with the values (each message names the setting and a valid value).
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut bad = |m: String| problems.push(m);
         for (name, url) in [
             ("process.download_base_url", &self.process.download_base_url),
             ("process.checksum_base_url", &self.process.checksum_base_url),
@@ -494,17 +515,17 @@ impl Config {
                 || url.starts_with("https://")
                 || (url.starts_with("http://") && self.process.allow_insecure_download);
             if !allowed {
-                return bad(format!(
+                bad(format!(
                     "{name} ({url}) must be an https:// URL; http:// needs \
                      process.allow_insecure_download = true"
                 ));
             }
         }
         if self.process.max_download_mb == 0 {
-            return bad("process.max_download_mb must be at least 1".into());
+            bad("process.max_download_mb must be at least 1".into());
         }
         if self.process.port_min == 0 || self.process.port_min > self.process.port_max {
-            return bad(format!(
+            bad(format!(
                 "process.port_min ({}) must be at least 1 and at most process.port_max ({})",
                 self.process.port_min, self.process.port_max
             ));
@@ -514,14 +535,14 @@ impl Config {
             || p.tenant_uid_count == 0
             || p.tenant_uid_base.checked_add(p.tenant_uid_count).is_none()
         {
-            return bad(format!(
+            bad(format!(
                 "process.tenant_uid_base ({}) must be at least 1000 and process.tenant_uid_count ({}) at least 1, \
                  with their sum below 4294967296 (e.g. 200000 and 100000)",
                 p.tenant_uid_base, p.tenant_uid_count
             ));
         }
         if !self.docker.image.contains("{version}") {
-            return bad(format!(
+            bad(format!(
                 "docker.image {:?} has no {{version}} placeholder; give one like \"grafana/grafana:{{version}}\"",
                 self.docker.image
             ));
@@ -534,12 +555,12 @@ impl Config {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         {
-            return bad(format!(
+            bad(format!(
                 "docker.namespace {ns:?} must be 1 to 20 lowercase letters or digits, starting with a letter (e.g. \"pug\")"
             ));
         }
         if self.docker.max_concurrent_ops == 0 || self.docker.update_parallelism == 0 {
-            return bad(
+            bad(
                 "docker.max_concurrent_ops and docker.update_parallelism must be at least 1".into(),
             );
         }
@@ -557,40 +578,40 @@ impl Config {
             || g.http2_keep_alive_secs == 0
             || g.tunnel_idle_timeout_secs == 0
         {
-            return bad(
+            bad(
                 "gateway timeouts, session lifetimes, the login window, the login failure limits, gateway.session_sweep_interval_secs and gateway.max_connections_per_client must be at least 1".into(),
             );
         }
         for p in &g.trusted_proxies {
             if p.parse::<std::net::IpAddr>().is_err() && p.parse::<ipnet::IpNet>().is_err() {
-                return bad(format!(
+                bad(format!(
                     "gateway.trusted_proxies entry {p:?} is not an address or CIDR; give e.g. \"10.0.0.5\" or \"10.0.0.0/8\""
                 ));
             }
         }
         if self.renderer.max_concurrency == 0 {
-            return bad("renderer.max_concurrency must be at least 1".into());
+            bad("renderer.max_concurrency must be at least 1".into());
         }
         if self.renderer.page_reuse == 0 {
-            return bad(
+            bad(
                 "renderer.page_reuse must be at least 1 (1 = a fresh browser context for every render)"
                     .into(),
             );
         }
         if self.renderer.mode != RendererMode::Off && self.renderer.listen == self.listen {
-            return bad(format!(
+            bad(format!(
                 "renderer.listen and listen are both {}; give the renderer its own port (default 127.0.0.1:8081) or set renderer.mode = \"off\"",
                 self.listen
             ));
         }
         if self.controller.concurrency == 0 {
-            return bad("controller.concurrency must be at least 1".into());
+            bad("controller.concurrency must be at least 1".into());
         }
         if !self.gateway.public_url.is_empty() {
             match url::Url::parse(&self.gateway.public_url) {
                 Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
                 _ => {
-                    return bad(format!(
+                    bad(format!(
                         "gateway.public_url {:?} is not an http(s) URL; give one like https://grafana.example.com",
                         self.gateway.public_url
                     ))
@@ -598,7 +619,7 @@ impl Config {
             }
         }
         if self.gateway.mode == GatewayMode::Host && self.gateway.domain.is_empty() {
-            return bad(
+            bad(
                 "gateway.mode = \"host\" needs gateway.domain (e.g. \"grafana.example.com\")"
                     .into(),
             );
@@ -607,9 +628,9 @@ impl Config {
             && !self.grafana_database.url.starts_with("postgres://")
             && !self.grafana_database.url.starts_with("postgresql://")
         {
-            return bad("grafana_database.url must be a postgres:// URL".into());
+            bad("grafana_database.url must be a postgres:// URL".into());
         }
-        Ok(self)
+        problems
     }
 
     /// The URL people use to reach pug, without a trailing slash.
@@ -755,6 +776,24 @@ mod tests {
             jail.create_file("pug.toml", "bogus = 1\n")?;
             let err = Config::load(None, BTreeMap::new()).unwrap_err().to_string();
             assert!(err.contains("bogus"), "{err}");
+            // Every problem at once, not one per restart.
+            jail.create_file(
+                "pug.toml",
+                "[controller]\nconcurrency = 0\n[docker]\nimage = \"grafana\"\n[gateway]\nmode = \"host\"\n",
+            )?;
+            let err = Config::load(None, BTreeMap::new()).unwrap_err().to_string();
+            for setting in ["controller.concurrency", "docker.image", "gateway.domain"] {
+                assert!(err.contains(setting), "{setting} missing from: {err}");
+            }
+            jail.create_file(
+                "pug.toml",
+                "bogus = 1\n[controller]\nconcurrency = \"many\"\n",
+            )?;
+            let err = Config::load(None, BTreeMap::new()).unwrap_err().to_string();
+            assert!(
+                err.contains("bogus") && err.contains("concurrency"),
+                "{err}"
+            );
             Ok(())
         });
         let err = Config::load(Some(Path::new("/nonexistent/pug.toml")), BTreeMap::new())
