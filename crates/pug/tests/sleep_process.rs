@@ -248,9 +248,9 @@ fn an_idle_tenant_sleeps_and_any_authorised_request_wakes_it_once() {
     assert_eq!(count_after(&pug, "Slept", "InstanceStarted"), 1);
 
     // An open WebSocket (Grafana Live) keeps it awake past its timeout; closed, it sleeps.
-    rt.block_on(async {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut ws = rt.block_on(async {
         let mut req = format!(
             "ws://{}/t/acme/api/live/ws",
             url.trim_start_matches("http://")
@@ -261,18 +261,20 @@ fn an_idle_tenant_sleeps_and_any_authorised_request_wakes_it_once() {
         let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
         ws.send(Message::text("ping")).await.unwrap();
         assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("ping"));
-        // Three times the timeout and its grace, checking all along that it stays awake.
-        let until = Instant::now() + Duration::from_secs(9);
-        while Instant::now() < until {
-            let (_, t) = pug.api("GET", "/api/v1/tenants/acme", None);
-            assert_eq!(
-                t["status"]["phase"], "ready",
-                "asleep with a WebSocket open"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        ws.close(None).await.unwrap();
+        ws
     });
+    // Three times the timeout and its grace, checking all along that it stays awake.
+    let until = Instant::now() + Duration::from_secs(9);
+    while Instant::now() < until {
+        let (_, t) = pug.api("GET", "/api/v1/tenants/acme", None);
+        assert_eq!(
+            t["status"]["phase"], "ready",
+            "asleep with a WebSocket open"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    rt.block_on(async { ws.close(None).await.unwrap() });
+    drop(ws);
     assert_eq!(acme_instances(&pug), 1);
     sleeping(&pug);
 }
