@@ -17,6 +17,7 @@ Bounded: tenants x rounds samples, each round waits at most 60 s for the tenants
 import argparse
 import json
 import math
+import shutil
 import os
 import signal
 import socket
@@ -81,7 +82,7 @@ def pct(values, p):
 
 
 def instance_of(data, tenant):
-    """(argv, cwd, env, port) of the running instance of `tenant`, from /proc."""
+    """(argv, cwd, env, port, pid) of the running instance of `tenant`, from /proc."""
     root = os.path.join(data, "tenants", tenant) + "/"
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -100,13 +101,13 @@ def instance_of(data, tenant):
             env = dict(kv.decode().split("=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
         cwd = os.readlink(f"/proc/{pid}/cwd")
         port = int(os.path.basename(pidfile).split("-", 1)[0])
-        return argv, cwd, env, port
+        return argv, cwd, env, port, int(pid)
     return None
 
 
 def cold_start(inst, path):
     """Starts the instance's command directly and polls /api/health every 2 ms: seconds to 200."""
-    argv, cwd, env, port = inst
+    argv, cwd, env, port, _ = inst
     start = time.perf_counter()
     p = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}{path}/api/health"
@@ -136,6 +137,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target/release"))
     args = ap.parse_args()
+    args.bin_dir = os.path.abspath(args.bin_dir)
     pug_bin = os.path.join(args.bin_dir, "pug")
     standin = os.path.join(args.bin_dir, "grafana-standin")
     for b in (pug_bin, standin):
@@ -243,13 +245,15 @@ def main():
             serve.wait(15)
         except subprocess.TimeoutExpired:
             serve.kill()
+        # The instances pug started (they outlive pug by design), by their pids.
         for t in [f"w{i}" for i in range(args.tenants)]:
             i = instance_of(data, t)
-            while i:
-                for pid in os.listdir("/proc"):
+            if i:
+                try:
+                    os.kill(i[4], signal.SIGKILL)
+                except OSError:
                     pass
-                break
-        subprocess.run(["pkill", "-KILL", "-f", os.path.join(data, "tenants")], check=False)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
