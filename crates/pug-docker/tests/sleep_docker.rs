@@ -70,11 +70,17 @@ async fn an_idle_tenant_sleeps_keeps_its_volume_and_wakes_with_its_current_spec(
     })
     .await;
     assert_eq!(volumes(&namespace, &tenant), volume);
-    assert!(pug.events(&id).await.iter().any(|e| e.starts_with("Slept:")));
+    assert!(pug
+        .events(&id)
+        .await
+        .iter()
+        .any(|e| e.starts_with("Slept:")));
 
     // An upgrade while asleep: recorded, nothing started.
-    pug.change(&id, |s| s.version = GrafanaVersion::parse("11.4.0").unwrap())
-        .await;
+    pug.change(&id, |s| {
+        s.version = GrafanaVersion::parse("11.4.0").unwrap()
+    })
+    .await;
     let t = pug.wait_phase(&id, Phase::Sleeping, READY).await;
     assert_eq!(t.status.running_version.as_deref(), Some("11.3.0"));
     assert_eq!(containers(&namespace, &tenant), 0);
