@@ -64,6 +64,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/tenants/{id}/upgrade", post(tenants::upgrade))
         .route("/tenants/{id}/suspend", post(tenants::suspend))
         .route("/tenants/{id}/resume", post(tenants::resume))
+        .route("/tenants/{id}/wake", post(tenants::wake))
         .route("/tenants/{id}/events", get(tenants::events))
         .route("/status", get(status))
         .route("/swarm", get(swarm::status))
@@ -108,7 +109,7 @@ pub fn router(state: ApiState) -> Router {
     info(title = "pug", description = "A Grafana for every tenant: the pug REST API."),
     paths(
         tenants::list, tenants::create, tenants::show, tenants::update, tenants::delete,
-        tenants::upgrade, tenants::suspend, tenants::resume, tenants::events, status,
+        tenants::upgrade, tenants::suspend, tenants::resume, tenants::wake, tenants::events, status,
         tokens::create, tokens::list, tokens::revoke,
         prometheus::targets, swarm::status,
         users::create_user, users::list_users, users::delete_user, users::grant, users::revoke,

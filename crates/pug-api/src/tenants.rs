@@ -1,4 +1,4 @@
-//! `/api/v1/tenants`: create, list, show, update, delete, upgrade, suspend, resume, events.
+//! `/api/v1/tenants`: create, list, show, update, delete, upgrade, suspend, resume, wake, events.
 
 use std::collections::BTreeMap;
 
@@ -41,6 +41,10 @@ pub struct CreateTenant {
     /// Dashboards to provision into the tenant's Grafana.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dashboards: Vec<DashboardSpec>,
+    /// Seconds without activity after which the tenant sleeps until its next request; 0:
+    /// never. Absent: the fleet default (`controller.idle_timeout_secs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
 }
 
 /// A datasource as given to the API: its spec plus the values of its `secureJsonData`, which
@@ -205,6 +209,9 @@ pub struct UpdateTenant {
     /// Replaces the provisioned dashboards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dashboards: Option<Vec<DashboardSpec>>,
+    /// The idle timeout in seconds (0: never sleeps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
     /// Refuse the change if the tenant's generation is not this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_generation: Option<i64>,
@@ -229,6 +236,12 @@ pub struct TenantDetail {
     /// Recent events (omitted in listings).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<Event>,
+    /// When it was last used through the gateway, ms since the Unix epoch (absent: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activity_ms: Option<i64>,
+    /// The idle timeout that applies, in seconds, its own or the fleet's (0: never sleeps).
+    #[serde(default)]
+    pub idle_timeout_secs: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -308,6 +321,32 @@ fn check_replicas(state: &ApiState, replicas: u32) -> Result<(), ApiError> {
     Ok(())
 }
 
+fn check_idle_timeout(secs: u64) -> Result<u64, ApiError> {
+    if secs > pug_types::MAX_DURATION_SECS {
+        return Err(InvalidInput::new(
+            "idle_timeout_secs",
+            format!(
+                "idle_timeout_secs {secs} is longer than a year ({}); use 0 for never",
+                pug_types::MAX_DURATION_SECS
+            ),
+        )
+        .into());
+    }
+    Ok(secs)
+}
+
+fn detail(state: &ApiState, tenant: Tenant, events: Vec<Event>, last: Option<i64>) -> TenantDetail {
+    TenantDetail {
+        url: state.config.tenant_url(tenant.id.as_str()),
+        idle_timeout_secs: tenant
+            .spec
+            .idle_timeout(state.config.controller.idle_timeout_secs),
+        tenant,
+        events,
+        last_activity_ms: last,
+    }
+}
+
 fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
     for (k, v) in labels {
         if k.is_empty() || k.len() > 63 || v.len() > 253 || k.starts_with("pug.") {
@@ -327,13 +366,13 @@ pub(crate) async fn list(
     State(state): State<ApiState>,
 ) -> Result<Json<Vec<TenantDetail>>, ApiError> {
     let tenants = state.store.tenants().await?;
+    let last = state.store.last_activities().await?;
     Ok(Json(
         tenants
             .into_iter()
-            .map(|tenant| TenantDetail {
-                url: state.config.tenant_url(tenant.id.as_str()),
-                tenant,
-                events: Vec::new(),
+            .map(|tenant| {
+                let l = last.get(&tenant.id).copied();
+                detail(&state, tenant, Vec::new(), l)
             })
             .collect(),
     ))
@@ -348,6 +387,7 @@ pub(crate) async fn create(
 ) -> Result<(StatusCode, Json<Tenant>), ApiError> {
     let Json(req) = body?;
     let id = TenantId::parse(&req.id)?;
+    let idle_timeout_secs = req.idle_timeout_secs.map(check_idle_timeout).transpose()?;
     let replicas = req.replicas.unwrap_or(1);
     check_replicas(&state, replicas)?;
     check_labels(&req.labels)?;
@@ -380,6 +420,7 @@ pub(crate) async fn create(
         labels: req.labels,
         datasources,
         dashboards,
+        idle_timeout_secs,
     };
     let mut secrets = vec![
         (secret::ADMIN_PASSWORD, generate_secret()),
@@ -409,11 +450,8 @@ pub(crate) async fn show(
         .await?
         .ok_or_else(|| ApiError::NotFound(id.to_string()))?;
     let events = state.store.events(&id, 20).await?;
-    Ok(Json(TenantDetail {
-        url: state.config.tenant_url(id.as_str()),
-        tenant,
-        events,
-    }))
+    let last = state.store.activity(&id).await?.last_activity_ms;
+    Ok(Json(detail(&state, tenant, events, last)))
 }
 
 /// Changes a tenant's name, replicas or grafana.ini overrides (a rolling restart follows).
@@ -432,6 +470,14 @@ pub(crate) async fn update(
     if let Some(name) = req.display_name {
         changes.push(format!("display name {name:?}"));
         spec.display_name = name;
+    }
+    if let Some(secs) = req.idle_timeout_secs {
+        let secs = check_idle_timeout(secs)?;
+        changes.push(format!(
+            "idle timeout {}",
+            pug_types::format_duration_secs(secs)
+        ));
+        spec.idle_timeout_secs = Some(secs);
     }
     if let Some(replicas) = req.replicas {
         check_replicas(&state, replicas)?;
@@ -489,7 +535,8 @@ pub(crate) async fn update(
     }
     if changes.is_empty() {
         return Err(ApiError::BadRequest(
-            "nothing to change: give display_name, replicas, set or unset".into(),
+            "nothing to change: give display_name, replicas, idle_timeout_secs, set or unset"
+                .into(),
         ));
     }
     let message = format!("spec updated: {}", changes.join(", "));
@@ -614,6 +661,14 @@ async fn set_desired(
     }
     let mut spec = tenant.spec;
     spec.desired_state = desired;
+    if desired == DesiredState::Active {
+        // Resuming asks for the tenant to run: it counts as a use, so an idle timeout that
+        // passed while it was suspended does not put it straight to sleep.
+        state
+            .store
+            .record_activity(&[(id.clone(), pug_store::now_ms())])
+            .await?;
+    }
     let tenant = state
         .store
         .update_spec(
@@ -645,6 +700,41 @@ pub(crate) async fn resume(
     Path(raw): Path<String>,
 ) -> Result<(StatusCode, Json<Tenant>), ApiError> {
     set_desired(&state, &raw, DesiredState::Active, "Resume").await
+}
+
+/// Wakes a sleeping tenant now (what its next request through the gateway would do). An
+/// awake tenant stays awake (its idle time starts again). Suspended or deleted tenants do not
+/// wake: 409.
+#[utoipa::path(post, path = "/api/v1/tenants/{id}/wake", params(("id" = String, Path)),
+    responses((status = 202, body = Tenant), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn wake(
+    State(state): State<ApiState>,
+    Path(raw): Path<String>,
+) -> Result<(StatusCode, Json<Tenant>), ApiError> {
+    let id = tenant_id(&raw)?;
+    let tenant = state
+        .store
+        .tenant(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(id.to_string()))?;
+    match tenant.spec.desired_state {
+        DesiredState::Active => {}
+        DesiredState::Suspended => {
+            return Err(ApiError::Conflict(format!(
+                "tenant {id} is suspended, and a suspended tenant does not wake; resume it                  instead (pug tenant resume {id})"
+            )))
+        }
+        DesiredState::Deleted => {
+            return Err(ApiError::Conflict(format!(
+                "tenant {id} is being deleted; it cannot wake"
+            )))
+        }
+    }
+    if !state.store.wake(&id, "api", pug_store::now_ms()).await? {
+        return Err(ApiError::NotFound(id.to_string()));
+    }
+    state.controller.wake();
+    Ok((StatusCode::ACCEPTED, Json(tenant)))
 }
 
 /// A tenant's events, oldest first (the newest `limit`).

@@ -119,6 +119,9 @@ pub struct GatewayConfig {
     pub http2_keep_alive_secs: u64,
     /// A WebSocket tunnel (Grafana Live) with no traffic either way for this long is closed.
     pub tunnel_idle_timeout_secs: u64,
+    /// How long a request to a sleeping tenant is held while it wakes, before it is answered
+    /// 503 with `Retry-After` (a browser gets a page that waits by itself instead).
+    pub wake_timeout_secs: u64,
 }
 
 /// Routing mode of the gateway.
@@ -287,6 +290,12 @@ pub struct ControllerConfig {
     pub readiness_poll_ms: u64,
     /// A replica that exits this many times in a row without becoming healthy marks its tenant failed.
     pub crash_loop_threshold: u32,
+    /// Seconds without activity (a request through the gateway, an open WebSocket) after which
+    /// a tenant sleeps: its instances stop, its data stays, and its next request wakes it.
+    /// 0: tenants never sleep. A tenant's own `idle_timeout_secs` overrides it.
+    pub idle_timeout_secs: u64,
+    /// How often a tenant whose wake is pending is polled for readiness, in milliseconds.
+    pub wake_poll_ms: u64,
     /// Accept tenant settings and provisioning values that Grafana expands (`$__file{…}`,
     /// `$__env{…}`, `$__vault{…}`, `${VAR}`, `$VAR`). Off by default: they would let a tenant
     /// read files and environment variables of the machine or container its Grafana runs on.
@@ -379,6 +388,7 @@ impl Default for GatewayConfig {
             header_read_timeout_secs: 30,
             http2_keep_alive_secs: 30,
             tunnel_idle_timeout_secs: 3600,
+            wake_timeout_secs: 60,
         }
     }
 }
@@ -411,6 +421,8 @@ impl Default for ControllerConfig {
             max_backoff_secs: 300,
             readiness_poll_ms: 200,
             crash_loop_threshold: 3,
+            idle_timeout_secs: 0,
+            wake_poll_ms: 25,
             allow_setting_expansion: false,
         }
     }

@@ -69,6 +69,10 @@ pub enum Step {
     WriteStatus,
     /// Removing a deleted tenant's record.
     RemoveRecord,
+    /// Reading the tenant's last activity and pending wake.
+    ReadActivity,
+    /// Marking a finished wake.
+    FinishWake,
 }
 
 impl fmt::Display for Step {
@@ -90,6 +94,8 @@ impl fmt::Display for Step {
             Step::RecordEvent(reason) => write!(f, "record a {reason} event"),
             Step::WriteStatus => f.write_str("write the status"),
             Step::RemoveRecord => f.write_str("remove the tenant's record"),
+            Step::ReadActivity => f.write_str("read the tenant's activity"),
+            Step::FinishWake => f.write_str("mark the wake finished"),
         }
     }
 }

@@ -56,6 +56,8 @@ pub struct Controller {
     pub databases: Option<TenantDatabases>,
     pub(crate) http: reqwest::Client,
     pub(crate) wake: Arc<tokio::sync::Notify>,
+    /// Told of every status written (see [`StatusListener`]); set once, after construction.
+    pub(crate) status_listener: Arc<std::sync::OnceLock<Arc<dyn StatusListener>>>,
     pub(crate) busy: Arc<std::sync::Mutex<queue::Busy>>,
 }
 
@@ -68,6 +70,13 @@ pub struct ControllerSettings {
     pub max_backoff: Duration,
     pub readiness_poll: Duration,
     pub crash_loop_threshold: u32,
+    /// The fleet's idle timeout in seconds (0: never), for tenants that set none.
+    pub idle_timeout_secs: u64,
+    /// How often a tenant whose wake is pending is polled for readiness.
+    pub wake_poll: Duration,
+    /// How late activity may reach the store (the gateway writes it every second): a tenant
+    /// sleeps only this long after its idle timeout has passed.
+    pub activity_grace: Duration,
     /// Builds each tenant's public URL (`root_url`).
     pub config: pug_config::Config,
     /// The renderer's `/render` URL, when tenants are wired to one.
@@ -85,6 +94,9 @@ impl ControllerSettings {
             max_backoff: Duration::from_secs(c.max_backoff_secs.max(1)),
             readiness_poll: Duration::from_millis(c.readiness_poll_ms.max(10)),
             crash_loop_threshold: c.crash_loop_threshold.max(1),
+            idle_timeout_secs: c.idle_timeout_secs,
+            wake_poll: Duration::from_millis(c.wake_poll_ms.max(5)),
+            activity_grace: Duration::from_secs(2),
             config: config.clone(),
             renderer_url: None,
         }
@@ -96,6 +108,7 @@ impl ControllerSettings {
             ready_timeout: self.ready_timeout,
             crash_loop_threshold: self.crash_loop_threshold,
             readiness_poll: self.readiness_poll,
+            wake_poll: self.wake_poll,
         }
     }
 }
@@ -120,6 +133,7 @@ impl Controller {
                 .build()
                 .expect("an HTTP client with default TLS settings builds"),
             wake: Arc::new(tokio::sync::Notify::new()),
+            status_listener: Arc::default(),
             busy: Arc::default(),
         }
     }
@@ -135,6 +149,21 @@ impl Controller {
     pub fn wake(&self) {
         self.wake.notify_one();
     }
+
+    /// Tells `listener` of every status the controller writes from now on. Only the first
+    /// listener set counts.
+    pub fn set_status_listener(&self, listener: Arc<dyn StatusListener>) {
+        let _ = self.status_listener.set(listener);
+    }
+}
+
+/// Hears each status the controller writes, right after the store has it: how the gateway in
+/// the same process learns at once that a waking tenant is ready, without waiting for its
+/// periodic route refresh (which stays the fallback). A seam: pug replicas that do not share
+/// a process learn it from the store instead.
+pub trait StatusListener: Send + Sync {
+    /// `status` is now `tenant`'s stored status. Must not block.
+    fn status_written(&self, tenant: &TenantId, status: &pug_types::TenantStatus);
 }
 
 /// Replaces every occurrence of a secret value in `text` with `[redacted]`.

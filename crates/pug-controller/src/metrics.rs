@@ -37,6 +37,9 @@ pub struct ControllerMetrics {
     pub(crate) operations: Family<ResultLabel, Counter>,
     pub(crate) queue_depth: Gauge,
     pub(crate) restarts: Family<TenantLabel, Counter>,
+    wakes: Family<TenantLabel, Counter>,
+    wake_duration: Histogram,
+    last_activity: Family<TenantLabel, Gauge>,
     fleet: Arc<Mutex<BTreeMap<TenantId, TenantFigures>>>,
 }
 
@@ -50,6 +53,9 @@ impl ControllerMetrics {
             operations: Family::default(),
             queue_depth: Gauge::default(),
             restarts: Family::default(),
+            wakes: Family::default(),
+            wake_duration: Histogram::new([0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]),
+            last_activity: Family::default(),
             fleet: Arc::default(),
         };
         registry.register_with_unit(
@@ -73,6 +79,22 @@ impl ControllerMetrics {
             "Instances of a tenant restarted after they exited by themselves.",
             me.restarts.clone(),
         );
+        registry.register(
+            "pug_tenant_wakes",
+            "Times a tenant woke from sleep (became ready after a wake was asked for).",
+            me.wakes.clone(),
+        );
+        registry.register_with_unit(
+            "pug_tenant_wake_duration",
+            "From the request (or API call) that woke a sleeping tenant to the tenant ready again.",
+            Unit::Seconds,
+            me.wake_duration.clone(),
+        );
+        registry.register(
+            "pug_tenant_last_activity_timestamp_seconds",
+            "When a tenant was last used through the gateway (or created), seconds since the epoch, as of its last reconcile pass.",
+            me.last_activity.clone(),
+        );
         registry.register_collector(Box::new(FleetCollector {
             fleet: me.fleet.clone(),
         }));
@@ -94,9 +116,31 @@ impl ControllerMetrics {
     /// Forgets a deleted tenant.
     pub(crate) fn forget(&self, tenant: &TenantId) {
         self.fleet.lock().expect("fleet metrics").remove(tenant);
-        self.restarts.remove(&TenantLabel {
+        let label = TenantLabel {
             tenant: tenant.to_string(),
-        });
+        };
+        self.restarts.remove(&label);
+        self.wakes.remove(&label);
+        self.last_activity.remove(&label);
+    }
+
+    /// Counts a finished wake that took `took_ms`.
+    pub(crate) fn woke(&self, tenant: &TenantId, took_ms: i64) {
+        self.wakes
+            .get_or_create(&TenantLabel {
+                tenant: tenant.to_string(),
+            })
+            .inc();
+        self.wake_duration.observe(took_ms as f64 / 1000.0);
+    }
+
+    /// Records when a tenant was last used (ms since the epoch).
+    pub(crate) fn last_activity(&self, tenant: &TenantId, at_ms: i64) {
+        self.last_activity
+            .get_or_create(&TenantLabel {
+                tenant: tenant.to_string(),
+            })
+            .set(at_ms / 1000);
     }
 
     /// Tenants by phase, as last observed.

@@ -112,6 +112,12 @@ async fn work(c: &Controller, item: WorkItem) {
                 .requeue_work(&item, now_ms() + after.as_millis() as i64, item.attempts)
                 .await
         }
+        Ok(Outcome::Until(after)) => {
+            c.metrics.op("converged");
+            c.store
+                .requeue_work(&item, now_ms() + after.as_millis() as i64, 0)
+                .await
+        }
         Ok(Outcome::Retry { reason }) => {
             c.metrics.op("retry");
             let attempts = item.attempts + 1;

@@ -35,6 +35,7 @@ fn spec(version: &str, replicas: u32) -> TenantSpec {
         labels: Default::default(),
         datasources: Vec::new(),
         dashboards: Vec::new(),
+        idle_timeout_secs: None,
     }
 }
 

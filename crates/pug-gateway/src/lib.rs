@@ -34,6 +34,7 @@
 
 #![forbid(unsafe_code)]
 
+mod activity;
 mod cache;
 mod login;
 mod metrics;
@@ -49,6 +50,7 @@ mod settings;
 pub mod throttle;
 mod tracking;
 mod upstream;
+mod wake;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -71,6 +73,7 @@ pub use settings::{
     GatewaySettings, CSRF_COOKIE, HOST_MODE_PREFIX, SECURE_CSRF_COOKIE, SECURE_SESSION_COOKIE,
     SESSION_COOKIE, TOKEN_PARAM,
 };
+pub use wake::WakeSignal;
 
 use cache::{AuthCache, KeyRing};
 use proxy::Route;
@@ -108,6 +111,10 @@ struct Inner {
     /// A hash to verify against when the user does not exist, so that timing does not tell
     /// which users exist.
     dummy_hash: String,
+    /// Wakes of sleeping tenants in flight (single flight per tenant).
+    wakes: Arc<wake::Wakes>,
+    /// Who starts instances when a wake is asked for; set once by `pug serve`.
+    wake_signal: std::sync::OnceLock<Arc<dyn WakeSignal>>,
 }
 
 /// Entries kept in each auth cache before it is cleared.
@@ -147,6 +154,8 @@ impl Gateway {
             sessions: AuthCache::new(ttl, AUTH_CACHE_MAX),
             members: AuthCache::new(ttl, AUTH_CACHE_MAX),
             dummy_hash: pug_auth::hash_password("pug-dummy-password"),
+            wakes: Arc::default(),
+            wake_signal: std::sync::OnceLock::new(),
         });
         let gateway = Self { inner };
         gateway.refresh().await?;
@@ -154,10 +163,33 @@ impl Gateway {
         let period = gateway.inner.settings.refresh_interval;
         tokio::spawn(refresh_loop(weak.clone(), period));
         tokio::spawn(sweep_loop(
-            weak,
+            weak.clone(),
             gateway.inner.settings.session_sweep_interval,
         ));
+        tokio::spawn(activity_loop(
+            weak,
+            gateway.inner.settings.activity_flush_interval,
+        ));
         Ok(gateway)
+    }
+
+    /// `status` is now `tenant`'s stored status (the controller in the same process says so
+    /// right after writing it): the route takes it at once, and requests held for the
+    /// tenant's wake go on when it has a ready replica.
+    pub fn status_written(&self, tenant: &TenantId, status: &pug_types::TenantStatus) {
+        self.inner.status_written(tenant, status);
+    }
+
+    /// Who to tell when a wake is asked for (the controller, in `pug serve`). Without one, the
+    /// controller sees the wake at its next look at the queue. Only the first one set counts.
+    pub fn set_wake_signal(&self, signal: Arc<dyn WakeSignal>) {
+        let _ = self.inner.wake_signal.set(signal);
+    }
+
+    /// Writes tenants' activity since the last flush to the store now (what the background
+    /// flush does every second). Returns how many tenants it wrote.
+    pub async fn flush_activity(&self) -> Result<usize, StoreError> {
+        self.inner.flush_activity(pug_store::now_ms()).await
     }
 
     /// Re-reads the routing table and embed keys from the store now.
@@ -255,6 +287,16 @@ async fn refresh_loop(weak: Weak<Inner>, period: Duration) {
     }
 }
 
+async fn activity_loop(weak: Weak<Inner>, period: Duration) {
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(inner) = weak.upgrade() else { return };
+        if let Err(e) = inner.flush_activity(pug_store::now_ms()).await {
+            tracing::warn!(error = %e, "gateway: cannot record tenants' activity");
+        }
+    }
+}
+
 async fn sweep_loop(weak: Weak<Inner>, period: Duration) {
     loop {
         tokio::time::sleep(period).await;
@@ -292,12 +334,14 @@ impl Inner {
             .map(|(id, status)| {
                 let route = match old.get(&id) {
                     Some(r) if r.same_as(&status) => r.clone(),
-                    _ => Arc::new(Route::new(&status)),
+                    Some(r) => Arc::new(Route::new(&status, Some(r.activity.clone()))),
+                    None => Arc::new(Route::new(&status, None)),
                 };
                 (id, route)
             })
             .collect();
         *self.routes.write().unwrap_or_else(|e| e.into_inner()) = routes;
+        self.finish_ready_wakes();
         self.keys.refresh().await
     }
 }

@@ -42,6 +42,8 @@ pub struct GatewayMetrics {
     pub embed_key_reads: Counter,
     /// Rows the session sweep deleted (sessions and remembered token ids).
     pub swept: Counter,
+    /// Wakes of sleeping tenants this gateway asked for (one per wake, however many requests).
+    pub wakes_asked: Counter,
 }
 
 fn duration_histogram() -> Histogram {
@@ -60,6 +62,7 @@ impl GatewayMetrics {
             logins: Family::default(),
             embed_key_reads: Counter::default(),
             swept: Counter::default(),
+            wakes_asked: Counter::default(),
         };
         registry.register(
             "pug_gateway_requests",
@@ -95,6 +98,11 @@ impl GatewayMetrics {
             "pug_gateway_swept_rows",
             "Expired or orphaned sessions and expired embed token ids the session sweep deleted",
             m.swept.clone(),
+        );
+        registry.register(
+            "pug_gateway_wakes_asked",
+            "Wakes of sleeping tenants the gateway asked for, one per wake however many requests waited for it",
+            m.wakes_asked.clone(),
         );
         m
     }

@@ -108,6 +108,50 @@ pub fn error(
     no_store(r)
 }
 
+/// The page a browser gets while its tenant wakes: its script holds a request to `wait_url`
+/// (answered the moment the tenant is ready) and then continues to `next`, with no refresh
+/// interval of its own. 503 with `Retry-After`, never cached. `next` is a path of the same
+/// origin (anything else becomes `/`).
+pub fn waking(tenant: &pug_types::TenantId, wait_url: &str, next: &str) -> Response {
+    let next = if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
+        next
+    } else {
+        "/"
+    };
+    // JSON strings inside <script>: `<` escaped, so no value can close the element.
+    let js = |s: &str| {
+        serde_json::to_string(s)
+            .unwrap_or_default()
+            .replace('<', "\\u003c")
+    };
+    let body = format!(
+        "<p>Waking {t}'s Grafana…</p>\n<p class=\"muted\" id=\"pug-wake\">It was asleep because \
+         nobody used it for a while. This page goes on by itself as soon as it is ready.</p>\n\
+         <noscript><p><a href=\"{href}\">Continue</a> in a few seconds.</p></noscript>\n\
+         <script>(function(){{var wait={wait},next={next_js};\
+         function say(m){{document.getElementById(\"pug-wake\").textContent=m}}\
+         function ask(){{var t=Date.now();fetch(wait,{{credentials:\"same-origin\",cache:\"no-store\",\
+         headers:{{Accept:\"application/json\"}}}}).then(function(r){{\
+         if(r.status===200){{location.replace(next);return}}\
+         if(r.status===503){{setTimeout(ask,Date.now()-t<1000?1000:0);return}}\
+         return r.json().then(function(b){{say(b.error||(\"cannot wake: HTTP \"+r.status))}})}})\
+         .catch(function(){{setTimeout(ask,1000)}})}}ask()}})();</script>",
+        t = escape(tenant.as_str()),
+        href = escape(next),
+        wait = js(wait_url),
+        next_js = js(next),
+    );
+    let mut r = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        page(&format!("Waking {tenant}"), &body, None),
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    no_store(r)
+}
+
 /// The sign-in form.
 pub fn login(
     action: &str,

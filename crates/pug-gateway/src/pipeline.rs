@@ -3,7 +3,8 @@
 //!
 //! Owns: the order of the steps and what each answers when it stops a request (a sign-in
 //! redirect or 401, 403 for a non-member, 404 for no tenant, 503 while no replica is ready), and
-//! the per-tenant request metrics around them.
+//! the per-tenant request metrics around them. A sleeping tenant is woken (`wake`) only after
+//! authorisation, and every request let through marks its tenant used (`activity`).
 //!
 //! Must not: let anything reach a tenant's instance before authorisation has passed, or trust
 //! any identity the client sends (the proxy replaces every `X-WEBAUTH-*` header).
@@ -23,6 +24,7 @@ use crate::proxy::{self, Route};
 use crate::responses::{internal, peer_of, redirect, RequestError};
 use crate::session::{cookie, session_of_claims};
 use crate::tracking::track;
+use crate::wake::{Waking, WAIT_PATH};
 use crate::{metrics, pages, Inner, TOKEN_PARAM};
 
 impl Inner {
@@ -78,11 +80,33 @@ impl Inner {
             Ok(route) => route,
             Err(answer) => return answer,
         };
-        *routed = Some(route.clone());
-        if route.endpoints.is_empty() {
-            return proxy::unavailable(html, id, route.phase);
+        // The waking page's held request is pug's, never the tenant's Grafana's.
+        if path.ends_with(WAIT_PATH) && path == self.wait_path(id) {
+            return self.wait_endpoint(id, &route).await;
         }
+        let route = if !route.endpoints.is_empty() {
+            route
+        } else if self.wakes_on_request(id, &route) {
+            // 4b. A sleeping tenant wakes, for an authorised request only.
+            let navigation = html && req.method() == axum::http::Method::GET;
+            let next = match req.uri().query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_owned(),
+            };
+            match Box::pin(self.wake_for(id, navigation, &next, html)).await {
+                Waking::Ready(route) => route,
+                Waking::Answer(answer) => {
+                    *routed = Some(route);
+                    return answer;
+                }
+            }
+        } else {
+            *routed = Some(route.clone());
+            return proxy::unavailable(html, id, route.phase);
+        };
+        *routed = Some(route.clone());
         // 5. Forward.
+        route.activity.touch();
         self.forward(id, &route, &principal, role, path, req).await
     }
 

@@ -17,7 +17,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -43,6 +43,8 @@ pub(crate) struct Route {
     next: AtomicUsize,
     /// The tenant's request metrics by status class, looked up on first use.
     pub metrics: [OnceLock<crate::metrics::Handles>; 5],
+    /// The tenant's use since the last activity flush; kept across route changes.
+    pub activity: Arc<crate::activity::Use>,
 }
 
 #[derive(Debug)]
@@ -54,8 +56,10 @@ pub(crate) struct Endpoint {
 }
 
 impl Route {
-    pub fn new(status: &TenantStatus) -> Self {
+    /// The route of `status`, keeping `activity` (the tenant's previous route's, if any).
+    pub fn new(status: &TenantStatus, activity: Option<Arc<crate::activity::Use>>) -> Self {
         Self {
+            activity: activity.unwrap_or_default(),
             phase: status.phase,
             endpoints: status
                 .endpoints
@@ -466,7 +470,10 @@ pub(crate) async fn forward(f: Forward<'_>, req: Request<Body>) -> Response<Body
             rparts.headers.insert(header::UPGRADE, up);
             let tenant = f.tenant.clone();
             let idle = f.tunnel_idle_timeout;
+            // An open WebSocket (Grafana Live) is activity for as long as it is open.
+            let open = crate::activity::Use::open_tunnel(&f.route.activity);
             tokio::spawn(async move {
+                let _open = open;
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((client, upstream)) => {
                         let mut client = TokioIo::new(client);

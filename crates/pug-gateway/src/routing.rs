@@ -43,7 +43,7 @@ impl Inner {
     /// The route of a tenant missing from the table (created since the last refresh).
     pub(crate) async fn route_from_store(&self, id: &TenantId) -> Option<Arc<Route>> {
         let status = self.store.tenant_status(id).await.ok()??;
-        let route = Arc::new(Route::new(&status));
+        let route = Arc::new(Route::new(&status, None));
         self.routes
             .write()
             .unwrap_or_else(|e| e.into_inner())

@@ -56,6 +56,10 @@ pub struct GatewaySettings {
     pub login_concurrency: usize,
     /// A WebSocket tunnel with no traffic for this long is closed.
     pub tunnel_idle_timeout: Duration,
+    /// How long a request to a sleeping tenant is held while it wakes (then 503).
+    pub wake_timeout: Duration,
+    /// How often tenants' activity is written to the store (one batched write).
+    pub activity_flush_interval: Duration,
 }
 
 impl GatewaySettings {
@@ -87,6 +91,8 @@ impl GatewaySettings {
                 .collect(),
             login_concurrency: server::worker_count(g.login_concurrency),
             tunnel_idle_timeout: Duration::from_secs(g.tunnel_idle_timeout_secs),
+            wake_timeout: Duration::from_secs(g.wake_timeout_secs.max(1)),
+            activity_flush_interval: Duration::from_secs(1),
         }
     }
 

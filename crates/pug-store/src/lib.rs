@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+mod activity;
 mod crypto;
 mod logins;
 mod queue;
@@ -24,6 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
 
+pub use activity::Activity;
 pub use crypto::{generate_secret, token_hash, write_private, MasterKey, MASTER_KEY_ENV};
 pub use logins::LOGIN_CODE_TTL_MS;
 pub use queue::WorkItem;

@@ -175,6 +175,7 @@ impl Store {
             "DELETE FROM tenant_status WHERE tenant_id = $1",
             "DELETE FROM ports WHERE tenant_id = $1",
             "DELETE FROM tenant_uids WHERE tenant_id = $1",
+            "DELETE FROM tenant_activity WHERE tenant_id = $1",
             "DELETE FROM work_queue WHERE tenant_id = $1",
             "DELETE FROM tenants WHERE id = $1",
         ] {

@@ -15,6 +15,7 @@ fn spec(version: &str) -> TenantSpec {
         labels: Default::default(),
         datasources: Default::default(),
         dashboards: Default::default(),
+        idle_timeout_secs: None,
     }
 }
 

@@ -46,11 +46,15 @@ pub enum EventReason {
     Removed,
     /// An instance that belonged to no tenant in the store was removed.
     OrphanRemoved,
+    /// Its instances were stopped because it was idle longer than its idle timeout; data kept.
+    Slept,
+    /// It woke from sleep and is ready again (the message says what woke it and how long it took).
+    Woke,
 }
 
 impl EventReason {
     /// Every reason, in the order above.
-    pub const ALL: [EventReason; 18] = [
+    pub const ALL: [EventReason; 20] = [
         EventReason::Created,
         EventReason::SpecUpdated,
         EventReason::UpgradeRequested,
@@ -69,6 +73,8 @@ impl EventReason {
         EventReason::Deleted,
         EventReason::Removed,
         EventReason::OrphanRemoved,
+        EventReason::Slept,
+        EventReason::Woke,
     ];
 
     /// The reason as stored in the event log and returned by the API.
@@ -92,6 +98,8 @@ impl EventReason {
             EventReason::Deleted => "Deleted",
             EventReason::Removed => "Removed",
             EventReason::OrphanRemoved => "OrphanRemoved",
+            EventReason::Slept => "Slept",
+            EventReason::Woke => "Woke",
         }
     }
 }
@@ -109,7 +117,7 @@ mod tests {
     /// The spellings the API has always returned; changing one breaks its users.
     #[test]
     fn each_reason_is_spelled_as_the_api_returns_it() {
-        let table: [(EventReason, &str); 18] = [
+        let table: [(EventReason, &str); 20] = [
             (Created, "Created"),
             (SpecUpdated, "SpecUpdated"),
             (UpgradeRequested, "UpgradeRequested"),
@@ -128,6 +136,8 @@ mod tests {
             (Deleted, "Deleted"),
             (Removed, "Removed"),
             (OrphanRemoved, "OrphanRemoved"),
+            (Slept, "Slept"),
+            (Woke, "Woke"),
         ];
         for (reason, text) in table {
             assert_eq!(reason.as_str(), text);

@@ -10,12 +10,14 @@
 
 #![forbid(unsafe_code)]
 
+mod duration;
 mod event;
 mod id;
 mod overrides;
 mod tenant;
 mod version;
 
+pub use duration::{format_duration_secs, parse_duration_secs, MAX_DURATION_SECS};
 pub use event::EventReason;
 pub use id::TenantId;
 pub use overrides::{find_expansion, grafana_env_name, ExpansionContext, Overrides};

@@ -44,6 +44,18 @@ pub struct TenantSpec {
     /// Dashboards provisioned into the tenant's Grafana.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dashboards: Vec<DashboardSpec>,
+    /// Seconds without activity after which the tenant sleeps (its instances stop, its data
+    /// stays) until its next request; 0: never. `None`: the fleet default
+    /// (`controller.idle_timeout_secs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
+}
+
+impl TenantSpec {
+    /// The idle timeout that applies, in seconds (0: never sleeps), given the fleet default.
+    pub fn idle_timeout(&self, fleet_default_secs: u64) -> u64 {
+        self.idle_timeout_secs.unwrap_or(fleet_default_secs)
+    }
 }
 
 /// Where a tenant is in its life, as the controller last observed it.
@@ -99,9 +111,13 @@ impl Phase {
         }
     }
 
-    /// Whether a waiting client (`--wait`) can stop waiting: the tenant is settled, well or badly.
+    /// Whether a waiting client (`--wait`) can stop waiting: the tenant is settled, well or
+    /// badly. A sleeping tenant is settled: a change made while it sleeps applies when it wakes.
     pub fn is_settled(self) -> bool {
-        matches!(self, Phase::Ready | Phase::Suspended | Phase::Failed)
+        matches!(
+            self,
+            Phase::Ready | Phase::Suspended | Phase::Failed | Phase::Sleeping
+        )
     }
 }
 

@@ -3,7 +3,9 @@
 //!
 //! Owns: the process backend's tenant users (uids the store allocates), the embedded
 //! renderer's tenants and tokens (from the store), and `GET /api/v1/swarm` (from the swarm
-//! backend's observer).
+//! backend's observer), and the wake path between the gateway and the controller of one
+//! process (the controller's written statuses reach the gateway's routes at once; the
+//! gateway's wakes nudge the controller's queue).
 //!
 //! Must not: decide anything (the libraries do); each method is one call and a conversion.
 
@@ -69,5 +71,23 @@ pub struct ObservedSwarm(pub Arc<pug_docker::SwarmObserver>);
 impl pug_api::swarm::SwarmSource for ObservedSwarm {
     fn status(&self) -> pug_api::swarm::SwarmFuture<'_> {
         Box::pin(async move { Ok(serde_json::to_value(self.0.observe().await?)?) })
+    }
+}
+
+/// The gateway's routes, told of every status the controller writes.
+pub struct GatewayRoutes(pub pug_gateway::Gateway);
+
+impl pug_controller::StatusListener for GatewayRoutes {
+    fn status_written(&self, tenant: &TenantId, status: &pug_types::TenantStatus) {
+        self.0.status_written(tenant, status);
+    }
+}
+
+/// The controller's queue loop, nudged when the gateway asks for a wake.
+pub struct ControllerWake(pub pug_controller::Controller);
+
+impl pug_gateway::WakeSignal for ControllerWake {
+    fn wake_requested(&self, _tenant: &TenantId) {
+        self.0.wake();
     }
 }

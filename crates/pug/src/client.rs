@@ -27,10 +27,11 @@ pub const URL_FILE: &str = "pug.url";
 pub const TOKEN_FILE: &str = "local.token";
 
 /// A change to a tenant's desired state.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     Suspend,
     Resume,
+    Wake,
 }
 
 impl Action {
@@ -38,6 +39,7 @@ impl Action {
         match self {
             Action::Suspend => "suspend",
             Action::Resume => "resume",
+            Action::Wake => "wake",
         }
     }
 }

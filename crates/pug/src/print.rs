@@ -51,8 +51,34 @@ pub fn time(ms: i64) -> String {
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
+/// How long before `now` (both ms since the epoch) `at` was: `5s ago`, `3m ago`, `2h ago`,
+/// `4d ago`.
+pub fn ago(now: i64, at: i64) -> String {
+    let secs = ((now - at).max(0)) / 1000;
+    match secs {
+        s if s < 60 => format!("{s}s ago"),
+        s if s < 3600 => format!("{}m ago", s / 60),
+        s if s < 86_400 => format!("{}h ago", s / 3600),
+        s => format!("{}d ago", s / 86_400),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ages_print_in_their_largest_unit() {
+        for (ago, want) in [
+            (0, "0s ago"),
+            (59_999, "59s ago"),
+            (60_000, "1m ago"),
+            (7_200_000, "2h ago"),
+            (3 * 86_400_000, "3d ago"),
+            (-5, "0s ago"),
+        ] {
+            assert_eq!(super::ago(1_000_000_000_000, 1_000_000_000_000 - ago), want);
+        }
+    }
+
     #[test]
     fn times_print_in_utc() {
         let cases = [

@@ -166,6 +166,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics,
         databases,
     );
+    // A wake: the gateway nudges the controller, and hears from it the moment the tenant is
+    // ready (its route refresh from the store stays the fallback).
+    controller.set_status_listener(Arc::new(crate::adapters::GatewayRoutes(gateway.clone())));
+    gateway.set_wake_signal(Arc::new(crate::adapters::ControllerWake(
+        controller.clone(),
+    )));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

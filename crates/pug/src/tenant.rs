@@ -30,6 +30,10 @@ pub enum TenantCommand {
         /// A grafana.ini override, section.key=value (repeatable).
         #[arg(long = "set")]
         set: Vec<String>,
+        /// Sleep after this long without use (90s, 30m, 2h; 0: never); default: the fleet's
+        /// controller.idle_timeout_secs.
+        #[arg(long, value_parser = parse_idle_timeout)]
+        idle_timeout: Option<u64>,
         #[command(flatten)]
         wait: WaitArgs,
         #[command(flatten)]
@@ -56,6 +60,9 @@ pub enum TenantCommand {
         replicas: Option<u32>,
         #[arg(long)]
         display_name: Option<String>,
+        /// Sleep after this long without use (90s, 30m, 2h; 0: never).
+        #[arg(long, value_parser = parse_idle_timeout)]
+        idle_timeout: Option<u64>,
         #[command(flatten)]
         wait: WaitArgs,
         #[command(flatten)]
@@ -87,6 +94,14 @@ pub enum TenantCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Wakes a sleeping tenant now (what its next request would do); suspended ones refuse.
+    Wake {
+        id: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Deletes a tenant: instances stopped, data archived under <data-dir>/archive.
     Delete {
         id: String,
@@ -96,6 +111,11 @@ pub enum TenantCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// `--idle-timeout`: 90s, 30m, 2h, 1d or 0 (never), in seconds.
+fn parse_idle_timeout(text: &str) -> Result<u64, String> {
+    pug_types::parse_duration_secs("--idle-timeout", text).map_err(|e| e.message)
 }
 
 /// Waiting for a change to settle.
@@ -118,6 +138,7 @@ pub async fn run(cmd: TenantCommand) -> anyhow::Result<ExitCode> {
             replicas,
             display_name,
             set,
+            idle_timeout,
             wait,
             client,
         } => {
@@ -127,6 +148,7 @@ pub async fn run(cmd: TenantCommand) -> anyhow::Result<ExitCode> {
                 replicas: Some(replicas),
                 display_name,
                 set,
+                idle_timeout_secs: idle_timeout,
                 ..Default::default()
             };
             let api = Client::new(&client)?;
@@ -141,6 +163,7 @@ pub async fn run(cmd: TenantCommand) -> anyhow::Result<ExitCode> {
             unset,
             replicas,
             display_name,
+            idle_timeout,
             wait,
             client,
         } => {
@@ -149,6 +172,7 @@ pub async fn run(cmd: TenantCommand) -> anyhow::Result<ExitCode> {
                 replicas,
                 set,
                 unset,
+                idle_timeout_secs: idle_timeout,
                 ..Default::default()
             };
             let api = Client::new(&client)?;
@@ -167,6 +191,7 @@ pub async fn run(cmd: TenantCommand) -> anyhow::Result<ExitCode> {
         }
         Suspend { id, wait, client } => action(&client, &id, Action::Suspend, wait).await,
         Resume { id, wait, client } => action(&client, &id, Action::Resume, wait).await,
+        Wake { id, wait, client } => action(&client, &id, Action::Wake, wait).await,
         Delete { id, purge, client } => {
             let t = Client::new(&client)?.delete_tenant(&id, purge).await?;
             print::out(client.output, &t, |_| {
@@ -199,7 +224,8 @@ pub async fn status(args: &ClientArgs) -> anyhow::Result<ExitCode> {
 async fn list(args: &ClientArgs) -> anyhow::Result<ExitCode> {
     let tenants = Client::new(args)?.tenants().await?;
     print::out(args.output, &tenants, |tenants| {
-        let mut t = table(&["ID", "PHASE", "VERSION", "READY", "URL"]);
+        let mut t = table(&["ID", "PHASE", "VERSION", "READY", "LAST ACTIVITY", "URL"]);
+        let now = pug_store::now_ms();
         for detail in tenants {
             let (tenant, status) = (&detail.tenant, &detail.tenant.status);
             t.add_row(vec![
@@ -207,6 +233,9 @@ async fn list(args: &ClientArgs) -> anyhow::Result<ExitCode> {
                 status.phase.to_string(),
                 tenant.spec.version.to_string(),
                 format!("{}/{}", status.ready_replicas, tenant.spec.replicas),
+                detail
+                    .last_activity_ms
+                    .map_or_else(|| "-".into(), |at| print::ago(now, at)),
                 detail.url.clone(),
             ]);
         }
@@ -244,6 +273,26 @@ fn print_detail(d: &TenantDetail) {
             "generation",
             format!("{} (observed {})", t.generation, s.observed_generation),
         ),
+        (
+            "idle timeout",
+            match d.idle_timeout_secs {
+                0 => "never sleeps".into(),
+                secs => pug_types::format_duration_secs(secs),
+            },
+        ),
+        (
+            "last activity",
+            d.last_activity_ms.map_or_else(
+                || "never".into(),
+                |at| {
+                    format!(
+                        "{} ({})",
+                        print::time(at),
+                        print::ago(pug_store::now_ms(), at)
+                    )
+                },
+            ),
+        ),
     ];
     for (section, key, value) in t.spec.overrides.iter() {
         rows.push(("override", format!("{section}.{key} = {value}")));
@@ -278,6 +327,13 @@ async fn action(
 ) -> anyhow::Result<ExitCode> {
     let api = Client::new(args)?;
     let t = api.tenant_action(id, action).await?;
+    if action == Action::Wake && wait.wait {
+        // Woken, it is settled only once awake (sleeping counts as settled for other changes).
+        return self::wait_until(&api, args.output, id, t, wait, |p| {
+            matches!(p, Phase::Ready | Phase::Failed)
+        })
+        .await;
+    }
     let what = format!("{} requested", action.as_str());
     after_change(&api, args.output, id, t, wait, &what).await
 }
@@ -310,6 +366,19 @@ async fn wait(
     submitted: Tenant,
     wait: WaitArgs,
 ) -> anyhow::Result<ExitCode> {
+    wait_until(api, output, id, submitted, wait, Phase::is_settled).await
+}
+
+/// Polls the tenant until the controller has acted on `submitted` and `settled` holds for its
+/// phase.
+async fn wait_until(
+    api: &Client,
+    output: Output,
+    id: &str,
+    submitted: Tenant,
+    wait: WaitArgs,
+    settled: fn(Phase) -> bool,
+) -> anyhow::Result<ExitCode> {
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
@@ -324,7 +393,7 @@ async fn wait(
             "{id}: {} — {}/{} ready, Grafana {}",
             s.phase, s.ready_replicas, t.spec.replicas, t.spec.version
         ));
-        if s.observed_generation >= submitted.generation && s.phase.is_settled() {
+        if s.observed_generation >= submitted.generation && settled(s.phase) {
             bar.finish_and_clear();
             let rolled_back = t.spec.version != submitted.spec.version;
             if output == Output::Json {

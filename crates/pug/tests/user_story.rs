@@ -393,6 +393,7 @@ fn bad_input_is_refused_and_changes_nothing() {
     let doc: Value = serde_json::from_str(&doc).unwrap();
     for (path, method) in [
         ("/api/v1/tenants/{id}/upgrade", "post"),
+        ("/api/v1/tenants/{id}/wake", "post"),
         ("/api/v1/swarm", "get"),
         ("/api/v1/prometheus/targets", "get"),
         ("/api/v1/embed-keys", "post"),

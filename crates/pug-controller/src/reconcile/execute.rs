@@ -75,6 +75,21 @@ pub(super) async fn run(
             Action::WriteStatus(change) => write_status(c, id, change).await?,
             Action::RemoveRecord => c.store.remove_tenant(id).await.at(id, Step::RemoveRecord)?,
             Action::ForgetMetrics => c.metrics.forget(id),
+            Action::FinishWake {
+                requested_ms,
+                took_ms,
+                by,
+                woke,
+            } => {
+                if *woke {
+                    c.metrics.woke(id, *took_ms);
+                    tracing::info!(tenant = %id, by = %by, took_ms, "tenant woke");
+                }
+                c.store
+                    .finish_wake(id, *requested_ms)
+                    .await
+                    .at(id, Step::FinishWake)?;
+            }
         }
     }
     Ok(started)
@@ -125,6 +140,10 @@ async fn write_status(
             .set_status(id, status)
             .await
             .at(id, Step::WriteStatus)?;
+        // After the write: a listener (the gateway in `pug serve`) may re-read the store.
+        if let Some(listener) = c.status_listener.get() {
+            listener.status_written(id, status);
+        }
     }
     Ok(())
 }

@@ -8,7 +8,9 @@
 //!
 //! An active tenant goes through two rounds, because what is started this pass is probed this
 //! pass: observe → [`plan::replicas`] → execute (stop surplus, start missing and exited) → probe
-//! → [`plan::rollout`] → execute (roll back or replace one, write the status).
+//! → [`plan::rollout`] → [`plan::awake`] → execute (roll back or replace one, write the status,
+//! finish a wake). An active tenant idle longer than its idle timeout is planned by
+//! [`plan::sleep`] instead (its instances stop; its next request wakes it).
 //!
 //! Must not: decide anything outside [`plan`], or act anywhere outside [`execute`].
 
@@ -33,6 +35,8 @@ pub enum Outcome {
     Poll(Duration),
     /// Something failed (an instance crashed); look again after an exponential backoff.
     Retry { reason: String },
+    /// Converged, with an idle timeout: look again after this long, when it would fall asleep.
+    Until(Duration),
 }
 
 /// The label that asks a deletion to drop the tenant's database and role too.
@@ -59,12 +63,25 @@ pub async fn reconcile(
             finish(c, id, &[], plan::suspend(&tenant, &instances, now_ms())).await
         }
         DesiredState::Active => {
+            let activity = c.store.activity(id).await.at(id, Step::ReadActivity)?;
+            let last_used = plan::last_used_ms(&tenant, &activity);
+            c.metrics.last_activity(id, last_used);
+            let timeout = tenant.spec.idle_timeout(c.settings.idle_timeout_secs);
+            let grace = c.settings.activity_grace.as_millis() as i64;
+            let idle = plan::idleness(timeout, grace, last_used, now_ms());
+            if let plan::Idle::Asleep { idle_ms } = idle {
+                let instances = observe::instances(c, id).await?;
+                let plan = plan::sleep(&tenant, &instances, &activity, idle_ms, timeout, now_ms());
+                return finish(c, id, &[], plan).await;
+            }
             let observed = observe::active(c, &tenant, attempts).await?;
             let replicas = plan::replicas(&observed);
             let started = execute::run(c, id, &observed.specs, &replicas).await?;
             let probed = observe::health(c, &observed, started).await;
             let policy = c.settings.policy();
-            let plan = plan::rollout(&observed, &probed, &tenant, &policy, now_ms());
+            let now = now_ms();
+            let plan = plan::rollout(&observed, &probed, &tenant, &policy, now);
+            let plan = plan::awake(plan, &tenant, &activity, idle, policy.wake_poll, now);
             finish(c, id, &observed.specs, plan).await
         }
     }

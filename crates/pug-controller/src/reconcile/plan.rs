@@ -9,7 +9,9 @@
 //! [`replicas`] makes the replica set whole (scale down, start the missing, restart the exited);
 //! the executor then starts them and the pass probes what runs the desired spec, including the
 //! replicas it just started; [`rollout`] decides on those answers (roll back, replace one
-//! outdated replica, phase, status, outcome). [`delete`], [`suspend`] and [`gone`] need one.
+//! outdated replica, phase, status, outcome). [`delete`], [`suspend`] and [`gone`] need one, and
+//! so does [`sleep`] (an idle tenant); [`awake`] adds the wake and idle-timer decisions to an
+//! awake tenant's rollout (module `idle`).
 //!
 //! Must not: do IO, read the clock (time is the `now_ms` argument), or put a secret into an
 //! event, a status or an outcome: every text built from what an instance reported is
@@ -26,8 +28,11 @@ use pug_types::{
 use super::{Outcome, PURGE_LABEL};
 use crate::redact;
 
+mod idle;
 #[cfg(test)]
 mod tests;
+
+pub use idle::{awake, idleness, last_used_ms, sleep, Idle};
 
 /// The controller settings the decisions depend on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +44,8 @@ pub struct Policy {
     pub crash_loop_threshold: u32,
     /// How soon to look again while waiting for readiness.
     pub readiness_poll: Duration,
+    /// How soon to look again while a wake is pending (someone waits for it).
+    pub wake_poll: Duration,
 }
 
 /// What a pass observed of an active tenant before acting.
@@ -154,6 +161,14 @@ pub enum Action {
     RemoveRecord,
     /// Drop the tenant from the fleet metrics.
     ForgetMetrics,
+    /// Mark the wake asked for at `requested_ms` finished; when it `woke` the tenant, count it
+    /// (`by` woke it, it took `took_ms`).
+    FinishWake {
+        requested_ms: i64,
+        took_ms: i64,
+        by: String,
+        woke: bool,
+    },
 }
 
 /// A status write: what the metrics show, the phase event, and the status stored.

@@ -47,6 +47,7 @@ fn policy() -> Policy {
         ready_timeout: Duration::from_secs(120),
         crash_loop_threshold: 3,
         readiness_poll: Duration::from_millis(200),
+        wake_poll: Duration::from_millis(25),
     }
 }
 
@@ -93,6 +94,7 @@ fn tenant(v: &str, replicas: u32, running: Option<&str>, state: DesiredState) ->
             labels: Default::default(),
             datasources: Vec::new(),
             dashboards: Vec::new(),
+            idle_timeout_secs: None,
         },
         generation: 7,
         status: TenantStatus {
@@ -277,6 +279,7 @@ fn summary(a: &Action) -> String {
         },
         Action::RemoveRecord => "remove record".into(),
         Action::ForgetMetrics => "forget metrics".into(),
+        Action::FinishWake { woke, .. } => format!("finish wake woke={woke}"),
     }
 }
 

@@ -1,0 +1,117 @@
+//! Tenant activity and wakes, on SQLite and on a real PostgreSQL server (the same queries on
+//! both): batched activity writes keep the newest time, a wake sets activity to now, keeps the
+//! first pending wake, queues the tenant, and refuses a tenant that does not exist.
+//! PostgreSQL from `PUG_TEST_POSTGRES_URL` (default: the `pugtest` role `.ci/run` creates).
+
+use pug_store::{MasterKey, Store};
+use pug_types::{TenantId, TenantSpec};
+use sqlx::Connection;
+
+fn spec() -> TenantSpec {
+    serde_json::from_value(serde_json::json!({
+        "display_name": "acme", "version": "11.3.0", "replicas": 1, "desired_state": "active",
+    }))
+    .unwrap()
+}
+
+async fn the_activity_story(store: &Store) {
+    let ids: Vec<TenantId> = (0..450)
+        .map(|i| TenantId::parse(&format!("t{i}")).unwrap())
+        .collect();
+    for id in &ids[..3] {
+        store.create_tenant(id, &spec(), &[]).await.unwrap();
+    }
+    let (a, b) = (&ids[0], &ids[1]);
+    let never = store.activity(a).await.unwrap();
+    assert_eq!((never.last_activity_ms, never.wake), (None, None));
+
+    // One batch, more rows than one statement takes; the newest time wins.
+    let batch: Vec<(TenantId, i64)> = ids.iter().map(|id| (id.clone(), 5_000)).collect();
+    store.record_activity(&batch).await.unwrap();
+    store
+        .record_activity(&[(a.clone(), 9_000), (b.clone(), 1_000)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.activity(a).await.unwrap().last_activity_ms,
+        Some(9_000)
+    );
+    assert_eq!(
+        store.activity(b).await.unwrap().last_activity_ms,
+        Some(5_000)
+    );
+    assert_eq!(store.last_activities().await.unwrap().len(), 450);
+    store.record_activity(&[]).await.unwrap();
+
+    // A wake: activity now, the wake remembered, the tenant queued.
+    let busy = std::collections::HashSet::new();
+    for item in store.due_work(i64::MAX, 10, &busy).await.unwrap() {
+        store.finish_work(&item).await.unwrap();
+    }
+    assert!(store.wake(a, "request", 20_000).await.unwrap());
+    let woken = store.activity(a).await.unwrap();
+    assert_eq!(woken.last_activity_ms, Some(20_000));
+    assert_eq!(woken.wake, Some((20_000, "request".into())));
+    let due = store.due_work(20_000, 10, &busy).await.unwrap();
+    assert_eq!(due.iter().map(|w| &w.tenant).collect::<Vec<_>>(), [a]);
+
+    // A second wake while the first is pending keeps the first's time and cause.
+    assert!(store.wake(a, "api", 21_000).await.unwrap());
+    let still = store.activity(a).await.unwrap();
+    assert_eq!(still.last_activity_ms, Some(21_000));
+    assert_eq!(still.wake, Some((20_000, "request".into())));
+
+    // Finishing an older wake leaves a newer one alone; finishing it clears it.
+    store.finish_wake(a, 19_000).await.unwrap();
+    assert!(store.activity(a).await.unwrap().wake.is_some());
+    store.finish_wake(a, 20_000).await.unwrap();
+    let done = store.activity(a).await.unwrap();
+    assert_eq!((done.last_activity_ms, done.wake), (Some(21_000), None));
+
+    // No such tenant: nothing written, nothing queued.
+    let ghost = TenantId::parse("ghost").unwrap();
+    assert!(!store.wake(&ghost, "request", 22_000).await.unwrap());
+    assert_eq!(store.activity(&ghost).await.unwrap().last_activity_ms, None);
+
+    // Removing a tenant removes its activity.
+    store.remove_tenant(b).await.unwrap();
+    assert_eq!(store.activity(b).await.unwrap().last_activity_ms, None);
+}
+
+#[tokio::test]
+async fn activity_and_wakes_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("pug.db").display());
+    let store = Store::open_data_dir(dir.path(), &url).await.unwrap();
+    the_activity_story(&store).await;
+}
+
+#[tokio::test]
+async fn activity_and_wakes_on_postgres() {
+    let url = std::env::var("PUG_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://pugtest:pugtest@127.0.0.1:5432/postgres".into());
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap_or_else(|e| {
+        panic!(
+            "PostgreSQL is not reachable at {url} ({e}): apt-get install postgresql, start it and \
+             create the role as .ci/run does, or set PUG_TEST_POSTGRES_URL"
+        )
+    });
+    let db = format!("pug_activity_test_{}", std::process::id());
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {db}"),
+        format!("CREATE DATABASE {db}"),
+    ] {
+        sqlx::query(&sql).execute(&mut admin).await.unwrap();
+    }
+    let mut db_url = url::Url::parse(&url).unwrap();
+    db_url.set_path(&format!("/{db}"));
+    let store = Store::open(db_url.as_str(), MasterKey::generate())
+        .await
+        .unwrap();
+    the_activity_story(&store).await;
+    store.close().await;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {db}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
