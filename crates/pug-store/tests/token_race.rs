@@ -59,7 +59,8 @@ async fn racing_revocations_never_remove_the_last_admin_token_on_postgres() {
         .unwrap();
     race(&store).await;
     store.close().await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {db}"))
+    // FORCE: a pooled connection may still be closing.
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
         .execute(&mut admin)
         .await
         .unwrap();
