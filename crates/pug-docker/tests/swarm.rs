@@ -506,6 +506,61 @@ async fn scenarios(namespace: &str, a: &str, b: &str) {
     let t = pug.wait_phase(&id, Phase::Ready, READY).await;
     assert_eq!(t.status.endpoints.len(), 2);
 
+    // Sleep (issue 16): idle past its timeout, the service is scaled to 0, with the service,
+    // its secrets and its volume kept; a wake scales it back.
+    let secrets_before = docker(&[
+        "secret",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label=pug.tenant={a}"),
+    ]);
+    pug.change(&id, |s| s.idle_timeout_secs = Some(1)).await;
+    pug.wait_phase(&id, Phase::Sleeping, READY).await;
+    wait_for(READY, "the sleeping service to have no task", || async {
+        (inspect(&namespace, &a, "{{.Spec.Mode.Replicated.Replicas}}") == "0"
+            && docker(&[
+                "ps",
+                "-q",
+                "--filter",
+                &format!(
+                    "label=com.docker.swarm.service.name={}",
+                    service(&namespace, &a)
+                ),
+            ])
+            .is_empty())
+        .then_some(())
+    })
+    .await;
+    // Passes go on while it sleeps (its queue row is its idle timer): the service stays.
+    pug.controller.wake();
+    let t = pug.wait_phase(&id, Phase::Sleeping, READY).await;
+    assert!(t.status.endpoints.is_empty(), "{:?}", t.status);
+    assert!(
+        !inspect(&namespace, &a, "{{.ID}}").is_empty(),
+        "the sleeping service was deleted"
+    );
+    let secrets_after = docker(&[
+        "secret",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label=pug.tenant={a}"),
+    ]);
+    assert_eq!(secrets_before, secrets_after);
+    pug.change(&id, |s| s.idle_timeout_secs = Some(300)).await;
+    assert!(pug
+        .store
+        .wake(&id, "request", pug_store::now_ms())
+        .await
+        .unwrap());
+    pug.controller.wake();
+    let t = pug.wait_phase(&id, Phase::Ready, READY).await;
+    assert_eq!(t.status.endpoints.len(), 2, "{:?}", t.status);
+    for endpoint in &t.status.endpoints {
+        assert_eq!(health_version(endpoint).await.as_deref(), Some(NEWER));
+    }
+
     // Delete: the service goes.
     pug.change(&id, |s| s.desired_state = DesiredState::Deleted)
         .await;
