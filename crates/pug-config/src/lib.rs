@@ -202,9 +202,9 @@ pub struct RendererConfig {
     pub renders_per_browser: u64,
     /// Chromium is replaced when its processes use more resident memory than this, in MiB (0: never).
     pub max_browser_rss_mb: u64,
-    /// Renders one browser page serves before it is closed: 1 gives every render a fresh
-    /// incognito context; more reuses a page for renders of the same tenant, wiped between
-    /// them (see the renderer's `page_reuse`).
+    /// Renders one browser page serves before it is closed (default 50): a page is reused for
+    /// renders of the same tenant, wiped between them (see the renderer's `page_reuse`); 1,
+    /// the strict option, gives every render a fresh incognito context.
     pub page_reuse: u32,
 }
 
@@ -227,7 +227,7 @@ impl Default for RendererConfig {
             max_queue: 50,
             renders_per_browser: 1000,
             max_browser_rss_mb: 2048,
-            page_reuse: 1,
+            page_reuse: 50,
         }
     }
 }

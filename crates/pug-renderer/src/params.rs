@@ -93,6 +93,22 @@ pub struct PageRequest {
     pub render_key: Option<RenderKey>,
     /// Forwarded `Accept-Language`.
     pub accept_language: Option<String>,
+    /// Grafana's `X-Tenant-ID` (set by the API from the header): whose share of the slots the
+    /// render takes when the token does not say.
+    pub tenant: Option<String>,
+    /// Grafana's `X-Access-Token` (set by the API from the header), sent on to the page's own
+    /// origin as that header in place of the `renderKey` cookie.
+    pub access_token: Option<AccessToken>,
+}
+
+/// The `X-Access-Token` Grafana authenticates a render with (a secret: never logged).
+#[derive(Clone, PartialEq)]
+pub struct AccessToken(pub String);
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessToken(<redacted>)")
+    }
 }
 
 /// A parsed `/render` request.
@@ -274,6 +290,8 @@ fn parse_page(
         timezone,
         render_key,
         accept_language,
+        tenant: None,
+        access_token: None,
     })
 }
 

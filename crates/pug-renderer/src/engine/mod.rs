@@ -2,7 +2,7 @@
 //! wait queue, and a supervisor that replaces Chromium when it crashes, hangs, grows too large
 //! or has served its quota of renders.
 //!
-//! Owns: admission (slots + queue → 429), deadlines (→ 408), the current [`browser::Instance`]
+//! Owns: admission (slots + queue → 429, shared per tenant: [`admission`]), deadlines (→ 408), the current [`browser::Instance`]
 //! and its replacement, the per-render incognito context and its disposal, and the engine
 //! metrics. A render whose Chromium dies fails at once with [`RenderError::BrowserFailed`].
 //!
@@ -11,6 +11,7 @@
 //!
 //! Layout: [`browser`] is one Chromium process; [`page`] is one page load.
 
+pub mod admission;
 pub mod browser;
 pub mod page;
 
@@ -18,7 +19,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -63,10 +64,8 @@ struct Inner {
     config: Arc<RendererConfig>,
     metrics: Arc<Metrics>,
     policy: UrlPolicy,
-    /// One permit per concurrent render.
-    slots: Arc<Semaphore>,
-    /// Requests waiting for a permit (bounded by `max_queue`).
-    waiting: AtomicUsize,
+    /// Slots and queue, shared fairly between tenants.
+    admission: Arc<admission::Admission>,
     /// The Chromium new renders go to; `None` until (re)launched.
     current: Mutex<Option<Arc<Instance>>>,
     /// Sequence number of instances.
@@ -102,8 +101,7 @@ impl Engine {
         let first = Instance::launch(0, &config).await?;
         let inner = Arc::new(Inner {
             policy: UrlPolicy::new(&config.allowed_hosts),
-            slots: Arc::new(Semaphore::new(config.max_concurrency)),
-            waiting: AtomicUsize::new(0),
+            admission: admission::Admission::new(config.max_concurrency, config.max_queue),
             current: Mutex::new(Some(first)),
             next_id: AtomicU64::new(1),
             closing: std::sync::Mutex::new(JoinSet::new()),
@@ -178,32 +176,30 @@ impl Engine {
 }
 
 impl Inner {
-    /// Waits for a render slot: at once if one is free, else in the queue if it has room (429
-    /// otherwise), until the deadline (408).
+    /// Waits for a render slot of `key`'s share: at once if one is free, else in the queue if
+    /// it (and `key`'s share of it) has room (429 otherwise), until the deadline (408).
     async fn admit(
         &self,
+        key: &str,
         deadline: Instant,
         timeout: Duration,
-    ) -> Result<OwnedSemaphorePermit, RenderError> {
-        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-            return Ok(permit);
-        }
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.config.max_queue {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(RenderError::Busy);
-        }
-        self.metrics.queued.inc();
-        let _queued = Counted {
-            counter: Some(&self.waiting),
-            gauge: &self.metrics.queued,
-        };
-        match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(permit),
-            Ok(Err(_)) => Err(RenderError::Internal(
-                "the renderer is shutting down".into(),
-            )),
-            Err(_) => Err(RenderError::Timeout(timeout)),
-        }
+    ) -> Result<admission::Slot, RenderError> {
+        let mut queued = None;
+        let res = self
+            .admission
+            .admit(key, deadline, || {
+                self.metrics.queued.inc();
+                queued = Some(Counted {
+                    counter: None,
+                    gauge: &self.metrics.queued,
+                });
+            })
+            .await;
+        drop(queued);
+        res.map_err(|e| match e {
+            admission::NotAdmitted::Full => RenderError::Busy,
+            admission::NotAdmitted::Timeout => RenderError::Timeout(timeout),
+        })
     }
 
     /// The running Chromium, launching one if there is none (or the last one died).
@@ -310,6 +306,7 @@ impl Inner {
         deadline: Instant,
         timeout: Duration,
         scope: &Scope,
+        key: &str,
         reuse: bool,
         work: F,
     ) -> Result<T, RenderError>
@@ -317,7 +314,7 @@ impl Inner {
         F: FnOnce(Arc<Instance>, page::Blank) -> Fut,
         Fut: std::future::Future<Output = Result<T, RenderError>>,
     {
-        let permit = self.admit(deadline, timeout).await?;
+        let permit = self.admit(key, deadline, timeout).await?;
         self.metrics.in_flight.inc();
         let _running = Counted {
             counter: None,
@@ -398,6 +395,7 @@ impl Inner {
         deadline: Instant,
     ) -> Result<Rendered, RenderError> {
         let timeout = req.page.timeout;
+        let key = admission::fair_key(&scope, req.page.tenant.as_deref());
         let full_page = req.height == Height::FullPage;
         let viewport = Viewport {
             width: req.width,
@@ -414,6 +412,7 @@ impl Inner {
             deadline,
             timeout,
             &scope.clone(),
+            &key,
             true,
             |instance, blank| async move {
                 let t0 = Instant::now();
@@ -466,6 +465,7 @@ impl Inner {
         deadline: Instant,
     ) -> Result<CsvFile, RenderError> {
         let timeout = req.page.timeout;
+        let key = admission::fair_key(&scope, req.page.tenant.as_deref());
         let policy = self.policy.clone();
         let vp = &self.config.viewport;
         let viewport = Viewport {
@@ -479,6 +479,7 @@ impl Inner {
             deadline,
             timeout,
             &scope.clone(),
+            &key,
             false,
             |instance, blank| async move {
                 let dir = tempfile::Builder::new()
