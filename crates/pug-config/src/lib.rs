@@ -208,6 +208,11 @@ pub struct RendererConfig {
     pub page_reuse: u32,
 }
 
+/// The uid (and gid) the renderer's Chromium runs as when pug runs as root: a user of its own,
+/// below the process backend's default tenant uids (200000…). The process backend's firewall
+/// lets it reach instance ports, as pug's own user may.
+pub const DEFAULT_BROWSER_UID: u32 = 199_999;
+
 /// Whether `pug serve` runs its renderer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -723,10 +723,10 @@ mod tests {
     }
 
     #[test]
-    fn page_reuse_is_read_and_defaults_to_a_fresh_context_per_render() {
-        assert_eq!(RendererConfig::default().page_reuse, 1);
-        let c = RendererConfig::from_vars([("PUG_RENDERER_PAGE_REUSE", "50")]).unwrap();
-        assert_eq!(c.page_reuse, 50);
+    fn page_reuse_is_read_and_defaults_to_fifty() {
+        assert_eq!(RendererConfig::default().page_reuse, 50);
+        let c = RendererConfig::from_vars([("PUG_RENDERER_PAGE_REUSE", "1")]).unwrap();
+        assert_eq!(c.page_reuse, 1, "the strict option");
     }
 
     #[test]

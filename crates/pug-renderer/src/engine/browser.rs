@@ -83,6 +83,8 @@ pub struct Instance {
     profile: std::sync::Mutex<Option<tempfile::TempDir>>,
     /// Where download directories of CSV renders are created.
     pub scratch: PathBuf,
+    /// The user the browser runs as, when not pug's (pug is root): it owns its downloads.
+    pub uid: Option<u32>,
     /// Blank pages prepared ahead of time by a background task, so a render does not wait for
     /// a page to open. Each is a fresh context that nothing has been loaded into.
     spares: tokio::sync::Mutex<mpsc::Receiver<Blank>>,
@@ -222,6 +224,7 @@ impl Instance {
             drained: Notify::new(),
             profile: std::sync::Mutex::new(Some(profile)),
             scratch,
+            uid,
             spares: tokio::sync::Mutex::new(spare_rx),
             warm: std::sync::Mutex::new(Vec::new()),
             page_reuse: config.page_reuse.max(1),
@@ -391,7 +394,7 @@ fn idle(warm: &mut Vec<(Scope, Blank, Instant)>, now: Instant) -> Vec<Blank> {
 
 /// The uid (and gid) Chromium runs as when pug runs as root and `browser_uid` is not set: a
 /// user of its own, below the process backend's default tenant uids (200000…).
-pub const DEFAULT_BROWSER_UID: u32 = 199_999;
+pub const DEFAULT_BROWSER_UID: u32 = pug_config::DEFAULT_BROWSER_UID;
 
 /// Who Chromium runs as: `None` (pug's own user) unless pug is root; as root, an unprivileged
 /// user of the browser's own, so that a compromised renderer process owns nothing of pug's.

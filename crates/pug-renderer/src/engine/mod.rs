@@ -488,6 +488,14 @@ impl Inner {
                     .map_err(|e| {
                         RenderError::Internal(format!("creating a download directory: {e}"))
                     })?;
+                if let Some(uid) = instance.uid {
+                    // The browser's own user writes the download.
+                    std::os::unix::fs::chown(dir.path(), Some(uid), Some(uid)).map_err(|e| {
+                        RenderError::Internal(format!(
+                            "handing the download directory to the browser's user: {e}"
+                        ))
+                    })?;
+                }
                 page::allow_downloads(&instance, &blank.ctx, dir.path()).await?;
                 let session = PageSession::open(
                     blank,
