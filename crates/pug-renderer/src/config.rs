@@ -129,11 +129,11 @@ pub struct ViewportLimits {
     pub default_height: u32,
     /// `deviceScaleFactor` when missing. Reference: 1.
     pub default_scale: f64,
-    /// Widths above this are clamped. Reference: 3000.
+    /// Widths above this are refused (400). Reference: 3000.
     pub max_width: u32,
-    /// Heights above this are clamped. Reference: 3000.
+    /// Heights above this are refused (400). Reference: 3000.
     pub max_height: u32,
-    /// Scales above this are clamped. Reference: 4.
+    /// Scales above this are refused (400). Reference: 4.
     pub max_scale: f64,
     /// Bound of a full-page (`height=-1`) capture; the reference has none.
     pub max_full_page_height: u32,
@@ -548,6 +548,21 @@ impl RendererConfig {
                 "RENDERING_ARGS",
                 arg.clone(),
                 "site isolation would move iframes out of the renderer's URL policy; remove this flag",
+            );
+            let proxying = [
+                "proxy-server",
+                "proxy-bypass-list",
+                "no-proxy-server",
+                "proxy-pac-url",
+                "host-resolver-rules",
+            ]
+            .iter()
+            .any(|f| flag == *f || flag.starts_with(&format!("{f}=")));
+            check(
+                !proxying,
+                "RENDERING_ARGS",
+                arg.clone(),
+                "the browser's connections go through pug's own proxy, which enforces the URL policy at connect time; remove this flag",
             );
         }
         for host in &self.allowed_hosts {

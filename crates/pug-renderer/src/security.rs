@@ -360,6 +360,12 @@ const METADATA_NAMES: &[&str] = &[
     "instance-data.ec2.internal",
 ];
 
+/// Whether `host` (a name, any case, with or without its final dot) names a metadata service.
+pub fn is_metadata_name(host: &str) -> bool {
+    let d = host.trim_end_matches('.').to_ascii_lowercase();
+    METADATA_NAMES.contains(&d.as_str())
+}
+
 fn check_host_always(url: &Url) -> Result<(), Refusal> {
     match url.host() {
         Some(Host::Domain(d)) => {

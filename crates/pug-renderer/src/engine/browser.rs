@@ -120,7 +120,12 @@ impl std::ops::Deref for InUse {
 
 impl Instance {
     /// Starts Chromium with a fresh profile and connects to it.
-    pub async fn launch(id: u64, config: &RendererConfig) -> Result<Arc<Self>, RendererError> {
+    /// Every connection it makes goes through `proxy` ([`super::proxy`]).
+    pub async fn launch(
+        id: u64,
+        config: &RendererConfig,
+        proxy: std::net::SocketAddr,
+    ) -> Result<Arc<Self>, RendererError> {
         let launch_err = |reason: String| RendererError::Launch {
             path: config.chrome_path.clone(),
             reason,
@@ -151,6 +156,11 @@ impl Instance {
             .viewport(None)
             .launch_timeout(Duration::from_secs(30))
             .request_timeout(config.max_timeout + Duration::from_secs(5));
+        // Everything through pug's proxy, loopback included (Chromium bypasses it by default).
+        let proxy_server = format!("http://{proxy}");
+        builder = builder
+            .arg(("proxy-server", proxy_server.as_str()))
+            .arg(("proxy-bypass-list", "<-loopback>"));
         // chromiumoxide adds the dashes itself and keys flags by name.
         let flags = BASE_ARGS.iter().copied();
         for flag in flags.chain(config.chrome_args.iter().map(String::as_str)) {

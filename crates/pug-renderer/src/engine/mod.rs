@@ -14,6 +14,7 @@
 pub mod admission;
 pub mod browser;
 pub mod page;
+pub mod proxy;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -64,6 +65,8 @@ struct Inner {
     config: Arc<RendererConfig>,
     metrics: Arc<Metrics>,
     policy: UrlPolicy,
+    /// Every connection of Chromium goes through it (the connect-time URL policy).
+    proxy: proxy::Proxy,
     /// Slots and queue, shared fairly between tenants.
     admission: Arc<admission::Admission>,
     /// The Chromium new renders go to; `None` until (re)launched.
@@ -98,10 +101,17 @@ impl Engine {
         config: Arc<RendererConfig>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, RendererError> {
-        let first = Instance::launch(0, &config).await?;
+        let proxy = proxy::Proxy::start(Arc::new(proxy::SystemResolver))
+            .await
+            .map_err(|e| RendererError::Launch {
+                path: config.chrome_path.clone(),
+                reason: format!("cannot start the browser's proxy: {e}"),
+            })?;
+        let first = Instance::launch(0, &config, proxy.addr).await?;
         let inner = Arc::new(Inner {
             policy: UrlPolicy::new(&config.allowed_hosts),
             admission: admission::Admission::new(config.max_concurrency, config.max_queue),
+            proxy,
             current: Mutex::new(Some(first)),
             next_id: AtomicU64::new(1),
             closing: std::sync::Mutex::new(JoinSet::new()),
@@ -243,7 +253,7 @@ impl Inner {
             ));
         }
         let id = self.next_id.fetch_add(1, Ordering::AcqRel);
-        let instance = Instance::launch(id, &self.config)
+        let instance = Instance::launch(id, &self.config, self.proxy.addr)
             .await
             .map_err(|e| RenderError::Internal(e.to_string()))?;
         *current = Some(instance.clone());
