@@ -128,6 +128,16 @@ impl Engine {
         &self.inner.policy
     }
 
+    /// The request lines of the browser's last connections refused at connect time.
+    pub fn proxy_refusals(&self) -> Vec<String> {
+        self.inner
+            .proxy
+            .refusals
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
     /// Process id of the current Chromium, if one is running (for tests and diagnostics).
     pub async fn browser_pid(&self) -> Option<u32> {
         self.inner.current.lock().await.as_ref().map(|i| i.pid)

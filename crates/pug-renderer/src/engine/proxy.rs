@@ -29,6 +29,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::security::{always_refused_ip, is_metadata_name, Refusal};
 
+/// How many refused request lines a [`Proxy`] keeps (for diagnostics and tests).
+pub const KEPT_REFUSALS: usize = 100;
+
 /// The largest request head read (Chromium's are a few KiB).
 const MAX_HEAD: usize = 64 * 1024;
 /// How long a connection may take to send its head, and an upstream to accept.
@@ -162,6 +165,8 @@ pub struct Proxy {
     pub addr: SocketAddr,
     /// Connections refused by the policy so far.
     pub refused: Arc<AtomicU64>,
+    /// The request lines of the last refused connections (at most [`KEPT_REFUSALS`]).
+    pub refusals: Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -177,8 +182,10 @@ impl Proxy {
         let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
         let refused = Arc::new(AtomicU64::new(0));
+        let refusals = Arc::new(std::sync::Mutex::new(Vec::new()));
         let task = tokio::spawn({
             let refused = refused.clone();
+            let refusals = refusals.clone();
             async move {
                 loop {
                     let Ok((conn, _)) = listener.accept().await else {
@@ -186,8 +193,9 @@ impl Proxy {
                     };
                     let resolver = resolver.clone();
                     let refused = refused.clone();
+                    let refusals = refusals.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve(conn, resolver.as_ref(), &refused).await {
+                        if let Err(e) = serve(conn, resolver.as_ref(), &refused, &refusals).await {
                             tracing::debug!(error = %e, "renderer proxy: connection ended");
                         }
                     });
@@ -197,6 +205,7 @@ impl Proxy {
         Ok(Proxy {
             addr,
             refused,
+            refusals,
             task,
         })
     }
@@ -240,6 +249,7 @@ async fn serve(
     mut conn: TcpStream,
     resolver: &dyn Resolver,
     refused: &AtomicU64,
+    refusals: &std::sync::Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
     let (head, rest) = tokio::time::timeout(IO_TIMEOUT, read_head(&mut conn))
         .await
@@ -257,6 +267,12 @@ async fn serve(
     };
     if let Err(r) = check_target(&host, &addrs) {
         refused.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut kept) = refusals.lock() {
+            if kept.len() >= KEPT_REFUSALS {
+                kept.remove(0);
+            }
+            kept.push(line.to_owned());
+        }
         tracing::info!(%host, port, reason = %r, "renderer proxy: connection refused");
         return refuse(&mut conn, "403 Forbidden", &r.0).await;
     }
