@@ -206,6 +206,9 @@ pub struct RendererConfig {
     /// renders of the same tenant, wiped between them (see the renderer's `page_reuse`); 1,
     /// the strict option, gives every render a fresh incognito context.
     pub page_reuse: u32,
+    /// Runs Chromium with `--no-sandbox` (pug warns at start). Only for kernels or containers
+    /// that give no user namespaces (Docker's default seccomp profile, for one).
+    pub no_sandbox: bool,
 }
 
 /// The uid (and gid) the renderer's Chromium runs as when pug runs as root: a user of its own,
@@ -233,6 +236,7 @@ impl Default for RendererConfig {
             renders_per_browser: 1000,
             max_browser_rss_mb: 2048,
             page_reuse: 50,
+            no_sandbox: false,
         }
     }
 }

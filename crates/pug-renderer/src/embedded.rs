@@ -77,6 +77,11 @@ pub fn settings(config: &Config, chrome_path: PathBuf) -> RendererConfig {
         renders_per_browser: r.renders_per_browser,
         max_browser_rss_bytes: r.max_browser_rss_mb << 20,
         page_reuse: r.page_reuse.max(1),
+        chrome_args: if r.no_sandbox {
+            vec!["--disable-gpu".to_owned(), "--no-sandbox".to_owned()]
+        } else {
+            vec!["--disable-gpu".to_owned()]
+        },
         temp_dir: None,
         ..RendererConfig::default()
     }
@@ -302,6 +307,12 @@ mod tests {
         );
         assert_eq!(s.max_browser_rss_bytes, 3 << 20);
         assert_eq!(s.page_reuse, 1, "at least one render per page");
+        assert!(
+            !s.sandbox_disabled(),
+            "the sandbox is on unless the operator says"
+        );
+        config.renderer.no_sandbox = true;
+        assert!(settings(&config, PathBuf::from("/c")).sandbox_disabled());
         assert_eq!(s.addr, config.renderer.listen);
         assert_eq!(s.max_concurrency, config.renderer.max_concurrency);
     }
