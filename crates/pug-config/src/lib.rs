@@ -212,8 +212,10 @@ pub struct RendererConfig {
 }
 
 /// The uid (and gid) the renderer's Chromium runs as when pug runs as root: a user of its own,
-/// below the process backend's default tenant uids (200000…). The process backend's firewall
-/// lets it reach instance ports, as pug's own user may.
+/// below the process backend's default tenant uids (200000…). It connects to nothing itself:
+/// every connection goes through the renderer's proxy, which runs as pug (so the process
+/// backend's firewall, which lets only pug's user reach instance ports, also keeps a
+/// compromised browser from bypassing the proxy).
 pub const DEFAULT_BROWSER_UID: u32 = 199_999;
 
 /// Whether `pug serve` runs its renderer.

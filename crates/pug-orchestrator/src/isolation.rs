@@ -195,35 +195,6 @@ pub fn reject_rule(chain: &str, ports: (u16, u16), pug_uid: u32, data_dir: &Path
     .collect()
 }
 
-/// A rule before [`reject_rule`]: new connections from `uid` leave the chain unrejected.
-pub fn allow_rule(chain: &str, ports: (u16, u16), uid: u32, data_dir: &Path) -> Vec<String> {
-    [
-        "-w",
-        "-A",
-        chain,
-        "-o",
-        "lo",
-        "-p",
-        "tcp",
-        "--syn",
-        "--dport",
-        &format!("{}:{}", ports.0, ports.1),
-        "-m",
-        "owner",
-        "--uid-owner",
-        &uid.to_string(),
-        "-m",
-        "comment",
-        "--comment",
-        &comment(data_dir),
-        "-j",
-        "RETURN",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
 /// Chains of `iptables -S` output that belong to pugs whose data dir no longer exists (a pug
 /// killed with SIGKILL cannot remove its chain).
 pub fn stale_chains(listing: &str, exists: impl Fn(&Path) -> bool) -> Vec<String> {
@@ -277,7 +248,6 @@ pub fn install_firewall(
     data_dir: &Path,
     ports: (u16, u16),
     pug_uid: u32,
-    also_allowed: &[u32],
 ) -> Result<String, String> {
     let chain = chain_name(data_dir);
     for program in PROGRAMS {
@@ -292,9 +262,6 @@ pub fn install_firewall(
         // Exists already (a pug on this data dir was killed): it is flushed and filled anew.
         let _ = fw.run(program, &args(&["-w", "-N", &chain]));
         fw.run(program, &args(&["-w", "-F", &chain]))?;
-        for &uid in also_allowed.iter().filter(|&&u| u != pug_uid) {
-            fw.run(program, &allow_rule(&chain, ports, uid, data_dir))?;
-        }
         fw.run(program, &reject_rule(&chain, ports, pug_uid, data_dir))?;
         if fw
             .run(program, &args(&["-w", "-C", "OUTPUT", "-j", &chain]))
@@ -340,9 +307,6 @@ pub struct IsolationSettings {
     pub uids: (u32, u32),
     /// Where pugs on this host claim their uid ranges ([`crate::uid_claim::DEFAULT_DIR`]).
     pub uid_claims: PathBuf,
-    /// Users besides pug's that may connect to instance ports: the embedded renderer's
-    /// Chromium, which runs as a user of its own.
-    pub also_allowed: Vec<u32>,
 }
 
 impl Isolation {
@@ -368,13 +332,7 @@ impl Isolation {
                 s.data_dir.display()
             ));
         }
-        match install_firewall(
-            s.firewall.as_ref(),
-            &s.data_dir,
-            s.ports,
-            euid,
-            &s.also_allowed,
-        ) {
+        match install_firewall(s.firewall.as_ref(), &s.data_dir, s.ports, euid) {
             Ok(chain) => {
                 tracing::info!(%chain, ports = ?s.ports, "tenants isolated: own uids, instance ports reachable by pug only");
                 Ok(Started::Isolated(Arc::new(Self {
@@ -594,11 +552,6 @@ mod tests {
                 want
             );
         }
-        assert_eq!(
-            allow_rule("PUG-X", (1, 2), 199_999, Path::new("/d")).join(" "),
-            "-w -A PUG-X -o lo -p tcp --syn --dport 1:2 -m owner --uid-owner 199999 \
-             -m comment --comment pug /d -j RETURN"
-        );
         // The comment is one argument, spaces and all.
         let rule = reject_rule("PUG-X", (1, 2), 0, Path::new("/tmp/a b"));
         assert!(rule.contains(&"pug /tmp/a b".to_owned()));
@@ -650,7 +603,7 @@ mod tests {
             ..Default::default()
         };
         let dir = Path::new("/srv/pug-data");
-        let chain = install_firewall(&fw, dir, (20000, 20009), 0, &[]).unwrap();
+        let chain = install_firewall(&fw, dir, (20000, 20009), 0).unwrap();
         let calls = fw.calls.lock().unwrap().clone();
         for program in ["iptables", "ip6tables"] {
             let mine: Vec<&String> = calls
@@ -670,7 +623,7 @@ mod tests {
             fail: vec!["-C OUTPUT"],
             ..Default::default()
         };
-        install_firewall(&fw, dir, (1, 2), 0, &[]).unwrap();
+        install_firewall(&fw, dir, (1, 2), 0).unwrap();
         let calls = fw.calls.lock().unwrap();
         assert!(calls
             .iter()
@@ -680,7 +633,7 @@ mod tests {
             fail: vec!["-A PUG-"],
             ..Default::default()
         };
-        let err = install_firewall(&fw, dir, (1, 2), 0, &[]).unwrap_err();
+        let err = install_firewall(&fw, dir, (1, 2), 0).unwrap_err();
         assert!(err.contains("-A PUG-"), "{err}");
     }
 

@@ -112,7 +112,6 @@ pub fn start(
         firewall: Arc::new(isolation::Iptables),
         uids: (config.tenant_uid_base, config.tenant_uid_count),
         uid_claims: crate::uid_claim::DEFAULT_DIR.into(),
-        also_allowed: vec![pug_config::DEFAULT_BROWSER_UID],
     })? {
         Started::Isolated(iso) => {
             let chain = iso.chain().to_owned();

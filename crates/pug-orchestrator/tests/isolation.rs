@@ -116,7 +116,6 @@ async fn instances_run_as_their_tenants_user_without_groups_and_files_are_kept_a
         firewall: firewall.clone(),
         uids: (230_001, 2),
         uid_claims: tmp.path().join("claims"),
-        also_allowed: Vec::new(),
     })
     .unwrap() else {
         panic!("isolation is possible as root");
