@@ -300,6 +300,12 @@ async fn main() {
     let page_url = format!("http://{pages}/d-solo/binding/bench?delay=0");
     let slow_url = format!("http://{pages}/d-solo/binding/bench?delay=200");
     let tmp = tempfile::tempdir().unwrap();
+    // As root pug's browser runs as a user of its own, which must reach its profile in here.
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
     let mut rows = Vec::new();
 
     // --- floor: one open tab per worker in one running Chromium.

@@ -205,11 +205,21 @@ pub struct RendererConfig {
     pub renders_per_browser: u64,
     /// Chromium is replaced when its processes use more resident memory than this, in MiB (0: never).
     pub max_browser_rss_mb: u64,
-    /// Renders one browser page serves before it is closed: 1 gives every render a fresh
-    /// incognito context; more reuses a page for renders of the same tenant, wiped between
-    /// them (see the renderer's `page_reuse`).
+    /// Renders one browser page serves before it is closed (default 50): a page is reused for
+    /// renders of the same tenant, wiped between them (see the renderer's `page_reuse`); 1,
+    /// the strict option, gives every render a fresh incognito context.
     pub page_reuse: u32,
+    /// Runs Chromium with `--no-sandbox` (pug warns at start). Only for kernels or containers
+    /// that give no user namespaces (Docker's default seccomp profile, for one).
+    pub no_sandbox: bool,
 }
+
+/// The uid (and gid) the renderer's Chromium runs as when pug runs as root: a user of its own,
+/// below the process backend's default tenant uids (200000…). It connects to nothing itself:
+/// every connection goes through the renderer's proxy, which runs as pug (so the process
+/// backend's firewall, which lets only pug's user reach instance ports, also keeps a
+/// compromised browser from bypassing the proxy).
+pub const DEFAULT_BROWSER_UID: u32 = 199_999;
 
 /// Whether `pug serve` runs its renderer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,7 +240,8 @@ impl Default for RendererConfig {
             max_queue: 50,
             renders_per_browser: 1000,
             max_browser_rss_mb: 2048,
-            page_reuse: 1,
+            page_reuse: 50,
+            no_sandbox: false,
         }
     }
 }

@@ -134,6 +134,19 @@ pub trait Orchestrator: Send + Sync + 'static {
     fn gateway_source_addresses(&self) -> Vec<String> {
         vec!["127.0.0.1".into(), "::1".into()]
     }
+
+    /// The host name a replica is known by in its `rendering.callback_url`, when it is not the
+    /// instance's address (a container's name on pug's network: the address changes with every
+    /// start, the name does not). `None`: the process backend's `bind_address`.
+    fn callback_host(&self, _tenant: &TenantId, _replica: u32) -> Option<String> {
+        None
+    }
+
+    /// The address on the host that instances reach services of pug's on (the network gateway
+    /// of pug's docker network), when it is not loopback. The embedded renderer listens there.
+    fn host_address_for_instances(&self) -> Option<std::net::IpAddr> {
+        None
+    }
 }
 
 /// Probes `<base>/api/health`: ready is 200 with `"database": "ok"`, as Grafana defines it.

@@ -142,6 +142,32 @@ async fn check_url(state: &AppState, url: &url::Url, scope: &Scope) -> Result<()
         .map_err(|r| RenderError::Forbidden(r.0))
 }
 
+/// A render URL that names one of the scope's containers, pointed at its address; the
+/// `renderKey` cookie, which Grafana scopes to the name, follows it.
+fn resolve_names(page: &mut params::PageRequest, scope: &Scope) {
+    let Some((url, domain)) = scope.resolve(&page.url) else {
+        return;
+    };
+    if let Some(key) = &mut page.render_key {
+        if page
+            .url
+            .host_str()
+            .is_some_and(|h| h.eq_ignore_ascii_case(&key.domain))
+        {
+            key.domain = domain;
+        }
+    }
+    page.url = url;
+}
+
+/// Grafana's `X-Tenant-ID`: whose share of the slots a standalone render takes.
+fn tenant_header(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("x-tenant-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 fn accept_language(headers: &HeaderMap) -> Option<String> {
     headers
         .get(header::ACCEPT_LANGUAGE)
@@ -156,8 +182,15 @@ async fn render(
 ) -> Result<Response, RenderError> {
     let scope = authenticate(&state, &headers)?;
     let query = params::query_map(req.uri().query());
-    let request = params::parse_render(&query, accept_language(&headers), &state.config)
+    let mut request = params::parse_render(&query, accept_language(&headers), &state.config)
         .map_err(|e| RenderError::BadRequest(e.0))?;
+    resolve_names(&mut request.page, &scope);
+    request.page.tenant = tenant_header(&headers);
+    request.page.access_token = headers
+        .get("x-access-token")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(|v| params::AccessToken(v.to_owned()));
     check_url(&state, &request.page.url, &scope).await?;
     let rendered = state.engine.render(request, scope).await?;
     Ok((
@@ -174,8 +207,15 @@ async fn render_csv(
 ) -> Result<Response, RenderError> {
     let scope = authenticate(&state, &headers)?;
     let query = params::query_map(req.uri().query());
-    let request = params::parse_csv(&query, accept_language(&headers), &state.config)
+    let mut request = params::parse_csv(&query, accept_language(&headers), &state.config)
         .map_err(|e| RenderError::BadRequest(e.0))?;
+    resolve_names(&mut request.page, &scope);
+    request.page.tenant = tenant_header(&headers);
+    request.page.access_token = headers
+        .get("x-access-token")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(|v| params::AccessToken(v.to_owned()));
     check_url(&state, &request.page.url, &scope).await?;
     let csv = state.engine.render_csv(request, scope).await?;
     // The name holds only [A-Za-z0-9._-] (see security::safe_csv_file_name), so no quoting issue.

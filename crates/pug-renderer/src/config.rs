@@ -62,16 +62,22 @@ pub struct RendererConfig {
     /// Grafana's default `renderer_token`, so an unconfigured pair works out of the box.
     pub auth_tokens: Vec<String>,
     /// `host` or `host:port` entries a render URL (and every navigation it makes) must match
-    /// (`PUG_RENDERER_ALLOWED_HOSTS`, comma-separated). Empty means any host; link-local and
-    /// cloud-metadata addresses are refused regardless.
+    /// (`RENDERING_ALLOWED_HOSTS` or `PUG_RENDERER_ALLOWED_HOSTS`, comma-separated). Empty
+    /// means any host for a real token and none for Grafana's default token `-`; link-local
+    /// and cloud-metadata addresses are refused regardless.
     pub allowed_hosts: Vec<String>,
     /// Whether `/metrics` is served. Reference (Go): always on.
     pub metrics_enabled: bool,
     /// The Chromium binary (`CHROME_BIN`, `BROWSER_PATH`). Default: the first installed of
     /// [`BROWSER_CANDIDATES`] (Chromium's headless shell, else Chromium). Reference: `chromium`.
     pub chrome_path: PathBuf,
-    /// Extra Chromium flags. Reference (`RENDERING_ARGS`): `--no-sandbox,--disable-gpu`.
+    /// Extra Chromium flags (`RENDERING_ARGS`). Default `--disable-gpu`; the reference's
+    /// default also has `--no-sandbox`, which pug takes only from the operator (and warns).
     pub chrome_args: Vec<String>,
+    /// The uid and gid Chromium runs as when pug runs as root (`PUG_RENDERER_BROWSER_UID`).
+    /// `None`: [`crate::engine::browser::DEFAULT_BROWSER_UID`]. Ignored when pug is not root
+    /// (the browser then runs as pug's user).
+    pub browser_uid: Option<u32>,
     /// Accept invalid TLS certificates of the rendered site. Reference: false.
     pub ignore_https_errors: bool,
     /// Timezone of the browser when a request names none. Reference: `TZ`, else `Etc/UTC`.
@@ -95,8 +101,8 @@ pub struct RendererConfig {
     /// starts at navigation instead of waiting ~0.2 s for a page to open. 0 = none.
     pub spare_pages: usize,
     /// Renders one page (and its incognito context) serves before it is closed
-    /// (`PUG_RENDERER_PAGE_REUSE`). 1, the default, gives every render a fresh context. Above
-    /// 1, a page serves several renders of the same scope (one tenant; anything in standalone
+    /// (`PUG_RENDERER_PAGE_REUSE`). Default 50; 1, the strict option, gives every render a
+    /// fresh context. Above 1, a page serves several renders of the same scope (one tenant; anything in standalone
     /// mode) and is wiped between them — document left, cookies, storage of every origin it
     /// talked to, HTTP cache and startup scripts removed, overrides set anew — so only the
     /// renderer process is reused. That saves the ~0.3 s of CPU a context costs (see
@@ -123,11 +129,11 @@ pub struct ViewportLimits {
     pub default_height: u32,
     /// `deviceScaleFactor` when missing. Reference: 1.
     pub default_scale: f64,
-    /// Widths above this are clamped. Reference: 3000.
+    /// Widths above this are refused (400). Reference: 3000.
     pub max_width: u32,
-    /// Heights above this are clamped. Reference: 3000.
+    /// Heights above this are refused (400). Reference: 3000.
     pub max_height: u32,
-    /// Scales above this are clamped. Reference: 4.
+    /// Scales above this are refused (400). Reference: 4.
     pub max_scale: f64,
     /// Bound of a full-page (`height=-1`) capture; the reference has none.
     pub max_full_page_height: u32,
@@ -143,6 +149,15 @@ pub struct ReadinessConfig {
     pub quiet_period: Duration,
 }
 
+impl RendererConfig {
+    /// Whether the operator turned Chromium's sandbox off (`--no-sandbox`).
+    pub fn sandbox_disabled(&self) -> bool {
+        self.chrome_args
+            .iter()
+            .any(|a| a.trim_start_matches('-') == "no-sandbox")
+    }
+}
+
 impl Default for RendererConfig {
     fn default() -> Self {
         Self {
@@ -152,7 +167,8 @@ impl Default for RendererConfig {
             metrics_enabled: true,
             // Named as is when nothing is installed, so the launch error says what is missing.
             chrome_path: find_browser().unwrap_or_else(|| PathBuf::from("chromium")),
-            chrome_args: vec!["--no-sandbox".to_owned(), "--disable-gpu".to_owned()],
+            chrome_args: vec!["--disable-gpu".to_owned()],
+            browser_uid: None,
             ignore_https_errors: false,
             browser_timezone: "Etc/UTC".to_owned(),
             language: None,
@@ -163,7 +179,7 @@ impl Default for RendererConfig {
             max_timeout: Duration::from_secs(300),
             default_encoding: Encoding::Pdf,
             spare_pages: 2,
-            page_reuse: 1,
+            page_reuse: 50,
             renders_per_browser: 1000,
             max_browser_rss_bytes: 2 << 30,
             health_check_interval: Duration::from_secs(10),
@@ -252,6 +268,7 @@ const ACCEPTED_WITHOUT_EFFECT: &[&str] = &[
 /// Every `RENDERING_*` name pug knows; any other `RENDERING_*` variable is a typo and fails.
 const KNOWN_RENDERING: &[&str] = &[
     "RENDERING_ARGS",
+    "RENDERING_ALLOWED_HOSTS",
     "RENDERING_LANGUAGE",
     "RENDERING_CLUSTERING_MAX_CONCURRENCY",
     "RENDERING_VIEWPORT_WIDTH",
@@ -322,27 +339,35 @@ impl RendererConfig {
         if let Some(tokens) = env.parse("AUTH_TOKEN", parse_tokens) {
             c.auth_tokens = tokens;
         }
-        if let Some(hosts) = env.parse("PUG_RENDERER_ALLOWED_HOSTS", |v| {
-            let hosts: Vec<String> = v
-                .split([',', ' '])
-                .filter(|h| !h.is_empty())
-                .map(str::to_owned)
-                .collect();
-            match hosts
-                .iter()
-                .find(|h| crate::security::HostPattern::parse(h).is_none())
-            {
-                Some(bad) => Err(format!("{bad:?} is not host or host:port")),
-                None => Ok(hosts),
+        for name in ["RENDERING_ALLOWED_HOSTS", "PUG_RENDERER_ALLOWED_HOSTS"] {
+            if let Some(hosts) = env.parse(name, |v| {
+                let hosts: Vec<String> = v
+                    .split([',', ' '])
+                    .filter(|h| !h.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                match hosts
+                    .iter()
+                    .find(|h| crate::security::HostPattern::parse(h).is_none())
+                {
+                    Some(bad) => Err(format!("{bad:?} is not host or host:port")),
+                    None => Ok(hosts),
+                }
+            }) {
+                c.allowed_hosts = hosts;
             }
-        }) {
-            c.allowed_hosts = hosts;
         }
         if let Some(v) = env.parse("PUG_RENDERER_PAGE_REUSE", |v| match v.parse::<u32>() {
             Ok(n) if n >= 1 => Ok(n),
             _ => Err("expected a whole number of renders, 1 or more (1 = a fresh context for every render)".to_owned()),
         }) {
             c.page_reuse = v;
+        }
+        if let Some(v) = env.parse("PUG_RENDERER_BROWSER_UID", |v| match v.parse::<u32>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err("expected a uid other than 0 (root)".to_owned()),
+        }) {
+            c.browser_uid = Some(v);
         }
         if let Some(v) = env.parse("IGNORE_HTTPS_ERRORS", parse_bool) {
             c.ignore_https_errors = v;
@@ -524,6 +549,21 @@ impl RendererConfig {
                 arg.clone(),
                 "site isolation would move iframes out of the renderer's URL policy; remove this flag",
             );
+            let proxying = [
+                "proxy-server",
+                "proxy-bypass-list",
+                "no-proxy-server",
+                "proxy-pac-url",
+                "host-resolver-rules",
+            ]
+            .iter()
+            .any(|f| flag == *f || flag.starts_with(&format!("{f}=")));
+            check(
+                !proxying,
+                "RENDERING_ARGS",
+                arg.clone(),
+                "the browser's connections go through pug's own proxy, which enforces the URL policy at connect time; remove this flag",
+            );
         }
         for host in &self.allowed_hosts {
             check(
@@ -698,10 +738,10 @@ mod tests {
     }
 
     #[test]
-    fn page_reuse_is_read_and_defaults_to_a_fresh_context_per_render() {
-        assert_eq!(RendererConfig::default().page_reuse, 1);
-        let c = RendererConfig::from_vars([("PUG_RENDERER_PAGE_REUSE", "50")]).unwrap();
-        assert_eq!(c.page_reuse, 50);
+    fn page_reuse_is_read_and_defaults_to_fifty() {
+        assert_eq!(RendererConfig::default().page_reuse, 50);
+        let c = RendererConfig::from_vars([("PUG_RENDERER_PAGE_REUSE", "1")]).unwrap();
+        assert_eq!(c.page_reuse, 1, "the strict option");
     }
 
     #[test]

@@ -1,14 +1,19 @@
 //! The renderer inside `pug serve`, which every tenant's Grafana is wired to.
 //!
 //! Owns: whether it runs ([`plan`]: `renderer.mode` and the backend; pure), its settings from
-//! pug's configuration ([`settings`]), its listener and server, and its token table (each
-//! tenant's token renders only that tenant's ready instances: [`crate::tenant_tokens`]).
+//! pug's configuration ([`settings`]), its listeners and server, the URL tenants' Grafana
+//! calls it at ([`tenant_url`]), and its token table (each tenant's token renders only that
+//! tenant's ready instances: [`crate::tenant_tokens`]).
+//!
+//! On the docker backend it listens on `renderer.listen` and on the gateway address of pug's
+//! network (where containers reach the host), and Chromium, on the host, loads the containers'
+//! pages at their addresses on that network.
 //!
 //! Must not: decide how tenants' Grafana is configured (the controller writes `rendering.*`
 //! from `ControllerSettings::renderer_url`), or read pug's store (it reads tenants through a
 //! [`TenantSource`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -32,17 +37,18 @@ pub enum Plan {
     Refuse(String),
 }
 
-/// Decides from `renderer.mode` and the backend: Chromium beside pug cannot load pages from
-/// containers on another network or node, so only the process backend is served.
+/// Decides from `renderer.mode` and the backend: Chromium beside pug loads pages of the
+/// process backend's instances and of the docker backend's containers (on a bridge network of
+/// this host), not of swarm tasks on other nodes' overlay network.
 pub fn plan(mode: RendererMode, backend: Backend) -> Plan {
     if mode == RendererMode::Off {
         return Plan::Off;
     }
-    if backend == Backend::Process {
+    if matches!(backend, Backend::Process | Backend::Docker) {
         return Plan::Start;
     }
     let why = format!(
-        "the embedded renderer serves the process backend only (Chromium beside pug cannot load pages from {} tenants' containers)",
+        "the embedded renderer serves the process and docker backends only (Chromium beside pug cannot load pages from {} tenants' tasks on other nodes)",
         backend.as_str()
     );
     if mode == RendererMode::On {
@@ -58,15 +64,24 @@ pub fn settings(config: &Config, chrome_path: PathBuf) -> RendererConfig {
     RendererConfig {
         addr: r.listen,
         auth_tokens: Vec::new(),
-        // Every valid token is a tenant's, scoped to that tenant's instances; the allow-list
-        // only adds that nothing but the instances' host is ever loaded.
-        allowed_hosts: vec![config.process.bind_address.clone()],
+        // Every valid token is a tenant's, scoped to that tenant's instances; on the process
+        // backend the allow-list adds that nothing but the instances' host is ever loaded
+        // (containers' addresses change with every start: their tokens' scopes say which).
+        allowed_hosts: match config.backend {
+            Backend::Process => vec![config.process.bind_address.clone()],
+            _ => Vec::new(),
+        },
         chrome_path,
         max_concurrency: r.max_concurrency,
         max_queue: r.max_queue,
         renders_per_browser: r.renders_per_browser,
         max_browser_rss_bytes: r.max_browser_rss_mb << 20,
         page_reuse: r.page_reuse.max(1),
+        chrome_args: if r.no_sandbox {
+            vec!["--disable-gpu".to_owned(), "--no-sandbox".to_owned()]
+        } else {
+            vec!["--disable-gpu".to_owned()]
+        },
         temp_dir: None,
         ..RendererConfig::default()
     }
@@ -77,6 +92,12 @@ pub fn settings(config: &Config, chrome_path: PathBuf) -> RendererConfig {
 pub enum EmbedError {
     #[error("renderer.mode = \"on\": {0}")]
     Refused(String),
+    #[error("cannot listen on {addr} (renderer.listen, on pug's docker network's gateway); give the renderer another port")]
+    BindGateway {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr} (renderer.listen); give the renderer another port")]
     Bind {
         addr: SocketAddr,
@@ -98,16 +119,45 @@ pub struct Embedded {
     renderer: Renderer,
     /// `rendering.server_url` of every tenant.
     pub url: String,
-    /// `host:port` where the renderer answers (for Prometheus).
+    /// `host:port` where the renderer answers on the host (for Prometheus).
     pub address: String,
-    server: tokio::task::JoinHandle<()>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Where instances reach the renderer: `renderer.listen` (loopback when it is unspecified);
+/// with `for_instances` (the docker network's gateway) and a loopback or unspecified
+/// `renderer.listen`, that address and `renderer.listen`'s port. (pug itself in a container
+/// on pug's network sets `renderer.listen` to its own address there.)
+pub fn tenant_url(config: &Config, for_instances: Option<IpAddr>) -> String {
+    let listen = config.renderer.listen;
+    match for_instances {
+        Some(ip) if listen.ip().is_loopback() || listen.ip().is_unspecified() => {
+            format!("http://{}/render", SocketAddr::new(ip, listen.port()))
+        }
+        _ => config.renderer_url(),
+    }
+}
+
+/// The second listener's address: the gateway's, when `renderer.listen` is loopback (an
+/// unspecified address already listens on every interface, another is where instances go).
+fn gateway_listen(config: &Config, for_instances: Option<IpAddr>) -> Option<SocketAddr> {
+    let listen = config.renderer.listen;
+    let ip = for_instances?;
+    listen
+        .ip()
+        .is_loopback()
+        .then(|| SocketAddr::new(ip, listen.port()))
 }
 
 /// Starts the renderer as [`plan`] decides. In `auto` mode a missing Chromium or a taken port
 /// is reported and pug runs without rendering; in `on` mode it is an error.
+///
+/// `for_instances` is the address on this host that instances reach it at, when it is not
+/// loopback (the docker backend's network gateway).
 pub async fn start<S: TenantSource>(
     config: &Config,
     tenants: S,
+    for_instances: Option<IpAddr>,
     shutdown: CancellationToken,
 ) -> Result<Option<Embedded>, EmbedError> {
     let mode = config.renderer.mode;
@@ -120,7 +170,7 @@ pub async fn start<S: TenantSource>(
         }
         Plan::Start => {}
     }
-    match try_start(config, tenants, shutdown).await {
+    match try_start(config, tenants, for_instances, shutdown).await {
         Ok(embedded) => Ok(Some(embedded)),
         Err(e) if mode == RendererMode::Auto => {
             tracing::warn!(
@@ -136,13 +186,21 @@ pub async fn start<S: TenantSource>(
 async fn try_start<S: TenantSource>(
     config: &Config,
     tenants: S,
+    for_instances: Option<IpAddr>,
     shutdown: CancellationToken,
 ) -> Result<Embedded, EmbedError> {
     let addr = config.renderer.listen;
     // Bind first: a taken port should not cost a Chromium start.
-    let listener = tokio::net::TcpListener::bind(addr)
+    let mut listeners = vec![tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| EmbedError::Bind { addr, source })?;
+        .map_err(|source| EmbedError::Bind { addr, source })?];
+    if let Some(addr) = gateway_listen(config, for_instances) {
+        listeners.push(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| EmbedError::BindGateway { addr, source })?,
+        );
+    }
     let chrome = &config.renderer.chrome_path;
     let chrome_path = if chrome.is_empty() {
         find_browser().ok_or(EmbedError::NoBrowser)?
@@ -159,23 +217,26 @@ async fn try_start<S: TenantSource>(
         .await
         .map_err(|e| EmbedError::Tokens(Box::new(e)))?;
     tokens.spawn(Arc::downgrade(&table), REFRESH);
-    let server = tokio::spawn({
-        let router = renderer.router();
-        async move {
-            if let Err(e) = axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-            {
-                tracing::error!(error = %e, "the renderer's server failed");
-            }
-        }
-    });
-    let url = config.renderer_url();
+    let servers = listeners
+        .into_iter()
+        .map(|listener| {
+            let router = renderer.router();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await
+                {
+                    tracing::error!(error = %e, "the renderer's server failed");
+                }
+            })
+        })
+        .collect();
     Ok(Embedded {
         renderer,
-        address: address(&url).to_owned(),
-        url,
-        server,
+        address: address(&config.renderer_url()).to_owned(),
+        url: tenant_url(config, for_instances),
+        servers,
     })
 }
 
@@ -199,7 +260,9 @@ fn chain(e: &dyn std::error::Error) -> String {
 impl Embedded {
     /// Waits for the server to stop (after the shutdown token), then stops Chromium.
     pub async fn stop(self) {
-        let _ = self.server.await;
+        for server in self.servers {
+            let _ = server.await;
+        }
         self.renderer.shutdown().await;
     }
 }
@@ -213,16 +276,16 @@ mod tests {
         use Backend::*;
         use RendererMode::*;
         let why = |b: &str| {
-            format!("the embedded renderer serves the process backend only (Chromium beside pug cannot load pages from {b} tenants' containers)")
+            format!("the embedded renderer serves the process and docker backends only (Chromium beside pug cannot load pages from {b} tenants' tasks on other nodes)")
         };
         let cases = [
             (Off, Process, Plan::Off),
             (Off, Docker, Plan::Off),
             (Auto, Process, Plan::Start),
             (On, Process, Plan::Start),
-            (Auto, Docker, Plan::Skip(why("docker"))),
+            (Auto, Docker, Plan::Start),
+            (On, Docker, Plan::Start),
             (Auto, Swarm, Plan::Skip(why("swarm"))),
-            (On, Docker, Plan::Refuse(why("docker"))),
             (On, Swarm, Plan::Refuse(why("swarm"))),
         ];
         for (mode, backend, want) in cases {
@@ -244,8 +307,55 @@ mod tests {
         );
         assert_eq!(s.max_browser_rss_bytes, 3 << 20);
         assert_eq!(s.page_reuse, 1, "at least one render per page");
+        assert!(
+            !s.sandbox_disabled(),
+            "the sandbox is on unless the operator says"
+        );
+        config.renderer.no_sandbox = true;
+        assert!(settings(&config, PathBuf::from("/c")).sandbox_disabled());
         assert_eq!(s.addr, config.renderer.listen);
         assert_eq!(s.max_concurrency, config.renderer.max_concurrency);
+    }
+
+    #[test]
+    fn containers_reach_the_renderer_on_their_networks_gateway() {
+        let mut config = Config::default();
+        config.renderer.listen = "127.0.0.1:9000".parse().unwrap();
+        let gw: IpAddr = "172.18.0.1".parse().unwrap();
+        assert_eq!(tenant_url(&config, None), "http://127.0.0.1:9000/render");
+        assert_eq!(
+            tenant_url(&config, Some(gw)),
+            "http://172.18.0.1:9000/render"
+        );
+        assert_eq!(
+            gateway_listen(&config, Some(gw)),
+            Some("172.18.0.1:9000".parse().unwrap())
+        );
+        assert_eq!(gateway_listen(&config, None), None);
+        config.renderer.listen = "0.0.0.0:9000".parse().unwrap();
+        assert_eq!(
+            gateway_listen(&config, Some(gw)),
+            None,
+            "0.0.0.0 already listens on the gateway"
+        );
+        assert_eq!(
+            tenant_url(&config, Some(gw)),
+            "http://172.18.0.1:9000/render"
+        );
+        config.renderer.listen = "172.29.0.2:9000".parse().unwrap();
+        assert_eq!(gateway_listen(&config, Some(gw)), None);
+        assert_eq!(
+            tenant_url(&config, Some(gw)),
+            "http://172.29.0.2:9000/render",
+            "pug in a container on the network: its own address"
+        );
+
+        config.backend = Backend::Docker;
+        let s = settings(&config, PathBuf::from("/usr/bin/chromium"));
+        assert!(
+            s.allowed_hosts.is_empty(),
+            "containers are scoped by their tokens"
+        );
     }
 
     #[test]

@@ -51,6 +51,11 @@ impl Renderer {
         scopes: Arc<dyn TokenScopes>,
     ) -> Result<Renderer, RendererError> {
         config.validate()?;
+        if config.sandbox_disabled() {
+            tracing::warn!(
+                "Chromium runs without its sandbox (--no-sandbox in RENDERING_ARGS): a compromised page's renderer process runs with the browser's full rights; remove the flag unless this kernel cannot give unprivileged user namespaces"
+            );
+        }
         let config = Arc::new(config);
         let metrics = Arc::new(metrics::Metrics::new());
         let engine = engine::Engine::start(config.clone(), metrics.clone()).await?;
@@ -86,7 +91,16 @@ pub async fn run(args: RenderArgs) -> Result<(), RendererError> {
     let mut config = RendererConfig::from_env()?;
     args.apply(&mut config)?;
     let addr = config.addr;
-    let scopes = Arc::new(StaticTokens::new(&config.auth_tokens));
+    let allow_list = !config.allowed_hosts.is_empty();
+    if !allow_list
+        && config
+            .auth_tokens
+            .iter()
+            .any(|t| t == security::DEFAULT_TOKEN)
+    {
+        tracing::warn!("renderer: {}", security::DEFAULT_TOKEN_WITHOUT_ALLOW_LIST);
+    }
+    let scopes = Arc::new(StaticTokens::standalone(&config.auth_tokens, allow_list));
     let renderer = Renderer::start(config, scopes).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -93,6 +93,22 @@ pub struct PageRequest {
     pub render_key: Option<RenderKey>,
     /// Forwarded `Accept-Language`.
     pub accept_language: Option<String>,
+    /// Grafana's `X-Tenant-ID` (set by the API from the header): whose share of the slots the
+    /// render takes when the token does not say.
+    pub tenant: Option<String>,
+    /// Grafana's `X-Access-Token` (set by the API from the header), sent on to the page's own
+    /// origin as that header in place of the `renderKey` cookie.
+    pub access_token: Option<AccessToken>,
+}
+
+/// The `X-Access-Token` Grafana authenticates a render with (a secret: never logged).
+#[derive(Clone, PartialEq)]
+pub struct AccessToken(pub String);
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessToken(<redacted>)")
+    }
 }
 
 /// A parsed `/render` request.
@@ -158,8 +174,13 @@ pub fn parse_render(
                 .map_err(|_| BadParam(format!("width {v:?} is not an integer")))?;
             if w < 10 {
                 vp.default_width
+            } else if w > vp.max_width as i64 {
+                return Err(BadParam(format!(
+                    "width {w} is larger than the renderer's maximum of {} (RENDERING_VIEWPORT_MAX_WIDTH)",
+                    vp.max_width
+                )));
             } else {
-                (w.min(vp.max_width as i64)) as u32
+                w as u32
             }
         }
     };
@@ -177,14 +198,26 @@ pub fn parse_render(
                     )))
                 }
                 h if h < 10 => Height::Fixed(vp.default_height),
-                h => Height::Fixed(h.min(vp.max_height as i64) as u32),
+                h if h > vp.max_height as i64 => {
+                    return Err(BadParam(format!(
+                        "height {h} is larger than the renderer's maximum of {} (RENDERING_VIEWPORT_MAX_HEIGHT); use -1 for the full page",
+                        vp.max_height
+                    )))
+                }
+                h => Height::Fixed(h as u32),
             }
         }
     };
     let scale = match get(q, "deviceScaleFactor") {
         None => vp.default_scale,
         Some(v) => match v.parse::<f64>() {
-            Ok(s) if s > 0.0 && s.is_finite() => s.min(vp.max_scale),
+            Ok(s) if s > vp.max_scale && s.is_finite() => {
+                return Err(BadParam(format!(
+                    "deviceScaleFactor {v} is larger than the renderer's maximum of {} (RENDERING_VIEWPORT_MAX_DEVICE_SCALE_FACTOR)",
+                    vp.max_scale
+                )))
+            }
+            Ok(s) if s > 0.0 && s.is_finite() => s,
             _ => {
                 return Err(BadParam(format!(
                     "deviceScaleFactor {v:?} is not a positive number"
@@ -274,6 +307,8 @@ fn parse_page(
         timezone,
         render_key,
         accept_language,
+        tenant: None,
+        access_token: None,
     })
 }
 
@@ -462,19 +497,21 @@ mod tests {
     }
 
     #[test]
-    fn defaults_and_clamping() {
+    fn defaults_and_bounds() {
         let r = render(&[URL]).unwrap();
         assert_eq!((r.width, r.height), (1000, Height::Fixed(500)));
         assert_eq!(r.encoding, Encoding::Pdf);
         assert_eq!(r.page.timeout, Duration::from_secs(30));
         let r = render(&[
             URL,
-            ("width", "99999"),
+            ("width", "3000"),
             ("height", "-1"),
-            ("deviceScaleFactor", "9"),
+            ("deviceScaleFactor", "4"),
         ])
         .unwrap();
         assert_eq!((r.width, r.height, r.scale), (3000, Height::FullPage, 4.0));
+        let r = render(&[URL, ("height", "3000"), ("deviceScaleFactor", "1.000000")]).unwrap();
+        assert_eq!((r.height, r.scale), (Height::Fixed(3000), 1.0));
         let r = render(&[URL, ("width", "5"), ("height", "3"), ("timeout", "100000")]).unwrap();
         assert_eq!((r.width, r.height), (1000, Height::Fixed(500)));
         assert_eq!(r.page.timeout, Duration::from_secs(300));
@@ -489,6 +526,9 @@ mod tests {
             (vec![URL, ("height", "-7")], "height"),
             (vec![URL, ("deviceScaleFactor", "0")], "deviceScaleFactor"),
             (vec![URL, ("deviceScaleFactor", "NaN")], "deviceScaleFactor"),
+            (vec![URL, ("deviceScaleFactor", "4.5")], "maximum of 4"),
+            (vec![URL, ("width", "3001")], "maximum of 3000"),
+            (vec![URL, ("height", "99999")], "maximum of 3000"),
             (vec![URL, ("timeout", "-3")], "timeout"),
             (vec![URL, ("timeout", "soon")], "timeout"),
             (vec![URL, ("timezone", "Nowhere/Land")], "timezone"),

@@ -29,12 +29,60 @@ pub enum Scope {
     Any,
     /// Only these `host:port` origins (a tenant's own Grafana instances).
     Hosts(Vec<String>),
+    /// A tenant's containers: only the `hosts` origins, as [`Scope::Hosts`], and the names its
+    /// Grafana knows them by in `callback_url` (`name:port` → `address:port`). A render URL
+    /// naming one of these is rewritten to the address before it is checked or loaded
+    /// ([`Scope::resolve`]): the names are Docker's, which Chromium on the host cannot resolve,
+    /// and pug's own table is the only resolution a name gets.
+    Named {
+        hosts: Vec<String>,
+        names: Vec<(String, String)>,
+    },
+    /// A valid token that renders nothing, and why (standalone: Grafana's default token `-`
+    /// without an allow-list).
+    Nothing(&'static str),
+}
+
+/// Why `-` renders nothing without an allow-list.
+pub const DEFAULT_TOKEN_WITHOUT_ALLOW_LIST: &str = "the token is Grafana's default \"-\", which anyone knows: it renders only hosts in RENDERING_ALLOWED_HOSTS (--allowed-host), and none is set; set them, or give Grafana and the renderer a token of your own (AUTH_TOKEN)";
+
+impl Scope {
+    /// The origins this scope may render; `None`: any.
+    pub fn hosts(&self) -> Option<&[String]> {
+        match self {
+            Scope::Any => None,
+            Scope::Hosts(hosts) | Scope::Named { hosts, .. } => Some(hosts),
+            Scope::Nothing(_) => Some(&[]),
+        }
+    }
+
+    /// `url` with a name of this scope replaced by its address, and the cookie `domain` to use
+    /// with it; `None` when the URL names nothing of the scope's (it is then checked as it is).
+    pub fn resolve(&self, url: &Url) -> Option<(Url, String)> {
+        let Scope::Named { names, .. } = self else {
+            return None;
+        };
+        let (host, port) = host_port(url).ok()?;
+        let origin = format!("{host}:{port}");
+        let (_, target) = names
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(&origin))?;
+        let (ip, port) = target.rsplit_once(':')?;
+        let port: u16 = port.parse().ok()?;
+        let mut out = url.clone();
+        out.set_host(Some(ip)).ok()?;
+        out.set_port(Some(port)).ok()?;
+        let domain = ip.trim_start_matches('[').trim_end_matches(']').to_owned();
+        Some((out, domain))
+    }
 }
 
 /// The standalone renderer's tokens (`AUTH_TOKEN`): each grants [`Scope::Any`].
 pub struct StaticTokens {
     /// SHA-256 of each token: comparing fixed-size digests hides the tokens' lengths too.
     digests: Vec<[u8; 32]>,
+    /// `-`, when accepted, and what it may render.
+    default_token: Option<([u8; 32], Scope)>,
 }
 
 impl StaticTokens {
@@ -42,9 +90,34 @@ impl StaticTokens {
     pub fn new<I: IntoIterator<Item = S>, S: AsRef<str>>(tokens: I) -> Self {
         Self {
             digests: tokens.into_iter().map(|t| digest(t.as_ref())).collect(),
+            default_token: None,
+        }
+    }
+
+    /// The standalone renderer's tokens: a real token renders any host (but link-local and
+    /// metadata ones), Grafana's default `-` only the allow-list's, so nothing when
+    /// `allow_list` is false.
+    pub fn standalone<S: AsRef<str>>(tokens: &[S], allow_list: bool) -> Self {
+        let (default, own): (Vec<&str>, Vec<&str>) = tokens
+            .iter()
+            .map(AsRef::as_ref)
+            .partition(|t| *t == DEFAULT_TOKEN);
+        Self {
+            digests: own.into_iter().map(digest).collect(),
+            default_token: (!default.is_empty()).then(|| {
+                let scope = if allow_list {
+                    Scope::Any
+                } else {
+                    Scope::Nothing(DEFAULT_TOKEN_WITHOUT_ALLOW_LIST)
+                };
+                (digest(DEFAULT_TOKEN), scope)
+            }),
         }
     }
 }
+
+/// Grafana's default `renderer_token` (and the reference renderer's `AUTH_TOKEN`).
+pub const DEFAULT_TOKEN: &str = "-";
 
 fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
@@ -58,7 +131,14 @@ impl TokenScopes for StaticTokens {
         for d in &self.digests {
             matched |= d.ct_eq(&presented);
         }
-        bool::from(matched).then_some(Scope::Any)
+        if bool::from(matched) {
+            return Some(Scope::Any);
+        }
+        // `-` is public: comparing it in constant time hides nothing.
+        self.default_token
+            .as_ref()
+            .filter(|(d, _)| *d == presented)
+            .map(|(_, scope)| scope.clone())
     }
 }
 
@@ -193,12 +273,15 @@ impl UrlPolicy {
         check_scheme(url)?;
         let (host, port) = host_port(url)?;
         check_host_always(url)?;
+        if let Scope::Nothing(why) = scope {
+            return Err(Refusal((*why).to_owned()));
+        }
         if !self.allowed.is_empty() && !self.allowed.iter().any(|p| p.matches(&host, port)) {
             return Err(Refusal(format!(
                 "{host}:{port} is not in the renderer's allowed hosts"
             )));
         }
-        if let Scope::Hosts(hosts) = scope {
+        if let Some(hosts) = scope.hosts() {
             let ok = hosts
                 .iter()
                 .filter_map(|h| HostPattern::parse(h))
@@ -276,6 +359,12 @@ const METADATA_NAMES: &[&str] = &[
     "instance-data",
     "instance-data.ec2.internal",
 ];
+
+/// Whether `host` (a name, any case, with or without its final dot) names a metadata service.
+pub fn is_metadata_name(host: &str) -> bool {
+    let d = host.trim_end_matches('.').to_ascii_lowercase();
+    METADATA_NAMES.contains(&d.as_str())
+}
 
 fn check_host_always(url: &Url) -> Result<(), Refusal> {
     match url.host() {
@@ -368,6 +457,79 @@ mod tests {
         assert_eq!(t.scope("two"), Some(Scope::Any));
         assert_eq!(t.scope("three"), None);
         assert_eq!(t.scope(""), None);
+    }
+
+    #[test]
+    fn the_default_token_renders_only_the_allow_list() {
+        let open = StaticTokens::standalone(&["-", "s3cret"], false);
+        assert_eq!(open.scope("s3cret"), Some(Scope::Any));
+        let dash = open.scope("-").unwrap();
+        assert_eq!(dash, Scope::Nothing(DEFAULT_TOKEN_WITHOUT_ALLOW_LIST));
+        let none = UrlPolicy::new::<&str>(&[]);
+        let refused = none
+            .check_navigation(&url("http://grafana:3000/d/x"), &dash)
+            .unwrap_err();
+        assert!(refused.0.contains("RENDERING_ALLOWED_HOSTS"), "{refused}");
+        assert!(none
+            .check_navigation(&url("http://grafana:3000/d/x"), &Scope::Any)
+            .is_ok());
+
+        let listed = StaticTokens::standalone(&["-"], true);
+        let dash = listed.scope("-").unwrap();
+        let policy = UrlPolicy::new(&["grafana:3000"]);
+        assert!(policy
+            .check_navigation(&url("http://grafana:3000/d/x"), &dash)
+            .is_ok());
+        assert!(policy
+            .check_navigation(&url("http://prometheus:9090/graph"), &dash)
+            .is_err());
+        assert_eq!(listed.scope("s3cret"), None);
+        assert_eq!(
+            StaticTokens::standalone(&["s3cret"], false).scope("-"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_named_scope_resolves_its_own_names_only() {
+        let acme = Scope::Named {
+            hosts: vec!["172.18.0.5:20001".into()],
+            names: vec![("pug-acme-0:20001".into(), "172.18.0.5:20001".into())],
+        };
+        let cases: &[(&str, Option<(&str, &str)>)] = &[
+            (
+                "http://pug-acme-0:20001/t/acme/d-solo/x?delay=0",
+                Some((
+                    "http://172.18.0.5:20001/t/acme/d-solo/x?delay=0",
+                    "172.18.0.5",
+                )),
+            ),
+            (
+                "http://PUG-ACME-0:20001/",
+                Some(("http://172.18.0.5:20001/", "172.18.0.5")),
+            ),
+            ("http://pug-acme-0:20002/", None),
+            ("http://pug-globex-0:20001/", None),
+            ("http://172.18.0.5:20001/", None),
+        ];
+        for (given, want) in cases {
+            let got = acme.resolve(&url(given));
+            let got = got.as_ref().map(|(u, d)| (u.as_str(), d.as_str()));
+            assert_eq!(got, *want, "{given}");
+        }
+        assert_eq!(
+            Scope::Hosts(vec!["a:1".into()]).resolve(&url("http://a:1/")),
+            None
+        );
+        assert_eq!(Scope::Any.resolve(&url("http://a:1/")), None);
+        // A name that is not resolved is not an origin of the scope either.
+        let policy = UrlPolicy::new::<&str>(&[]);
+        assert!(policy
+            .check_navigation(&url("http://pug-acme-0:20001/"), &acme)
+            .is_err());
+        assert!(policy
+            .check_navigation(&url("http://172.18.0.5:20001/"), &acme)
+            .is_ok());
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub const REFRESH: Duration = Duration::from_secs(1);
 pub struct TenantEndpoints {
     pub tenant: String,
     pub endpoints: Vec<String>,
+    /// The names its Grafana calls its instances by in `callback_url`, when they are not the
+    /// addresses (docker backend: `container-name:port` → `address:port`).
+    pub names: Vec<(String, String)>,
 }
 
 /// Where the table learns tenants and their tokens (in `pug serve`: the store).
@@ -45,8 +48,8 @@ pub trait TenantSource: Send + Sync + 'static {
 }
 
 /// The table's entries: each tenant with ready instances and a known token → its token,
-/// scoped to exactly those instances. Tenants without ready instances or without a token get
-/// no entry, so their tokens render nothing.
+/// scoped to exactly those instances (and to the names of those instances only). Tenants
+/// without ready instances or without a token get no entry, so their tokens render nothing.
 pub fn entries<'a, T>(
     tenants: &[TenantEndpoints],
     tokens: &'a HashMap<String, T>,
@@ -57,7 +60,21 @@ pub fn entries<'a, T>(
         .filter(|t| !t.endpoints.is_empty())
         .filter_map(|t| {
             let token = tokens.get(&t.tenant)?;
-            Some((expose(token), Scope::Hosts(t.endpoints.clone())))
+            let names: Vec<(String, String)> = t
+                .names
+                .iter()
+                .filter(|(_, address)| t.endpoints.contains(address))
+                .cloned()
+                .collect();
+            let scope = if names.is_empty() {
+                Scope::Hosts(t.endpoints.clone())
+            } else {
+                Scope::Named {
+                    hosts: t.endpoints.clone(),
+                    names,
+                }
+            };
+            Some((expose(token), scope))
         })
         .collect()
 }
@@ -128,7 +145,35 @@ mod tests {
         TenantEndpoints {
             tenant: id.into(),
             endpoints: endpoints.iter().map(|e| (*e).to_owned()).collect(),
+            names: Vec::new(),
         }
+    }
+
+    #[test]
+    fn containers_names_are_scoped_to_their_own_ready_instances() {
+        let tokens: HashMap<String, String> = [("a".to_owned(), "tok-a".to_owned())].into();
+        let mut a = tenant("a", &["172.18.0.5:20001"]);
+        a.names = vec![
+            ("pug-a-0:20001".into(), "172.18.0.5:20001".into()),
+            // A name whose container is not ready (or is another's address) is left out.
+            ("pug-a-1:20002".into(), "172.18.0.6:20002".into()),
+        ];
+        assert_eq!(
+            entries(&[a.clone()], &tokens, |t| t.as_str()),
+            vec![(
+                "tok-a",
+                Scope::Named {
+                    hosts: vec!["172.18.0.5:20001".into()],
+                    names: vec![("pug-a-0:20001".into(), "172.18.0.5:20001".into())],
+                }
+            )]
+        );
+        a.names.remove(0);
+        assert_eq!(
+            entries(&[a], &tokens, |t| t.as_str()),
+            vec![("tok-a", hosts(&["172.18.0.5:20001"]))],
+            "no name of a ready instance: a plain host scope"
+        );
     }
 
     fn hosts(endpoints: &[&str]) -> Scope {

@@ -2,16 +2,18 @@
 //! another one has.
 //!
 //! Owns: the process backend's tenant users (uids the store allocates), the embedded
-//! renderer's tenants and tokens (from the store), and `GET /api/v1/swarm` (from the swarm
-//! backend's observer), and the wake path between the gateway and the controller of one
-//! process (the controller's written statuses reach the gateway's routes at once; the
-//! gateway's wakes nudge the controller's queue).
+//! renderer's tenants and tokens (from the store, with the orchestrator's names of
+//! instances), `GET /api/v1/swarm` (from the swarm backend's observer), and the wake path
+//! between the gateway and the controller of one process (the controller's written statuses
+//! reach the gateway's routes at once; the gateway's wakes nudge the controller's queue).
 //!
 //! Must not: decide anything (the libraries do); each method is one call and a conversion.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use pug_orchestrator::isolation::{TenantUser, TenantUsers};
+use pug_orchestrator::{Orchestrator, OrchestratorError};
 use pug_renderer::{TenantEndpoints, TenantSource};
 use pug_store::{secret, Store, StoreError};
 use pug_types::{ExposeSecret, SecretString, TenantId};
@@ -37,27 +39,86 @@ impl TenantUsers for StoreUsers {
     }
 }
 
-/// The renderer's tenants: their status' endpoints and their sealed `renderer_token`.
-pub struct StoreTenants(pub Store);
+/// The renderer's tenants: their status' endpoints and their sealed `renderer_token`, and on a
+/// backend that names its instances in `callback_url` (docker: the container's name), each
+/// running instance's name and address.
+pub struct StoreTenants {
+    pub store: Store,
+    pub orchestrator: Arc<dyn Orchestrator>,
+}
+
+/// The store or the orchestrator could not be read.
+#[derive(Debug)]
+pub enum TenantsError {
+    Store(StoreError),
+    Orchestrator(OrchestratorError),
+}
+
+impl std::fmt::Display for TenantsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TenantsError::Store(_) => f.write_str("cannot read tenants from the store"),
+            TenantsError::Orchestrator(_) => f.write_str("cannot list instances"),
+        }
+    }
+}
+
+impl std::error::Error for TenantsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TenantsError::Store(e) => Some(e),
+            TenantsError::Orchestrator(e) => Some(e),
+        }
+    }
+}
 
 impl TenantSource for StoreTenants {
     type Token = SecretString;
-    type Error = StoreError;
+    type Error = TenantsError;
 
-    async fn tenants(&self) -> Result<Vec<TenantEndpoints>, StoreError> {
-        let statuses = self.0.tenant_statuses().await?;
+    async fn tenants(&self) -> Result<Vec<TenantEndpoints>, TenantsError> {
+        let statuses = self
+            .store
+            .tenant_statuses()
+            .await
+            .map_err(TenantsError::Store)?;
+        let mut names: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        if self.orchestrator.host_address_for_instances().is_some() {
+            let instances = self
+                .orchestrator
+                .all_instances()
+                .await
+                .map_err(TenantsError::Orchestrator)?;
+            for i in instances {
+                let Some(host) = self.orchestrator.callback_host(&i.tenant, i.replica) else {
+                    continue;
+                };
+                let Some((_, port)) = i.endpoint.rsplit_once(':') else {
+                    continue;
+                };
+                names
+                    .entry(i.tenant.to_string())
+                    .or_default()
+                    .push((format!("{host}:{port}"), i.endpoint.clone()));
+            }
+        }
         Ok(statuses
             .into_iter()
             .map(|(id, status)| TenantEndpoints {
+                names: names.remove(id.as_str()).unwrap_or_default(),
                 tenant: id.to_string(),
                 endpoints: status.endpoints,
             })
             .collect())
     }
 
-    async fn token(&self, tenant: &str) -> Result<Option<SecretString>, StoreError> {
-        let id = TenantId::parse(tenant).map_err(|e| StoreError::Corrupt(e.message))?;
-        self.0.secret(&id, secret::RENDERER_TOKEN).await
+    async fn token(&self, tenant: &str) -> Result<Option<SecretString>, TenantsError> {
+        let id = TenantId::parse(tenant)
+            .map_err(|e| TenantsError::Store(StoreError::Corrupt(e.message)))?;
+        self.store
+            .secret(&id, secret::RENDERER_TOKEN)
+            .await
+            .map_err(TenantsError::Store)
     }
 
     fn expose(token: &SecretString) -> &str {

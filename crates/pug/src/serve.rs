@@ -153,9 +153,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .await
     .context("cannot start the gateway")?;
     let shutdown = CancellationToken::new();
+    let tenants = StoreTenants {
+        store: store.clone(),
+        orchestrator: backend.orchestrator.clone(),
+    };
+    let for_instances = backend.orchestrator.host_address_for_instances();
     let renderer =
-        pug_renderer::embedded::start(&config, StoreTenants(store.clone()), shutdown.clone())
-            .await?;
+        pug_renderer::embedded::start(&config, tenants, for_instances, shutdown.clone()).await?;
     let mut settings = ControllerSettings::from_config(&config);
     settings.renderer_url = renderer.as_ref().map(|r| r.url.clone());
     let orchestrator = backend.orchestrator.clone();

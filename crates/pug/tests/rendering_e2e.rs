@@ -247,3 +247,91 @@ fn a_killed_renderer_leaves_no_chromium_behind() {
         "Chromium processes {left:?} outlived the killed renderer (pid {pid})"
     );
 }
+
+/// The security review's F9: the browser that renders tenant-controlled pages must not hold
+/// pug's secrets or pug's user. Performed as an attacker who owns a renderer process would
+/// look: the browser's environment (`/proc/<pid>/environ`, what a compromised renderer reads
+/// first) and its user (`/proc/<pid>/status`); and its renderer processes run in Chromium's
+/// sandbox (a user namespace of their own), with no `--no-sandbox` anywhere.
+#[test]
+fn the_browser_gets_no_secrets_no_root_and_its_sandbox() {
+    chromium_installed();
+    let port = free_port();
+    let canary = "pug-master-key-canary-0123456789";
+    let mut child = std::process::Command::new(support::pug_bin())
+        .args(["render", "--addr", &format!("127.0.0.1:{port}")])
+        .env("AUTH_TOKEN", "t")
+        .env("PUG_MASTER_KEY", canary)
+        .env(
+            "PUG_DATABASE_URL",
+            format!("postgres://pug:{canary}@db/pug"),
+        )
+        .env("PUG_TOKEN", canary)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("pug render starts");
+    let pid = child.id();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    wait_for(T, "pug render to answer /healthz", || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("pug render exited at start: {status}");
+        }
+        support::http_get(&url).ok().filter(|(s, _)| *s == 200)
+    });
+    let child = Kill(child);
+    let cmdline = |p: i32| {
+        std::fs::read(format!("/proc/{p}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default()
+    };
+    // The spare pages have renderer processes by now (or soon).
+    let procs = wait_for(T, "Chromium's renderer processes", || {
+        let procs = pug_renderer::engine::browser::descendants(pid);
+        procs
+            .iter()
+            .any(|&p| cmdline(p).contains("--type=renderer"))
+            .then_some(procs)
+    });
+    let root = nix::unistd::geteuid().is_root();
+    let own_userns = std::fs::read_link("/proc/self/ns/user").unwrap();
+    for &p in &procs {
+        let Ok(environ) = std::fs::read(format!("/proc/{p}/environ")) else {
+            continue; // exited meanwhile
+        };
+        let environ = String::from_utf8_lossy(&environ).replace('\0', "\n");
+        assert!(
+            !environ.contains(canary) && !environ.contains("PUG_"),
+            "process {p} ({}) inherited pug's environment:\n{environ}",
+            cmdline(p)
+        );
+        assert!(!cmdline(p).contains("--no-sandbox"), "{}", cmdline(p));
+        if root {
+            let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap();
+            let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+            let want = pug_renderer::engine::browser::DEFAULT_BROWSER_UID.to_string();
+            assert!(
+                uid.split_whitespace().skip(1).all(|u| u == want),
+                "process {p} ({}) runs as {uid}, not the browser's own user {want}",
+                cmdline(p)
+            );
+        }
+    }
+    let sandboxed = procs
+        .iter()
+        .filter(|&&p| cmdline(p).contains("--type=renderer"))
+        .filter_map(|p| std::fs::read_link(format!("/proc/{p}/ns/user")).ok())
+        .all(|ns| ns != own_userns);
+    assert!(
+        sandboxed,
+        "a renderer process shares pug's user namespace: Chromium's sandbox is off"
+    );
+    drop(child);
+}

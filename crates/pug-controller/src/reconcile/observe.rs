@@ -178,9 +178,13 @@ async fn desired(
             .as_ref()
             .map(|server_url| RenderingSettings {
                 server_url: server_url.clone(),
+                // The instance's own address as the renderer reaches it: the backend's name
+                // for the replica (a container's), or the process backend's bind address.
                 callback_url: format!(
                     "http://{}:{port}{}",
-                    config.process.bind_address,
+                    c.orchestrator
+                        .callback_host(id, replica)
+                        .unwrap_or_else(|| config.process.bind_address.clone()),
                     if serve_from_sub_path {
                         format!("/t/{id}/")
                     } else {

@@ -65,6 +65,8 @@ pub struct DockerBackend {
     config: DockerConfig,
     /// Who may send auth-proxy headers: the network's gateway, or `docker.proxy_whitelist`.
     whitelist: Vec<String>,
+    /// The gateway address of pug's network: where containers reach the host (the renderer).
+    gateway: Option<std::net::IpAddr>,
     changes_rx: Mutex<Option<mpsc::UnboundedReceiver<TenantId>>>,
     /// Containers pug itself is stopping or removing (id → since when): their events are not
     /// changes the controller needs to hear about.
@@ -79,6 +81,7 @@ impl DockerBackend {
     pub async fn new(config: DockerConfig) -> Result<Arc<Self>, DockerError> {
         let engine = Engine::connect(&config.host, config.max_concurrent_ops).await?;
         let gateway = ensure_network(&engine, &config.network, "bridge").await?;
+        let gateway_ip = gateway.as_deref().and_then(|g| g.parse().ok());
         let whitelist = if config.proxy_whitelist.is_empty() {
             gateway.into_iter().collect()
         } else {
@@ -96,6 +99,7 @@ impl DockerBackend {
             engine,
             config,
             whitelist,
+            gateway: gateway_ip,
             changes_rx: Mutex::new(Some(rx)),
             removing,
         }))
@@ -408,6 +412,16 @@ impl Orchestrator for DockerBackend {
 
     fn gateway_source_addresses(&self) -> Vec<String> {
         self.whitelist.clone()
+    }
+
+    /// The container's name: Docker's name for it on pug's network, and the renderer's (which
+    /// maps it to the container's current address; see `pug_renderer::tenant_tokens`).
+    fn callback_host(&self, tenant: &TenantId, replica: u32) -> Option<String> {
+        Some(self.container_name(tenant, replica))
+    }
+
+    fn host_address_for_instances(&self) -> Option<std::net::IpAddr> {
+        self.gateway
     }
 }
 

@@ -2,7 +2,7 @@
 //! wait queue, and a supervisor that replaces Chromium when it crashes, hangs, grows too large
 //! or has served its quota of renders.
 //!
-//! Owns: admission (slots + queue → 429), deadlines (→ 408), the current [`browser::Instance`]
+//! Owns: admission (slots + queue → 429, shared per tenant: [`admission`]), deadlines (→ 408), the current [`browser::Instance`]
 //! and its replacement, the per-render incognito context and its disposal, and the engine
 //! metrics. A render whose Chromium dies fails at once with [`RenderError::BrowserFailed`].
 //!
@@ -11,14 +11,16 @@
 //!
 //! Layout: [`browser`] is one Chromium process; [`page`] is one page load.
 
+pub mod admission;
 pub mod browser;
 pub mod page;
+pub mod proxy;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -63,10 +65,10 @@ struct Inner {
     config: Arc<RendererConfig>,
     metrics: Arc<Metrics>,
     policy: UrlPolicy,
-    /// One permit per concurrent render.
-    slots: Arc<Semaphore>,
-    /// Requests waiting for a permit (bounded by `max_queue`).
-    waiting: AtomicUsize,
+    /// Every connection of Chromium goes through it (the connect-time URL policy).
+    proxy: proxy::Proxy,
+    /// Slots and queue, shared fairly between tenants.
+    admission: Arc<admission::Admission>,
     /// The Chromium new renders go to; `None` until (re)launched.
     current: Mutex<Option<Arc<Instance>>>,
     /// Sequence number of instances.
@@ -99,11 +101,17 @@ impl Engine {
         config: Arc<RendererConfig>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, RendererError> {
-        let first = Instance::launch(0, &config).await?;
+        let proxy = proxy::Proxy::start(Arc::new(proxy::SystemResolver))
+            .await
+            .map_err(|e| RendererError::Launch {
+                path: config.chrome_path.clone(),
+                reason: format!("cannot start the browser's proxy: {e}"),
+            })?;
+        let first = Instance::launch(0, &config, proxy.addr).await?;
         let inner = Arc::new(Inner {
             policy: UrlPolicy::new(&config.allowed_hosts),
-            slots: Arc::new(Semaphore::new(config.max_concurrency)),
-            waiting: AtomicUsize::new(0),
+            admission: admission::Admission::new(config.max_concurrency, config.max_queue),
+            proxy,
             current: Mutex::new(Some(first)),
             next_id: AtomicU64::new(1),
             closing: std::sync::Mutex::new(JoinSet::new()),
@@ -118,6 +126,16 @@ impl Engine {
     /// The URL policy in force (the API checks the render URL before queueing).
     pub fn policy(&self) -> &UrlPolicy {
         &self.inner.policy
+    }
+
+    /// The request lines of the browser's last connections refused at connect time.
+    pub fn proxy_refusals(&self) -> Vec<String> {
+        self.inner
+            .proxy
+            .refusals
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
     }
 
     /// Process id of the current Chromium, if one is running (for tests and diagnostics).
@@ -178,32 +196,30 @@ impl Engine {
 }
 
 impl Inner {
-    /// Waits for a render slot: at once if one is free, else in the queue if it has room (429
-    /// otherwise), until the deadline (408).
+    /// Waits for a render slot of `key`'s share: at once if one is free, else in the queue if
+    /// it (and `key`'s share of it) has room (429 otherwise), until the deadline (408).
     async fn admit(
         &self,
+        key: &str,
         deadline: Instant,
         timeout: Duration,
-    ) -> Result<OwnedSemaphorePermit, RenderError> {
-        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-            return Ok(permit);
-        }
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.config.max_queue {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(RenderError::Busy);
-        }
-        self.metrics.queued.inc();
-        let _queued = Counted {
-            counter: Some(&self.waiting),
-            gauge: &self.metrics.queued,
-        };
-        match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(permit),
-            Ok(Err(_)) => Err(RenderError::Internal(
-                "the renderer is shutting down".into(),
-            )),
-            Err(_) => Err(RenderError::Timeout(timeout)),
-        }
+    ) -> Result<admission::Slot, RenderError> {
+        let mut queued = None;
+        let res = self
+            .admission
+            .admit(key, deadline, || {
+                self.metrics.queued.inc();
+                queued = Some(Counted {
+                    counter: None,
+                    gauge: &self.metrics.queued,
+                });
+            })
+            .await;
+        drop(queued);
+        res.map_err(|e| match e {
+            admission::NotAdmitted::Full => RenderError::Busy,
+            admission::NotAdmitted::Timeout => RenderError::Timeout(timeout),
+        })
     }
 
     /// The running Chromium, launching one if there is none (or the last one died).
@@ -247,7 +263,7 @@ impl Inner {
             ));
         }
         let id = self.next_id.fetch_add(1, Ordering::AcqRel);
-        let instance = Instance::launch(id, &self.config)
+        let instance = Instance::launch(id, &self.config, self.proxy.addr)
             .await
             .map_err(|e| RenderError::Internal(e.to_string()))?;
         *current = Some(instance.clone());
@@ -310,6 +326,7 @@ impl Inner {
         deadline: Instant,
         timeout: Duration,
         scope: &Scope,
+        key: &str,
         reuse: bool,
         work: F,
     ) -> Result<T, RenderError>
@@ -317,7 +334,7 @@ impl Inner {
         F: FnOnce(Arc<Instance>, page::Blank) -> Fut,
         Fut: std::future::Future<Output = Result<T, RenderError>>,
     {
-        let permit = self.admit(deadline, timeout).await?;
+        let permit = self.admit(key, deadline, timeout).await?;
         self.metrics.in_flight.inc();
         let _running = Counted {
             counter: None,
@@ -398,6 +415,7 @@ impl Inner {
         deadline: Instant,
     ) -> Result<Rendered, RenderError> {
         let timeout = req.page.timeout;
+        let key = admission::fair_key(&scope, req.page.tenant.as_deref());
         let full_page = req.height == Height::FullPage;
         let viewport = Viewport {
             width: req.width,
@@ -414,6 +432,7 @@ impl Inner {
             deadline,
             timeout,
             &scope.clone(),
+            &key,
             true,
             |instance, blank| async move {
                 let t0 = Instant::now();
@@ -466,6 +485,7 @@ impl Inner {
         deadline: Instant,
     ) -> Result<CsvFile, RenderError> {
         let timeout = req.page.timeout;
+        let key = admission::fair_key(&scope, req.page.tenant.as_deref());
         let policy = self.policy.clone();
         let vp = &self.config.viewport;
         let viewport = Viewport {
@@ -479,6 +499,7 @@ impl Inner {
             deadline,
             timeout,
             &scope.clone(),
+            &key,
             false,
             |instance, blank| async move {
                 let dir = tempfile::Builder::new()
@@ -487,6 +508,14 @@ impl Inner {
                     .map_err(|e| {
                         RenderError::Internal(format!("creating a download directory: {e}"))
                     })?;
+                if let Some(uid) = instance.uid {
+                    // The browser's own user writes the download.
+                    std::os::unix::fs::chown(dir.path(), Some(uid), Some(uid)).map_err(|e| {
+                        RenderError::Internal(format!(
+                            "handing the download directory to the browser's user: {e}"
+                        ))
+                    })?;
+                }
                 page::allow_downloads(&instance, &blank.ctx, dir.path()).await?;
                 let session = PageSession::open(
                     blank,

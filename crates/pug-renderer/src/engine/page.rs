@@ -22,8 +22,8 @@ use chromiumoxide::cdp::browser_protocol::emulation::{
     SetDeviceMetricsOverrideParams, SetTimezoneOverrideParams, SetUserAgentOverrideParams,
 };
 use chromiumoxide::cdp::browser_protocol::fetch::{
-    self, ContinueRequestParams, EventRequestPaused, FailRequestParams, RequestPattern,
-    RequestStage,
+    self, ContinueRequestParams, EventRequestPaused, FailRequestParams, HeaderEntry,
+    RequestPattern, RequestStage,
 };
 use chromiumoxide::cdp::browser_protocol::network::ClearBrowserCacheParams;
 use chromiumoxide::cdp::browser_protocol::network::{
@@ -303,11 +303,17 @@ impl PageSession {
             .event_listener::<EventBindingCalled>()
             .await
             .map_err(cdp("listening"))?;
+        // Grafana's X-Access-Token goes to the page's own origin only, as its cookie would.
+        let access = req
+            .access_token
+            .as_ref()
+            .map(|t| (req.url.origin().ascii_serialization(), t.0.clone()));
         tasks.spawn(enforce_policy(
             page.clone(),
             paused,
             policy,
             scope,
+            access,
             shared.clone(),
         ));
         let main_frame = page.target_id().as_ref().to_owned();
@@ -662,6 +668,7 @@ async fn enforce_policy(
     mut paused: chromiumoxide::listeners::EventStream<EventRequestPaused>,
     policy: UrlPolicy,
     scope: Scope,
+    access: Option<(String, String)>,
     shared: Arc<Shared>,
 ) {
     let main_frame = page.target_id().as_ref().to_owned();
@@ -688,7 +695,19 @@ async fn enforce_policy(
         let id = ev.request_id.clone();
         match verdict {
             Ok(()) => {
-                tokio::spawn(async move { page.execute(ContinueRequestParams::new(id)).await });
+                let mut next = ContinueRequestParams::new(id);
+                if let Some((origin, token)) = &access {
+                    let same_origin = Url::parse(&ev.request.url)
+                        .is_ok_and(|u| u.origin().ascii_serialization() == *origin);
+                    if same_origin {
+                        next.headers = Some(with_header(
+                            ev.request.headers.inner(),
+                            "X-Access-Token",
+                            token,
+                        ));
+                    }
+                }
+                tokio::spawn(async move { page.execute(next).await });
             }
             Err(reason) => {
                 tracing::info!(url = %ev.request.url, %reason, "request refused");
@@ -705,6 +724,19 @@ async fn enforce_policy(
             }
         }
     }
+}
+
+/// A request's headers (CDP's JSON object) with `name` set to `value`.
+fn with_header(headers: &serde_json::Value, name: &str, value: &str) -> Vec<HeaderEntry> {
+    let mut out: Vec<HeaderEntry> = headers
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case(name))
+        .map(|(k, v)| HeaderEntry::new(k.clone(), v.as_str().unwrap_or_default()))
+        .collect();
+    out.push(HeaderEntry::new(name, value));
+    out
 }
 
 /// Counts requests in flight. Left out: EventSource and WebSocket (they never finish);

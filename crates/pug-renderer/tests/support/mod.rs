@@ -64,11 +64,20 @@ pub struct Harness {
 
 /// Test defaults: real Chromium, private temp dir, PNG by default, one token.
 pub fn config(temp: &tempfile::TempDir) -> RendererConfig {
+    // As root the browser runs as a user of its own, which must reach its profile in here.
+    std::fs::set_permissions(
+        temp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
     RendererConfig {
         chrome_path: chromium(),
         temp_dir: Some(temp.path().to_owned()),
         auth_tokens: vec![TOKEN.to_owned()],
         default_encoding: pug_renderer::params::Encoding::Png,
+        // The strict option, so that each test's renders start from nothing; tests of reuse
+        // set it themselves.
+        page_reuse: 1,
         ..RendererConfig::default()
     }
 }
