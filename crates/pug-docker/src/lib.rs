@@ -129,6 +129,10 @@ pub(crate) fn environment(spec: &InstanceSpec, port: u16) -> (Vec<String>, Vec<(
             // The container's port, which may differ from the port the controller allocated
             // (a swarm task always listens on the same port inside its own network namespace).
             Value::Plain(_) if name == "GF_SERVER_HTTP_PORT" => env.push(format!("{name}={port}")),
+            // The renderer calls the instance back on that port too.
+            Value::Plain(v) if name == "GF_RENDERING_CALLBACK_URL" => {
+                env.push(format!("{name}={}", with_port(&v, spec.port, port)))
+            }
             Value::Plain(v) => env.push(format!("{name}={v}")),
             Value::Secret(v) => {
                 let file = format!("pug-{}", setting_file_name(&name));
@@ -138,6 +142,21 @@ pub(crate) fn environment(spec: &InstanceSpec, port: u16) -> (Vec<String>, Vec<(
         }
     }
     (env, files)
+}
+
+/// `url` (`http://host:from/…`) with the port `from` of its authority replaced by `to`.
+fn with_port(url: &str, from: u16, to: u16) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let authority = match authority.strip_suffix(&format!(":{from}")) {
+        Some(host) => format!("{host}:{to}"),
+        None => authority.to_owned(),
+    };
+    if scheme.is_empty() {
+        format!("{authority}{path}")
+    } else {
+        format!("{scheme}://{authority}{path}")
+    }
 }
 
 /// `GF_SECURITY_ADMIN_PASSWORD` → `security-admin-password`.
@@ -198,6 +217,26 @@ pub(crate) fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn callback_port_is_the_containers() {
+        for (url, want) in [
+            (
+                "http://pug-acme:21001/t/acme/",
+                "http://pug-acme:3000/t/acme/",
+            ),
+            ("http://pug-acme:21001/", "http://pug-acme:3000/"),
+            ("http://pug-acme:21001", "http://pug-acme:3000"),
+            // Another port, or the number in the path, is left alone.
+            (
+                "http://pug-acme:3000/t/21001/",
+                "http://pug-acme:3000/t/21001/",
+            ),
+            ("http://pug-acme:210011/", "http://pug-acme:210011/"),
+        ] {
+            assert_eq!(with_port(url, 21001, 3000), want, "{url}");
+        }
+    }
 
     #[test]
     fn image_template() {

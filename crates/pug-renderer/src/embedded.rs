@@ -7,7 +7,9 @@
 //!
 //! On the docker backend it listens on `renderer.listen` and on the gateway address of pug's
 //! network (where containers reach the host), and Chromium, on the host, loads the containers'
-//! pages at their addresses on that network.
+//! pages at their addresses on that network. On swarm, pug runs in a container on the tenants'
+//! overlay network: the renderer listens on pug's own address there, and Chromium loads each
+//! task's page at its overlay address (a task's callback names its service).
 //!
 //! Must not: decide how tenants' Grafana is configured (the controller writes `rendering.*`
 //! from `ControllerSettings::renderer_url`), or read pug's store (it reads tenants through a
@@ -31,31 +33,17 @@ pub enum Plan {
     Off,
     /// Start it; in `auto` mode a failure is reported and pug runs without rendering.
     Start,
-    /// Not on this backend (said once, at info level).
-    Skip(String),
-    /// `renderer.mode = "on"` on a backend it cannot serve: pug does not start.
-    Refuse(String),
 }
 
 /// Decides from `renderer.mode` and the backend: Chromium beside pug loads pages of the
-/// process backend's instances and of the docker backend's containers (on a bridge network of
-/// this host), not of swarm tasks on other nodes' overlay network.
-pub fn plan(mode: RendererMode, backend: Backend) -> Plan {
+/// process backend's instances, of the docker backend's containers (on a bridge network of
+/// this host) and of swarm tasks (pug runs on their overlay network, so its Chromium reaches
+/// every task wherever it runs). Every backend has it, so only `off` turns it off.
+pub fn plan(mode: RendererMode, _backend: Backend) -> Plan {
     if mode == RendererMode::Off {
         return Plan::Off;
     }
-    if matches!(backend, Backend::Process | Backend::Docker) {
-        return Plan::Start;
-    }
-    let why = format!(
-        "the embedded renderer serves the process and docker backends only (Chromium beside pug cannot load pages from {} tenants' tasks on other nodes)",
-        backend.as_str()
-    );
-    if mode == RendererMode::On {
-        Plan::Refuse(why)
-    } else {
-        Plan::Skip(why)
-    }
+    Plan::Start
 }
 
 /// The renderer's settings from `[renderer]`, with Chromium at `chrome_path`.
@@ -90,8 +78,6 @@ pub fn settings(config: &Config, chrome_path: PathBuf) -> RendererConfig {
 /// Why the embedded renderer did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum EmbedError {
-    #[error("renderer.mode = \"on\": {0}")]
-    Refused(String),
     #[error("cannot listen on {addr} (renderer.listen, on pug's docker network's gateway); give the renderer another port")]
     BindGateway {
         addr: SocketAddr,
@@ -163,11 +149,6 @@ pub async fn start<S: TenantSource>(
     let mode = config.renderer.mode;
     match plan(mode, config.backend) {
         Plan::Off => return Ok(None),
-        Plan::Refuse(why) => return Err(EmbedError::Refused(why)),
-        Plan::Skip(why) => {
-            tracing::info!("rendering is off: {why}");
-            return Ok(None);
-        }
         Plan::Start => {}
     }
     match try_start(config, tenants, for_instances, shutdown).await {
@@ -275,18 +256,16 @@ mod tests {
     fn the_mode_and_the_backend_decide_whether_it_runs() {
         use Backend::*;
         use RendererMode::*;
-        let why = |b: &str| {
-            format!("the embedded renderer serves the process and docker backends only (Chromium beside pug cannot load pages from {b} tenants' tasks on other nodes)")
-        };
         let cases = [
             (Off, Process, Plan::Off),
             (Off, Docker, Plan::Off),
+            (Off, Swarm, Plan::Off),
             (Auto, Process, Plan::Start),
             (On, Process, Plan::Start),
             (Auto, Docker, Plan::Start),
             (On, Docker, Plan::Start),
-            (Auto, Swarm, Plan::Skip(why("swarm"))),
-            (On, Swarm, Plan::Refuse(why("swarm"))),
+            (Auto, Swarm, Plan::Start),
+            (On, Swarm, Plan::Start),
         ];
         for (mode, backend, want) in cases {
             assert_eq!(plan(mode, backend), want, "{mode:?} on {backend:?}");

@@ -102,6 +102,27 @@ impl TenantSource for StoreTenants {
                     .push((format!("{host}:{port}"), i.endpoint.clone()));
             }
         }
+        // A backend that names the whole tenant rather than each replica (swarm: the
+        // service) lets that name stand for every ready endpoint of the tenant.
+        if self.orchestrator.host_address_for_instances().is_some() {
+            for (id, status) in &statuses {
+                let shared = self.orchestrator.callback_host(id, 0);
+                if shared.is_none() || shared != self.orchestrator.callback_host(id, 1) {
+                    continue;
+                }
+                let host = shared.unwrap_or_default();
+                let entry = names.entry(id.to_string()).or_default();
+                for endpoint in &status.endpoints {
+                    let Some((_, port)) = endpoint.rsplit_once(':') else {
+                        continue;
+                    };
+                    let pair = (format!("{host}:{port}"), endpoint.clone());
+                    if !entry.contains(&pair) {
+                        entry.push(pair);
+                    }
+                }
+            }
+        }
         Ok(statuses
             .into_iter()
             .map(|(id, status)| TenantEndpoints {

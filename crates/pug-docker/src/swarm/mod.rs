@@ -82,6 +82,8 @@ pub struct SwarmBackend {
     engine: Engine,
     config: DockerConfig,
     whitelist: Vec<String>,
+    /// pug's own address on the overlay, where tasks reach pug's services (the renderer).
+    own: Option<std::net::IpAddr>,
     /// What pug applied for each replica (see `slots::Applied`).
     applied: Mutex<Applied>,
     /// Whether an update has completed since pug started: until then, one update at a time.
@@ -111,6 +113,7 @@ impl SwarmBackend {
         // Tasks are reached over the overlay only, from pug's own address there (see
         // `overlay`): pug must be attached, whatever the whitelist.
         let own = overlay::own_address(&engine, &config.network).await?;
+        let own_ip = own.parse().ok();
         let whitelist = if config.proxy_whitelist.is_empty() {
             vec![own]
         } else {
@@ -120,6 +123,7 @@ impl SwarmBackend {
             engine,
             config,
             whitelist,
+            own: own_ip,
             applied: Mutex::default(),
             canary_done: AtomicBool::new(false),
         }))
@@ -409,5 +413,17 @@ impl Orchestrator for SwarmBackend {
 
     fn gateway_source_addresses(&self) -> Vec<String> {
         self.whitelist.clone()
+    }
+
+    /// Every task of a service runs one template, so a task's callback is the service's name:
+    /// Docker's DNS on the overlay answers it with the tasks' addresses (round robin), and the
+    /// renderer's scope maps it to the tenant's own tasks.
+    fn callback_host(&self, tenant: &TenantId, _replica: u32) -> Option<String> {
+        Some(self.service_name(tenant))
+    }
+
+    /// pug's own address on the overlay: the embedded renderer listens there for the tasks.
+    fn host_address_for_instances(&self) -> Option<std::net::IpAddr> {
+        self.own
     }
 }

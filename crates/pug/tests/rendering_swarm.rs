@@ -1,0 +1,319 @@
+//! The renderer inside `pug serve` on the swarm backend, with real Chromium and a real
+//! single-node swarm. pug runs as it does on a swarm: in a container on the tenants' overlay
+//! network (an empty image with the host's `/usr` mounted read-only, the engine's socket and
+//! this build's `pug`), so the test drives it with `docker exec`. A tenant task's Grafana (the
+//! stand-in image of `pug-docker`'s tests) is wired to the renderer on pug's overlay address, and
+//! a panel renders through the task's Grafana the way Grafana's `/render/…` does.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(120);
+const RUNNER_IMAGE: &str = "pug-test/overlay-runner:1";
+
+fn docker(args: &[&str]) -> (bool, String) {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker runs");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    (
+        out.status.success(),
+        if out.status.success() {
+            text
+        } else {
+            format!("{text}\n{err}")
+        },
+    )
+}
+
+fn ok(args: &[&str]) -> String {
+    let (success, out) = docker(args);
+    assert!(success, "docker {args:?}: {out}");
+    out
+}
+
+/// Joins a single-node swarm for the test when the engine is in none, and leaves it after.
+struct Swarm {
+    initialised: bool,
+    had_gwbridge: bool,
+}
+
+impl Swarm {
+    fn join() -> Self {
+        let had_gwbridge = !docker(&["network", "ls", "-q", "--filter", "name=^docker_gwbridge$"])
+            .1
+            .is_empty();
+        if docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]).1 == "active" {
+            return Self {
+                initialised: false,
+                had_gwbridge,
+            };
+        }
+        ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+        Self {
+            initialised: true,
+            had_gwbridge,
+        }
+    }
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        if self.initialised {
+            docker(&["swarm", "leave", "--force"]);
+            if !self.had_gwbridge {
+                docker(&["network", "rm", "docker_gwbridge"]);
+            }
+        }
+    }
+}
+
+/// Removes pug's container, the tenants' services, secrets, configs, volumes and the overlay.
+struct Cleanup {
+    namespace: String,
+    network: String,
+    pug: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        docker(&["rm", "-f", &self.pug]);
+        let label = format!("label=pug.namespace={}", self.namespace);
+        for kind in ["service", "secret", "config"] {
+            for id in docker(&[kind, "ls", "-q", "--filter", &label]).1.lines() {
+                docker(&[kind, "rm", id]);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !docker(&["ps", "-aq", "--filter", &label]).1.is_empty() && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for v in docker(&["volume", "ls", "-q", "--filter", &label])
+            .1
+            .lines()
+        {
+            docker(&["volume", "rm", "-f", v]);
+        }
+        docker(&["network", "rm", &self.network]);
+    }
+}
+
+fn require_images() {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../pug-docker/tests/images/build.sh"
+    );
+    let status = Command::new(script).status().expect("build.sh runs");
+    assert!(
+        status.success(),
+        "building the test images with {script} failed"
+    );
+    let ctx = tempfile::tempdir().unwrap();
+    for dir in ["rootfs/tmp", "rootfs/etc", "rootfs/root", "rootfs/data"] {
+        std::fs::create_dir_all(ctx.path().join(dir)).unwrap();
+    }
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY rootfs/ /\nENV HOME=/root PATH=/usr/local/bin:/usr/bin:/bin\n",
+    )
+    .unwrap();
+    ok(&[
+        "build",
+        "--quiet",
+        "-t",
+        RUNNER_IMAGE,
+        ctx.path().to_str().unwrap(),
+    ]);
+}
+
+#[test]
+fn swarm_tenants_render_through_the_embedded_renderer_on_the_overlay() {
+    assert!(
+        pug_renderer::config::find_browser().is_some(),
+        "this test needs Chromium: apt-get install chromium-headless-shell chromium (as .ci/run does)"
+    );
+    let (engine, _) = docker(&["version", "--format", "{{.Server.APIVersion}}"]);
+    assert!(
+        engine,
+        "this test needs a Docker engine: start Docker (or set DOCKER_HOST) and run it again"
+    );
+    require_images();
+    let suffix = format!("{:x}", std::process::id());
+    let namespace = format!("pugrs{suffix}");
+    let network = format!("pug-rs-{suffix}");
+    let pug = format!("{namespace}-pug");
+    let _swarm = Swarm::join();
+    let _cleanup = Cleanup {
+        namespace: namespace.clone(),
+        network: network.clone(),
+        pug: pug.clone(),
+    };
+    ok(&[
+        "network",
+        "create",
+        "--driver",
+        "overlay",
+        "--attachable",
+        &network,
+    ]);
+
+    let bin = env!("CARGO_BIN_EXE_pug");
+    let bin_dir = std::path::Path::new(bin)
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let healthcheck =
+        r#"["CMD", "/usr/bin/healthcheck", "http://127.0.0.1:{port}{path}api/health"]"#;
+    let env = [
+        "PUG_BACKEND=swarm".to_owned(),
+        "PUG_DATA_DIR=/data".to_owned(),
+        format!("PUG_DOCKER_NETWORK={network}"),
+        format!("PUG_DOCKER_NAMESPACE={namespace}"),
+        "PUG_DOCKER_IMAGE=pug-test/grafana:{version}".to_owned(),
+        format!("PUG_DOCKER_HEALTHCHECK={healthcheck}"),
+        "PUG_DOCKER_UPDATE_MONITOR_SECS=3".to_owned(),
+        "PUG_RENDERER_MODE=on".to_owned(),
+        // Docker's default seccomp profile gives a container no user namespaces.
+        "PUG_RENDERER_NO_SANDBOX=true".to_owned(),
+    ];
+    let mut args: Vec<String> = [
+        "run",
+        "-d",
+        "--name",
+        &pug,
+        "--network",
+        &network,
+        "-v",
+        "/var/run/docker.sock:/var/run/docker.sock",
+        "-v",
+        "/usr:/usr:ro",
+        "-v",
+        "/lib:/lib:ro",
+        "-v",
+        "/lib64:/lib64:ro",
+        "-v",
+        "/bin:/bin:ro",
+        "-v",
+        "/etc/fonts:/etc/fonts:ro",
+        "-v",
+        &format!("{bin_dir}:{bin_dir}:ro"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for e in &env {
+        args.push("-e".into());
+        args.push(e.clone());
+    }
+    args.extend([RUNNER_IMAGE.to_owned(), bin.to_owned(), "serve".to_owned()]);
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let logs = || docker(&["logs", &pug]).1;
+    // The CLI inside pug's container (it finds pug through /data).
+    let cli = |cmd: &[&str]| {
+        let mut a = vec!["exec", "-e", "PUG_DATA_DIR=/data", &pug, bin];
+        a.extend_from_slice(cmd);
+        docker(&a)
+    };
+    let deadline = Instant::now() + T;
+    while !cli(&["tenant", "list"]).0 {
+        assert!(Instant::now() < deadline, "pug did not start:\n{}", logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (created, out) = cli(&["tenant", "create", "acme", "--version", "11.3.0", "--wait"]);
+    assert!(created, "{out}\n{}", logs());
+    let (_, shown) = cli(&["tenant", "show", "acme", "--output", "json"]);
+    let acme: Value = serde_json::from_str(&shown).unwrap_or_else(|e| panic!("{e}: {shown}"));
+    let at = acme["status"]["endpoints"][0].as_str().unwrap().to_owned();
+
+    // The task's Grafana is wired to the renderer on pug's overlay address, with its service's
+    // name as its callback (every task of a service runs one template).
+    let own = ok(&[
+        "inspect",
+        "--format",
+        &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"),
+        &pug,
+    ]);
+    let service = format!("{namespace}-acme");
+    let spec = ok(&[
+        "service",
+        "inspect",
+        "--format",
+        "{{json .Spec.TaskTemplate.ContainerSpec.Env}}",
+        &service,
+    ]);
+    assert!(
+        spec.contains(&format!("GF_RENDERING_SERVER_URL=http://{own}:8081/render")),
+        "{spec}"
+    );
+    assert!(
+        spec.contains(&format!(
+            "GF_RENDERING_CALLBACK_URL=http://{service}:3000/t/acme/"
+        )),
+        "{spec}"
+    );
+
+    // Grafana's /render/d-solo/… (in the task) → the renderer on pug's overlay address →
+    // Chromium in pug's container → the task's page → PNG.
+    let panel = format!("http://{at}/t/acme/render/d-solo/binding/x?width=320&height=200&delay=0");
+    let deadline = Instant::now() + T;
+    let status = loop {
+        let (_, out) = docker(&[
+            "exec",
+            &pug,
+            "curl",
+            "-sS",
+            "--max-time",
+            "60",
+            "-o",
+            "/tmp/panel.png",
+            "-w",
+            "%{http_code} %{content_type}",
+            &panel,
+        ]);
+        if !(out.starts_with("401") || out.starts_with("403") || out.starts_with("000"))
+            || Instant::now() > deadline
+        {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(status, "200 image/png", "{}", logs());
+    let png = ok(&[
+        "exec",
+        &pug,
+        "od",
+        "-An",
+        "-tx1",
+        "-j16",
+        "-N8",
+        "/tmp/panel.png",
+    ]);
+    // Width 320 (0x140) and height 200 (0xc8) from the PNG's header.
+    assert_eq!(
+        png.split_whitespace().collect::<Vec<_>>(),
+        ["00", "00", "01", "40", "00", "00", "00", "c8"]
+    );
+
+    // A token that is no tenant's renders nothing.
+    let (_, out) = docker(&[
+        "exec",
+        &pug,
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "X-Auth-Token: not-a-tenants-token",
+        &format!("http://{own}:8081/render?url=http://{at}/t/acme/&encoding=png"),
+    ]);
+    assert_eq!(out, "401");
+}
