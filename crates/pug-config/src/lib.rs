@@ -256,8 +256,9 @@ pub struct DockerConfig {
     pub memory_mb: u64,
     /// CPU limit of one replica, in CPUs (0: none).
     pub cpus: f64,
-    /// Addresses (or CIDR networks) Grafana accepts auth-proxy headers from. Empty: the
-    /// network's gateway address, which is where pug on the host connects from.
+    /// Addresses (or CIDR networks) Grafana accepts auth-proxy headers from. Empty: docker —
+    /// the bridge network's gateway address, where pug on the host connects from; swarm —
+    /// pug's own address on the overlay network (pug runs in a container attached to it).
     pub proxy_whitelist: Vec<String>,
     /// Swarm: tasks of one service updated at once.
     pub update_parallelism: u64,
@@ -266,9 +267,6 @@ pub struct DockerConfig {
     /// The container health check; `{port}` and `{path}` (the tenant's root path, ending in
     /// `/`) are filled in. The default suits grafana/grafana images, which have `wget`.
     pub healthcheck: Vec<String>,
-    /// Swarm: the address pug reaches tasks' published ports on. Empty: the address of the node
-    /// that runs the task.
-    pub swarm_node_address: String,
     /// Containers and services labelled as pug's but unknown to the store are removed only after
     /// they have existed this long, in seconds.
     pub orphan_grace_secs: u64,
@@ -362,7 +360,6 @@ impl Default for DockerConfig {
                 "CMD-SHELL".into(),
                 "wget -q -O /dev/null http://127.0.0.1:{port}{path}api/health || exit 1".into(),
             ],
-            swarm_node_address: String::new(),
             orphan_grace_secs: 60,
             max_concurrent_ops: 8,
         }

@@ -1,7 +1,7 @@
 //! The controller: pug's reconciler.
 //!
 //! Owns: turning the store's desired state into running instances. It is level-triggered, like
-//! a Kubernetes controller: each pass of [`reconcile`] reads a tenant's spec from the store and
+//! a Kubernetes controller: each pass of [`reconcile()`] reads a tenant's spec from the store and
 //! its instances from the orchestrator, and takes the next step towards the spec. Passes are
 //! driven by the store's durable work queue ([`queue`]): one pass per tenant at a time, a global
 //! limit on concurrent passes, exponential backoff for failing tenants, a periodic resync of

@@ -69,19 +69,6 @@ pub(crate) async fn ensure_network(
     Ok(gateway(network))
 }
 
-/// The gateway address of the existing network `name`.
-pub(crate) async fn network_gateway(
-    engine: &Engine,
-    name: &str,
-) -> Result<Option<String>, DockerError> {
-    let network = engine
-        .docker
-        .inspect_network(name, None::<InspectNetworkOptions>)
-        .await
-        .map_err(api(format!("cannot inspect network {name}")))?;
-    Ok(gateway(network))
-}
-
 /// The first gateway of a network's address configurations.
 fn gateway(network: NetworkInspect) -> Option<String> {
     network

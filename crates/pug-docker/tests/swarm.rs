@@ -4,6 +4,12 @@
 //!
 //! One test function on purpose: swarm membership is engine-wide, so the scenarios run in
 //! sequence under one guard.
+//!
+//! pug reaches tasks over the overlay network only (nothing is published on the node), so the
+//! scenarios run the way pug runs on a swarm: inside a container attached to the overlay. The
+//! test prepares the swarm, the overlay and the images on the host, then runs itself again in
+//! a container on the overlay (an empty image with the host's `/usr` mounted read-only, the
+//! engine's socket and this test binary), and checks from outside what an attacker can reach.
 
 mod support;
 
@@ -86,20 +92,153 @@ fn inspect(namespace: &str, tenant: &str, format: &str) -> String {
     ])
 }
 
+/// Set (to `<namespace> <tenant a> <tenant b>`) when this test runs inside the overlay.
+const INSIDE: &str = "PUG_SWARM_TEST_INSIDE";
+const RUNNER_IMAGE: &str = "pug-test/overlay-runner:1";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swarm_backend_end_to_end() {
+    match std::env::var(INSIDE) {
+        Ok(names) => {
+            let names: Vec<&str> = names.split(' ').collect();
+            scenarios(names[0], names[1], names[2]).await
+        }
+        Err(_) => from_outside().await,
+    }
+}
+
+/// Prepares the swarm, overlay and images, runs the scenarios on the overlay, then attacks.
+async fn from_outside() {
     require_images();
     let namespace = format!("ps{}", unique());
     let a = format!("sa{}", unique());
     let b = format!("sb{}", unique());
-    let mut config = docker_config(&format!("{namespace}-net"));
-    config.namespace = namespace.clone();
+    let network = format!("{namespace}-net");
     // Declared first, dropped last: the swarm is left after everything else is cleaned up.
     let _swarm = SwarmGuard::new();
     let _cleanup = Cleanup {
         tenants: vec![a.clone(), b.clone()],
-        network: config.network.clone(),
+        network: network.clone(),
     };
+    let created = docker_status(&[
+        "network",
+        "create",
+        "--driver",
+        "overlay",
+        "--attachable",
+        &network,
+    ]);
+    assert!(
+        created.0,
+        "cannot create the overlay {network}: {}",
+        created.1
+    );
+
+    // Outside the overlay there is no pug: the backend refuses to start and says why.
+    let err = SwarmBackend::new(docker_config(&network))
+        .await
+        .expect_err("the swarm backend must refuse to run outside the overlay");
+    assert!(err.to_string().contains("must run in a container"), "{err}");
+
+    build_runner_image();
+    let exe = std::env::current_exe().unwrap();
+    let exe_dir = exe.parent().unwrap().to_str().unwrap().to_owned();
+    let workspace = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let mut args: Vec<String> = [
+        "run",
+        "--rm",
+        "--name",
+        &format!("{namespace}-runner"),
+        "--network",
+        &network,
+        "-v",
+        "/var/run/docker.sock:/var/run/docker.sock",
+        "-v",
+        "/usr:/usr:ro",
+        "-v",
+        "/lib:/lib:ro",
+        "-v",
+        "/lib64:/lib64:ro",
+        "-v",
+        "/bin:/bin:ro",
+        "-v",
+        &format!("{workspace}:{workspace}:ro"),
+        "-v",
+        &format!("{exe_dir}:{exe_dir}:ro"),
+        "-e",
+        &format!("{INSIDE}={namespace} {a} {b}"),
+        "-e",
+        "RUST_BACKTRACE=1",
+        "-e",
+        "TMPDIR=/tmp",
+        RUNNER_IMAGE,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend([
+        exe.to_str().unwrap().to_owned(),
+        "--exact".into(),
+        "swarm_backend_end_to_end".into(),
+        "--nocapture".into(),
+    ]);
+    let out = std::process::Command::new("docker")
+        .args(&args)
+        .output()
+        .expect("docker runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "the scenarios on the overlay failed (output above)"
+    );
+    // libtest exits 0 when no test matched: make sure the scenarios did run.
+    assert!(
+        stdout.contains("test result: ok. 1 passed"),
+        "the scenarios did not run on the overlay (output above)"
+    );
+}
+
+/// An empty image (a `/tmp`, and mount points) to run this test binary in, on the host's
+/// libraries mounted read-only.
+fn build_runner_image() {
+    let ctx = tempfile::tempdir().unwrap();
+    for dir in ["rootfs/tmp", "rootfs/etc", "rootfs/root"] {
+        std::fs::create_dir_all(ctx.path().join(dir)).unwrap();
+    }
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY rootfs/ /\nENV HOME=/root PATH=/usr/local/bin:/usr/bin:/bin\n",
+    )
+    .unwrap();
+    let built = docker_status(&[
+        "build",
+        "--quiet",
+        "-t",
+        RUNNER_IMAGE,
+        ctx.path().to_str().unwrap(),
+    ]);
+    assert!(built.0, "cannot build {RUNNER_IMAGE}: {}", built.1);
+}
+
+/// Runs `docker <args>`: (success, stderr).
+fn docker_status(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every scenario, as pug: in a container on the overlay.
+async fn scenarios(namespace: &str, a: &str, b: &str) {
+    let (namespace, a, b) = (namespace.to_owned(), a.to_owned(), b.to_owned());
+    let mut config = docker_config(&format!("{namespace}-net"));
+    config.namespace = namespace.clone();
     let backend = SwarmBackend::new(config.clone()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = store(&dir).await;
@@ -173,6 +312,82 @@ async fn swarm_backend_end_to_end() {
     ]);
     // admin password, secret_key, and the (empty) datasources provisioning file
     assert_eq!(secrets.lines().count(), 3, "{secrets}");
+
+    // Attack (security review, finding 16): Grafana reachable without the gateway. Nothing is
+    // published on the node, the endpoint is DNS round robin (no virtual IP), and tasks run
+    // without NET_RAW (so they cannot answer ARP for pug's address on the overlay).
+    assert_eq!(
+        inspect(
+            &namespace,
+            &a,
+            "{{json .Endpoint.Ports}} {{.Spec.EndpointSpec.Mode}}"
+        ),
+        "null dnsrr"
+    );
+    assert_eq!(
+        inspect(
+            &namespace,
+            &a,
+            "{{json .Spec.TaskTemplate.ContainerSpec.CapabilityDrop}}"
+        ),
+        "[\"CAP_NET_RAW\"]"
+    );
+    // Attack: another container on the overlay (what a tenant's own Grafana is) sends the
+    // auth-proxy header to a tenant's task: Grafana refuses it, because it trusts pug's own
+    // address only. The same request from pug signs in as that user (so the source address,
+    // the whitelist, is what decides).
+    let endpoint = t.status.endpoints[0].clone();
+    let url = format!("http://{endpoint}/t/{a}/api/user");
+    let from_pug: serde_json::Value = reqwest::Client::new()
+        .get(&url)
+        .header("X-WEBAUTH-USER", "alice")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&from_pug["login"], &from_pug["authenticatedBy"]),
+        (
+            &serde_json::json!("alice"),
+            &serde_json::json!("auth.proxy")
+        ),
+        "{from_pug}"
+    );
+    let attacker = std::process::Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            &config.network,
+            "-v",
+            "/usr:/usr:ro",
+            "-v",
+            "/lib:/lib:ro",
+            "-v",
+            "/lib64:/lib64:ro",
+            RUNNER_IMAGE,
+            "/usr/bin/curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "-H",
+            "X-WEBAUTH-USER: admin",
+            "-o",
+            "/dev/stdout",
+            "-w",
+            "\nstatus=%{http_code}",
+            &url,
+        ])
+        .output()
+        .expect("docker runs");
+    let seen = String::from_utf8_lossy(&attacker.stdout);
+    assert!(
+        seen.contains("not from the authentication proxy") && !seen.contains("\"login\""),
+        "a container on the overlay was signed in through the auth proxy: {seen} {}",
+        String::from_utf8_lossy(&attacker.stderr)
+    );
 
     // Observation: nodes, leader, tasks.
     let mut registry = pug_metrics::new_registry();

@@ -1,7 +1,7 @@
 //! The chat server: a WebSocket endpoint that broadcasts valid messages, the browser client, and
 //! the metrics endpoint on its own listener.
 //!
-//! Each connection runs one loop ([`handle_socket`]) that waits on three things: a frame from its
+//! Each connection runs one loop (`handle_socket`) that waits on three things: a frame from its
 //! client, a broadcast from any client, and server shutdown. A refused frame is counted and answered
 //! on that connection only; nothing about it reaches the broadcast channel, so other clients never
 //! see it.

@@ -90,6 +90,10 @@ pub(super) fn new_container(
             }]),
             memory: (config.memory_mb > 0).then(|| (config.memory_mb * 1024 * 1024) as i64),
             nano_cpus: (config.cpus > 0.0).then_some((config.cpus * 1e9) as i64),
+            // Without NET_RAW a container cannot forge ARP or IP packets on the bridge, so it
+            // cannot pose as the network's gateway, the address Grafana trusts auth-proxy
+            // headers from.
+            cap_drop: Some(vec!["NET_RAW".into()]),
             ..Default::default()
         }),
         ..Default::default()

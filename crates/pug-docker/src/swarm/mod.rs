@@ -15,8 +15,9 @@
 //!   (two Grafanas may share it) and `stop-first` when it is SQLite on a volume (one writer);
 //!   a failed update is rolled back by Swarm (`FailureAction = rollback`).
 //! - `instances` reports one instance per active task slot, in slot order; its endpoint is the
-//!   node's address and the port Swarm published for that task (host mode: the routing mesh
-//!   needs IPVS, which not every engine has, and pug probes every replica by itself anyway).
+//!   task's address on the overlay network. Nothing is published on the nodes: pug runs in a
+//!   container attached to the overlay and Grafana trusts auth-proxy headers from pug's own
+//!   address there only (`overlay.rs`).
 //! - `remove(replica r)` scales the service down to `r` replicas; suspending a tenant is
 //!   replicas 0 (the service, its secrets and its volume stay). Removing replica 0 of a service
 //!   already at 0 deletes it: that is how orphans go.
@@ -41,12 +42,14 @@
 //! - `objects.rs`: the secrets and configs a task mounts (one generic path for both kinds).
 //! - `slots.rs`: which task is which replica, and its state (pure; table-tested).
 //! - `rollout.rs`: scaling, upgrades and their throttle, rollback acknowledgement.
+//! - `overlay.rs`: pug's own address on the overlay and the tasks' addresses there.
 //! - this file: the backend and the [`Orchestrator`] impl, dispatching to the above.
 //!
 //! Must not: read the store or decide what should run (the controller does), or publish a
 //! task other than through the service spec.
 
 mod objects;
+mod overlay;
 mod rollout;
 mod slots;
 mod spec;
@@ -57,21 +60,19 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bollard::models::{Service, ServiceSpec, Task};
-use bollard::query_parameters::{
-    InspectServiceOptions, ListNodesOptions, ListServicesOptions, ListTasksOptions,
-};
+use bollard::query_parameters::{InspectServiceOptions, ListServicesOptions, ListTasksOptions};
 use pug_config::DockerConfig;
 use pug_orchestrator::{Instance, InstanceSpec, InstanceState, Orchestrator, OrchestratorError};
 use pug_types::{GrafanaVersion, TenantId};
 
 use crate::engine::{api, is_conflict, is_not_found, DockerError, Engine};
-use crate::network::{ensure_network, network_gateway};
+use crate::network::ensure_network;
 use crate::{
     check_image, label_filter, LABEL_CREATED_MS, LABEL_MANAGED, LABEL_NAMESPACE, LABEL_SPEC_HASH,
     LABEL_TENANT,
 };
 use objects::{Config, Secret};
-use slots::{Applied, Hosts};
+use slots::{Addresses, Applied};
 pub use spec::CONTAINER_PORT;
 use spec::{TaskFiles, TaskObjects};
 
@@ -107,14 +108,11 @@ impl SwarmBackend {
             });
         }
         ensure_network(&engine, &config.network, "overlay").await?;
+        // Tasks are reached over the overlay only, from pug's own address there (see
+        // `overlay`): pug must be attached, whatever the whitelist.
+        let own = overlay::own_address(&engine, &config.network).await?;
         let whitelist = if config.proxy_whitelist.is_empty() {
-            // Published host-mode ports reach tasks through docker_gwbridge: connections from
-            // this machine arrive from its gateway.
-            let mut w = vec!["127.0.0.1".to_owned()];
-            if let Ok(Some(gw)) = network_gateway(&engine, "docker_gwbridge").await {
-                w.push(gw);
-            }
-            w
+            vec![own]
         } else {
             config.proxy_whitelist.clone()
         };
@@ -233,22 +231,10 @@ impl SwarmBackend {
             .map_err(api(format!("cannot list the tasks of {service}")))
     }
 
-    /// Where pug reaches tasks: `docker.swarm_node_address`, or each node's address.
-    async fn hosts(&self) -> Result<Hosts, DockerError> {
-        if !self.config.swarm_node_address.is_empty() {
-            return Ok(Hosts::Fixed(self.config.swarm_node_address.clone()));
-        }
-        let nodes = self
-            .engine
-            .docker
-            .list_nodes(None::<ListNodesOptions>)
-            .await
-            .map_err(api("cannot list swarm nodes"))?;
-        Ok(Hosts::ByNode(
-            nodes
-                .into_iter()
-                .filter_map(|n| Some((n.id?, n.status?.addr?)))
-                .collect(),
+    /// Where pug reaches tasks: their addresses on the overlay network.
+    async fn addresses(&self) -> Result<Addresses, DockerError> {
+        Ok(Addresses(
+            overlay::task_addresses(&self.engine, &self.config.network).await?,
         ))
     }
 
@@ -258,14 +244,14 @@ impl SwarmBackend {
         service: &Service,
     ) -> Result<Vec<Instance>, DockerError> {
         let tasks = self.tasks(&self.service_name(tenant)).await?;
-        let hosts = self.hosts().await?;
+        let addresses = self.addresses().await?;
         let applied = self.applied.lock().expect("applied").clone();
         Ok(slots::instances(
             tenant,
             service,
             tasks,
             &applied,
-            &hosts,
+            &addresses,
             crate::now_ms(),
         ))
     }

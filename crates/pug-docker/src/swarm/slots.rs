@@ -16,7 +16,7 @@ use pug_orchestrator::{Instance, InstanceState};
 use pug_types::TenantId;
 
 use super::rollout::unacknowledged_rollback;
-use super::spec::replicas_of;
+use super::spec::{replicas_of, CONTAINER_PORT};
 use crate::LABEL_SPEC_HASH;
 
 /// How long a failed task counts towards a slot's crash loop.
@@ -36,25 +36,19 @@ pub(super) struct Slot {
     pub crash: Option<String>,
 }
 
-/// Where pug reaches a task's published port.
-#[derive(Debug)]
-pub(super) enum Hosts {
-    /// `docker.swarm_node_address`: one address for every task.
-    Fixed(String),
-    /// The address of the node that runs the task (node id → address).
-    ByNode(HashMap<String, String>),
-}
+/// Where pug reaches each task: task id → its address on the overlay network.
+#[derive(Debug, Default)]
+pub(super) struct Addresses(pub HashMap<String, String>);
 
-impl Hosts {
-    fn of(&self, task: &Task) -> String {
-        match self {
-            Hosts::Fixed(address) => address.clone(),
-            Hosts::ByNode(nodes) => task
-                .node_id
-                .as_ref()
-                .and_then(|n| nodes.get(n).cloned())
-                .unwrap_or_else(|| "0.0.0.0".into()),
-        }
+impl Addresses {
+    /// The task's Grafana on the overlay; `0.0.0.0:0` (nothing answers) before the network
+    /// knows the task's address.
+    fn endpoint(&self, task: &Task) -> String {
+        task.id
+            .as_ref()
+            .and_then(|id| self.0.get(id))
+            .map(|ip| format!("{ip}:{CONTAINER_PORT}"))
+            .unwrap_or_else(|| "0.0.0.0:0".into())
     }
 }
 
@@ -151,17 +145,6 @@ pub(super) fn state_of(slot: &Slot, rolled_back: Option<&str>) -> InstanceState 
     }
 }
 
-/// The port Swarm published for a task (0 before it has one).
-fn published_port(task: &Task) -> i64 {
-    task.status
-        .as_ref()
-        .and_then(|s| s.port_status.as_ref())
-        .and_then(|p| p.ports.as_ref())
-        .and_then(|p| p.first())
-        .and_then(|p| p.published_port)
-        .unwrap_or(0)
-}
-
 /// The hash to report for `replica` running `template`: the controller's, when pug applied
 /// that template for that replica; the template's otherwise (after a restart of pug, which
 /// makes the controller re-ensure the replica once, without a task restart).
@@ -179,7 +162,7 @@ pub(super) fn instances(
     service: &Service,
     tasks: Vec<Task>,
     applied: &Applied,
-    hosts: &Hosts,
+    addresses: &Addresses,
     now_ms: i64,
 ) -> Vec<Instance> {
     let rolled_back = unacknowledged_rollback(service);
@@ -192,7 +175,7 @@ pub(super) fn instances(
             tenant: tenant.clone(),
             replica,
             spec_hash: spec_hash(applied, tenant, replica, &template),
-            endpoint: format!("{}:{}", hosts.of(task), published_port(task)),
+            endpoint: addresses.endpoint(task),
             state: state_of(&slot, rolled_back.as_deref()),
             started_at_ms: task
                 .created_at
@@ -256,9 +239,9 @@ pub(crate) fn parse_rfc3339_ms(s: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use bollard::models::{
-        EndpointPortConfig, ObjectVersion, PortStatus, ServiceSpec, ServiceSpecMode,
-        ServiceSpecModeReplicated, ServiceUpdateStatus, ServiceUpdateStatusStateEnum, TaskSpec,
-        TaskSpecContainerSpec, TaskStatus,
+        ObjectVersion, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
+        ServiceUpdateStatus, ServiceUpdateStatusStateEnum, TaskSpec, TaskSpecContainerSpec,
+        TaskStatus,
     };
 
     use super::*;
@@ -302,12 +285,6 @@ mod tests {
                 state: Some(state),
                 timestamp: Some(at.into()),
                 err: (state == TaskState::FAILED).then(|| "exit 1".to_owned()),
-                port_status: Some(PortStatus {
-                    ports: Some(vec![EndpointPortConfig {
-                        published_port: Some(30_000 + slot),
-                        ..Default::default()
-                    }]),
-                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -534,7 +511,11 @@ mod tests {
             ((tenant.clone(), 1), ("old".to_owned(), "ctl-1".to_owned())),
             ((tenant.clone(), 2), ("a".to_owned(), "ctl-2".to_owned())),
         ]);
-        let nodes = Hosts::ByNode(HashMap::from([("n1".to_owned(), "192.0.2.7".to_owned())]));
+        // Tasks are named by their id, `t<slot>v<index>` (see `task`).
+        let nodes = Addresses(HashMap::from([
+            ("t1v4".to_owned(), "10.0.1.4".to_owned()),
+            ("t2v5".to_owned(), "10.0.1.5".to_owned()),
+        ]));
         let tasks = vec![
             task(1, 4, "a", RUNNING, RUNNING, RECENT),
             task(2, 5, "a", RUNNING, RUNNING, RECENT),
@@ -563,9 +544,9 @@ mod tests {
             seen,
             vec![
                 // Applied with this template: the controller's hash.
-                (0, "ctl-0", "192.0.2.7:30001", &InstanceState::Running, NOW),
+                (0, "ctl-0", "10.0.1.4:3000", &InstanceState::Running, NOW),
                 // Applied with another template: the template's.
-                (1, "a", "192.0.2.7:30002", &InstanceState::Running, NOW),
+                (1, "a", "10.0.1.5:3000", &InstanceState::Running, NOW),
                 // Not scheduled yet: pending since the service changed, reachable nowhere.
                 (
                     2,
@@ -577,18 +558,8 @@ mod tests {
             ]
         );
 
-        // A fixed address for every task; a node pug does not know.
-        let fixed = Hosts::Fixed("pug-node.example".into());
-        let got = instances(
-            &tenant,
-            &service(2, "a", None),
-            tasks.clone(),
-            &applied,
-            &fixed,
-            NOW,
-        );
-        assert_eq!(got[0].endpoint, "pug-node.example:30001");
-        let unknown = Hosts::ByNode(HashMap::new());
+        // A task the overlay does not know the address of yet: reachable nowhere.
+        let unknown = Addresses(HashMap::from([("t1v4".to_owned(), "10.0.1.4".to_owned())]));
         let got = instances(
             &tenant,
             &service(2, "a", None),
@@ -597,7 +568,8 @@ mod tests {
             &unknown,
             NOW,
         );
-        assert_eq!(got[1].endpoint, "0.0.0.0:30002");
+        assert_eq!(got[0].endpoint, "10.0.1.4:3000");
+        assert_eq!(got[1].endpoint, "0.0.0.0:0");
 
         // A rollback pug has not acknowledged: every replica reports it, pending ones do not
         // exist (the service wants no more than it has).

@@ -5,7 +5,8 @@
 //! `GF_*` settings, secrets read through `GF_<SECTION>_<KEY>__FILE`, the tenant's provisioning
 //! mounted at its paths under `/etc/grafana`, the data volume, the container health check on
 //! `/api/health`, resource limits, restart policy, placement, the overlay network, the update
-//! and rollback configuration, and the published port.
+//! and rollback configuration, and the endpoint: nothing published, DNS round robin (no
+//! virtual IP per service: one overlay address per task only).
 //!
 //! Must not: do IO (the objects it references are created by [`super::objects`] first, and
 //! passed in), read the clock (creation times are parameters), or hold a secret value: the
@@ -15,14 +16,14 @@
 use std::collections::HashMap;
 
 use bollard::models::{
-    EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
-    EndpointSpec, Limit, Mount, MountType, MountVolumeOptions, NetworkAttachmentConfig,
-    ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, ServiceSpecRollbackConfig,
-    ServiceSpecRollbackConfigFailureActionEnum, ServiceSpecRollbackConfigOrderEnum,
-    ServiceSpecUpdateConfig, ServiceSpecUpdateConfigFailureActionEnum,
-    ServiceSpecUpdateConfigOrderEnum, TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement,
-    TaskSpecPlacementPreferences, TaskSpecPlacementSpread, TaskSpecResources,
-    TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
+    EndpointSpec, EndpointSpecModeEnum, Limit, Mount, MountType, MountVolumeOptions,
+    NetworkAttachmentConfig, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
+    ServiceSpecRollbackConfig, ServiceSpecRollbackConfigFailureActionEnum,
+    ServiceSpecRollbackConfigOrderEnum, ServiceSpecUpdateConfig,
+    ServiceSpecUpdateConfigFailureActionEnum, ServiceSpecUpdateConfigOrderEnum, TaskSpec,
+    TaskSpecContainerSpec, TaskSpecPlacement, TaskSpecPlacementPreferences,
+    TaskSpecPlacementSpread, TaskSpecResources, TaskSpecRestartPolicy,
+    TaskSpecRestartPolicyConditionEnum,
 };
 use pug_config::DockerConfig;
 use pug_orchestrator::{DatabaseSettings, InstanceSpec};
@@ -39,6 +40,10 @@ use crate::{
 pub const CONTAINER_PORT: u16 = 3000;
 
 const SECOND: i64 = 1_000_000_000;
+
+/// Raised whenever the service spec changes in a way the instance spec does not show.
+/// 2: no published port (the overlay only), DNS round robin, `NET_RAW` dropped.
+const TEMPLATE_VERSION: &str = "pug-swarm-template-2";
 
 /// The service of a tenant.
 pub(super) fn service_name(namespace: &str, tenant: &TenantId) -> String {
@@ -58,6 +63,9 @@ pub(super) fn template_hash(config: &DockerConfig, spec: &InstanceSpec) -> Strin
             .replace(&format!(":{}", spec.port), &format!(":{CONTAINER_PORT}"));
     }
     let mut h = Sha256::new();
+    // The version of what pug derives from an instance spec beyond it (endpoint, network,
+    // capabilities): a change here must roll every tenant once, so it is part of the hash.
+    h.update(TEMPLATE_VERSION);
     h.update(normal.hash());
     h.update(image_for(&config.image, &spec.version.to_string()));
     h.update(format!(
@@ -185,6 +193,9 @@ pub(super) fn service_spec(
                 secrets: Some(mounts::<Secret>(task.secrets)),
                 configs: Some(mounts::<Config>(task.configs)),
                 stop_grace_period: Some(10 * SECOND),
+                // Without NET_RAW a task cannot forge ARP or IP packets on the overlay, so it
+                // cannot take pug's address, the one Grafana trusts auth-proxy headers from.
+                capability_drop: Some(vec!["CAP_NET_RAW".into()]),
                 ..Default::default()
             }),
             resources: Some(TaskSpecResources {
@@ -240,16 +251,12 @@ pub(super) fn service_spec(
             max_failure_ratio: Some(0.0),
             order: Some(rollback_order),
         }),
-        // Host mode: the routing mesh needs IPVS, which not every engine has, and pug probes
-        // every replica by itself anyway.
+        // Nothing is published: a port on the nodes would reach Grafana without the gateway,
+        // and through `docker_gwbridge`, whose address every process on a node shares (the
+        // security review's finding 16). pug reaches each task on the overlay by itself.
         endpoint_spec: Some(EndpointSpec {
-            ports: Some(vec![EndpointPortConfig {
-                protocol: Some(EndpointPortConfigProtocolEnum::TCP),
-                target_port: Some(CONTAINER_PORT as i64),
-                publish_mode: Some(EndpointPortConfigPublishModeEnum::HOST),
-                ..Default::default()
-            }]),
-            ..Default::default()
+            mode: Some(EndpointSpecModeEnum::DNSRR),
+            ports: Some(Vec::new()),
         }),
         ..Default::default()
     }

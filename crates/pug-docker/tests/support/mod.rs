@@ -93,6 +93,7 @@ pub fn docker_config(network: &str) -> DockerConfig {
 }
 
 /// A unique suffix for names of one test run.
+#[allow(clippy::disallowed_methods)] // Only a source of distinct names, not a time.
 pub fn unique() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
