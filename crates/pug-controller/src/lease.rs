@@ -26,8 +26,6 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Held {
     pub fence: i64,
-    /// When the claim that took it was sent.
-    pub since: Instant,
     /// When it runs out by this pug's clock (before the store's lease does).
     pub deadline: Instant,
 }
@@ -93,7 +91,6 @@ impl Leases {
     pub(crate) fn hold(&self, tenant: &TenantId, fence: i64, since: Instant) {
         let held = Held {
             fence,
-            since,
             deadline: since + self.local(),
         };
         self.held
@@ -136,11 +133,23 @@ impl Leases {
         }
     }
 
-    /// Takes in a heartbeat sent at `sent` that the store answered with `beat`.
-    fn renewed(&self, sent: Instant, beat: &pug_store::Heartbeat) {
+    /// The leases to renew: (tenant, fencing token) of every lease held now.
+    fn asked(&self) -> Vec<(TenantId, i64)> {
+        self.held
+            .lock()
+            .expect("leases")
+            .iter()
+            .map(|(t, h)| (t.clone(), h.fence))
+            .collect()
+    }
+
+    /// Takes in a heartbeat sent at `sent`, asking to renew `asked`, that the store answered
+    /// with `beat`.
+    fn renewed(&self, sent: Instant, asked: &[(TenantId, i64)], beat: &pug_store::Heartbeat) {
         let until = sent + self.local();
         apply_renewal(
             &mut self.held.lock().expect("leases"),
+            asked,
             &beat.renewed,
             sent,
             until,
@@ -150,19 +159,23 @@ impl Leases {
     }
 }
 
-/// Applies the store's answer to a heartbeat sent at `sent`: a lease the store renewed (same
-/// fencing token) runs until `until`; one it did not renew, although it was claimed before the
-/// heartbeat was sent, is lost now (its deadline becomes `sent`, already past). A lease claimed
-/// after `sent` keeps its own deadline.
+/// Applies the store's answer to a heartbeat sent at `sent` that asked to renew `asked`: a
+/// lease the store renewed (same fencing token) runs until `until`; one asked for that it did
+/// not renew is lost now (its deadline becomes `sent`, already past). A lease not asked for
+/// (claimed meanwhile) keeps its own deadline.
 pub(crate) fn apply_renewal(
     held: &mut HashMap<TenantId, Held>,
+    asked: &[(TenantId, i64)],
     renewed: &[(TenantId, i64)],
     sent: Instant,
     until: Instant,
 ) {
     let renewed: HashMap<&TenantId, i64> = renewed.iter().map(|(t, f)| (t, *f)).collect();
-    for (tenant, h) in held.iter_mut() {
-        if h.since > sent {
+    for (tenant, fence) in asked {
+        let Some(h) = held.get_mut(tenant) else {
+            continue;
+        };
+        if h.fence != *fence {
             continue;
         }
         match renewed.get(tenant) {
@@ -186,10 +199,12 @@ pub(crate) async fn heartbeat_loop(
     let mut failing = false;
     loop {
         let sent = Instant::now();
-        match store.heartbeat(&me, lease_ms, fleet).await {
+        let asked = leases.asked();
+        let fences: Vec<i64> = asked.iter().map(|(_, f)| *f).collect();
+        match store.heartbeat(&me, &fences, lease_ms, fleet).await {
             Ok(beat) => {
                 let was_leader = leases.is_fleet_leader();
-                leases.renewed(sent, &beat);
+                leases.renewed(sent, &asked, &beat);
                 if failing {
                     tracing::info!("the store answers the heartbeat again; acting again");
                     failing = false;
@@ -242,29 +257,29 @@ mod tests {
     fn a_renewal_extends_what_the_store_renewed_and_fences_what_it_did_not() {
         let base = Instant::now();
         let at = |ms: u64| base + Duration::from_millis(ms);
-        let held_at = |fence, since, deadline| Held {
+        let held_at = |fence, deadline| Held {
             fence,
-            since: at(since),
             deadline: at(deadline),
         };
         let mut held = HashMap::from([
             // renewed, same token: extended
-            (t("a"), held_at(1, 0, 2_400)),
+            (t("a"), held_at(1, 2_400)),
             // renewed by the store under another token (taken over and claimed again): lost
-            (t("b"), held_at(2, 0, 2_400)),
+            (t("b"), held_at(2, 2_400)),
             // not renewed (its store lease ran out, maybe another pug's now): lost
-            (t("c"), held_at(3, 0, 2_400)),
-            // claimed after the heartbeat was sent: keeps its own deadline
-            (t("d"), held_at(4, 1_500, 3_900)),
+            (t("c"), held_at(3, 2_400)),
+            // claimed while the heartbeat was on its way (not asked for): keeps its deadline
+            (t("d"), held_at(4, 3_300)),
             // its local deadline had passed already: stays lost even if renewed
-            (t("e"), held_at(5, 0, 900)),
+            (t("e"), held_at(5, 900)),
         ]);
+        let asked = vec![(t("a"), 1), (t("b"), 2), (t("c"), 3), (t("e"), 5)];
         let renewed = vec![(t("a"), 1), (t("b"), 9), (t("e"), 5)];
-        apply_renewal(&mut held, &renewed, at(1_000), at(3_400));
+        apply_renewal(&mut held, &asked, &renewed, at(1_000), at(3_400));
         assert_eq!(held[&t("a")].deadline, at(3_400));
         assert_eq!(held[&t("b")].deadline, at(1_000));
         assert_eq!(held[&t("c")].deadline, at(1_000));
-        assert_eq!(held[&t("d")].deadline, at(3_900));
+        assert_eq!(held[&t("d")].deadline, at(3_300));
         assert_eq!(held[&t("e")].deadline, at(900));
     }
 

@@ -141,6 +141,8 @@ async fn work(c: &Controller, item: WorkItem) {
     let Some(outcome) = outcome else {
         c.metrics.op("lease_lost");
         tracing::warn!(tenant = %item.tenant, "the lease of this tenant ran out before the store renewed it; the pass stopped (another pug takes over)");
+        // Given back at once if nobody took it yet (the token says whether it is still ours).
+        let _ = c.store.release_work(&item).await;
         return;
     };
     let result = match outcome {

@@ -147,12 +147,14 @@ impl Store {
     }
 
     /// One heartbeat of `me`, in one transaction: keeps its `pug_replicas` row alive for
-    /// `lease_ms`, renews for `lease_ms` every work lease it holds that has not run out (one
-    /// that ran out may be another pug's already, and is not taken back), and when `fleet` is
-    /// true takes or renews the `fleet` lease if it is free or its own.
+    /// `lease_ms`, renews for `lease_ms` those of the work leases `held` (their fencing tokens)
+    /// that are still its own and have not run out (one that ran out may be another pug's
+    /// already, and is not taken back), and when `fleet` is true takes or renews the `fleet`
+    /// lease if it is free or its own.
     pub async fn heartbeat(
         &self,
         me: &Replica,
+        held: &[i64],
         lease_ms: i64,
         fleet: bool,
     ) -> Result<Heartbeat, StoreError> {
@@ -170,20 +172,26 @@ impl Store {
         .bind(now + lease_ms)
         .execute(&mut *tx)
         .await?;
-        let rows = sqlx::query(
-            "UPDATE work_queue SET lease_until_ms = $1 \
-             WHERE owner = $2 AND lease_until_ms > $3 RETURNING tenant_id, fence",
-        )
-        .bind(now + lease_ms)
-        .bind(&me.owner)
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut renewed = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: String = row.try_get(0)?;
-            if let Ok(tenant) = TenantId::parse(&id) {
-                renewed.push((tenant, row.try_get(1)?));
+        let mut renewed = Vec::with_capacity(held.len());
+        // Tokens are integers: written into the statement, in chunks of a bounded size.
+        for chunk in held.chunks(500) {
+            let tokens: Vec<String> = chunk.iter().map(i64::to_string).collect();
+            let rows = sqlx::query(&format!(
+                "UPDATE work_queue SET lease_until_ms = $1 \
+                 WHERE owner = $2 AND lease_until_ms > $3 AND fence IN ({}) \
+                 RETURNING tenant_id, fence",
+                tokens.join(",")
+            ))
+            .bind(now + lease_ms)
+            .bind(&me.owner)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in rows {
+                let id: String = row.try_get(0)?;
+                if let Ok(tenant) = TenantId::parse(&id) {
+                    renewed.push((tenant, row.try_get(1)?));
+                }
             }
         }
         let fleet = if fleet {
