@@ -4,7 +4,8 @@
 //! tokens), its OpenAPI document at `/api/v1/openapi.json`, bearer-token authentication, the
 //! validation of every request (bad input is a 4xx with `{"error", "field"}` and changes
 //! nothing), and `/metrics` (behind a read or admin token: it names every tenant) and
-//! `/healthz` (open).
+//! `/healthz` (open: the process answers) and `/readyz` (open: 503 while this pug cannot serve,
+//! its store unreachable or its controller unable to hold a lease).
 //!
 //! Must not: reconcile. A request records what is wanted in the store and wakes the controller;
 //! the controller does the work. Handlers never return a secret, except a token at the one
@@ -100,6 +101,7 @@ pub fn router(state: ApiState) -> Router {
         .nest("/api/v1", v1)
         .merge(metrics)
         .route("/healthz", get(|| async { "Ok" }))
+        .route("/readyz", get(readyz))
         .with_state(state)
 }
 
@@ -170,6 +172,30 @@ pub struct FleetStatus {
 }
 
 /// Fleet status: tenants by phase, queue depth, backend.
+/// 200 while this pug can serve; 503 while its store does not answer within 2 s or its
+/// controller's heartbeat has not reached the store for a lease (it cannot hold a lease, and
+/// has stopped acting). The body says which.
+async fn readyz(
+    State(state): State<ApiState>,
+) -> (axum::http::StatusCode, Json<serde_json::Value>) {
+    let store = tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping())
+        .await
+        .is_ok_and(|r| r.is_ok());
+    let controller = state.controller.ready();
+    let code = if store && controller {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    let word = |ok: bool, bad: &str| if ok { "ok".to_owned() } else { bad.to_owned() };
+    let body = serde_json::json!({
+        "ready": store && controller,
+        "store": word(store, "unreachable"),
+        "controller": word(controller, "no lease possible (the store has not answered its heartbeat)"),
+    });
+    (code, Json(body))
+}
+
 #[utoipa::path(get, path = "/api/v1/status", responses((status = 200, body = FleetStatus)))]
 async fn status(State(state): State<ApiState>) -> Result<Json<FleetStatus>, ApiError> {
     let tenants = state.store.tenants().await?;

@@ -263,6 +263,12 @@ impl Store {
             .collect()
     }
 
+    /// Whether the store answers a trivial query.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Who holds the `fleet` lease now, if anyone.
     pub async fn fleet_holder(&self) -> Result<Option<String>, StoreError> {
         let mut conn = self.pool.acquire().await?;

@@ -102,6 +102,61 @@ async fn start_backend(config: &Config, store: &Store) -> anyhow::Result<Started
     })
 }
 
+/// Takes an exclusive lock on `<pug.db>.lock` beside a SQLite store, or says that another pug
+/// holds it. `None` for PostgreSQL, which several pugs share.
+fn lock_sqlite_store(url: &str) -> anyhow::Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(path) = url.strip_prefix("sqlite://") else {
+        return Ok(None);
+    };
+    let path = path.split('?').next().unwrap_or_default();
+    let lock_path = format!("{path}.lock");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {lock_path}"))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => anyhow::bail!(
+            "another pug is running on the SQLite store {path}; a SQLite store takes one pug \
+             process: stop the other one, or set database_url to a PostgreSQL server that \
+             several pugs share"
+        ),
+        Err((_, e)) => Err(e).with_context(|| format!("cannot lock {lock_path}")),
+    }
+}
+
+/// The process backend runs tenants on this machine and sees only its own processes, so it
+/// cannot be shared: refuses to start when another pug is alive on the same store. A pug of
+/// this host whose process is gone (killed a moment ago) does not count.
+async fn refuse_shared_process_backend(store: &Store) -> anyhow::Result<()> {
+    let host = pug_controller::lease::hostname();
+    let others = store.live_replicas("").await?;
+    let live = others.iter().find(|r| {
+        let pid = r
+            .owner
+            .strip_prefix(&format!("{host}-"))
+            .and_then(|rest| rest.split('-').next());
+        match pid {
+            Some(pid) => Path::new(&format!("/proc/{pid}")).exists(),
+            None => true,
+        }
+    });
+    if let Some(other) = live {
+        anyhow::bail!(
+            "another pug ({} on {}) is running on this store; the process backend runs tenants \
+             on one machine and cannot be shared: use backend = \"docker\" or \"swarm\" for \
+             several pugs, or stop the other one",
+            other.owner,
+            other.host
+        );
+    }
+    Ok(())
+}
+
 /// Creates the data directory and makes its path absolute.
 fn data_dir(config: &Config) -> anyhow::Result<PathBuf> {
     let dir = &config.data_dir;
@@ -120,9 +175,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let data_dir = config.data_dir.clone();
 
+    // SQLite takes one pug: held for this process's life, released by the kernel at its end.
+    let _sqlite_lock = lock_sqlite_store(&config.store_url())?;
     let store = Store::open_data_dir(&data_dir, &config.store_url())
         .await
         .context("cannot open pug's store")?;
+    if config.backend == Backend::Process {
+        refuse_shared_process_backend(&store).await?;
+    }
     let first_admin_token = if store.has_tokens().await? {
         None
     } else {

@@ -16,6 +16,8 @@
 //! Must not: run processes, or sleep except inside an operation made slow by the test. Instance
 //! ages pass only when a test calls [`Fake::age`].
 
+#![allow(dead_code)] // each test binary uses a part of the fake
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

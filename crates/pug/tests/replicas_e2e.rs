@@ -1,0 +1,108 @@
+//! Several `pug serve` on one store, with the real binary: a SQLite store takes one pug (a
+//! second refuses to start with one clear line, and starts once the first is gone, even
+//! killed), and the process backend is not shared on a PostgreSQL store (a second pug on it
+//! refuses while the first is alive). `/readyz` says a pug can serve.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::{free_port, pug_bin, wait_for, Pug};
+
+/// Starts `pug serve` on `pug`'s data directory (and environment) on another port, and
+/// returns how it exited and its stderr; panics if it is still running after 30 s.
+fn second_serve(pug: &Pug, extra: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(pug_bin())
+        .args(["serve", "--data-dir"])
+        .arg(&pug.data)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .envs(pug.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(extra.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_for(Duration::from_secs(30), "the second pug to exit", || {
+        child.try_wait().unwrap()
+    });
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status, err)
+}
+
+#[test]
+fn a_second_pug_on_one_sqlite_store_refuses_to_start() {
+    let mut pug = Pug::start((21580, 21589), &[]);
+    let (status, err) = second_serve(&pug, &[]);
+    assert!(!status.success());
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    assert!(
+        lines[0].contains("another pug is running on the SQLite store")
+            && lines[0].contains("database_url"),
+        "{err}"
+    );
+    // The first one still serves, and is ready (its store answers, its controller's heartbeat
+    // reaches it).
+    assert_eq!(pug.api("GET", "/api/v1/tenants", None).0, 200);
+    let readyz = format!("{}/readyz", pug.url);
+    let (_, body) = wait_for(Duration::from_secs(10), "pug to be ready", || {
+        support::http_get(&readyz).ok().filter(|(s, _)| *s == 200)
+    });
+    assert!(body.contains(r#""ready":true"#), "{body}");
+
+    // Killed, it holds nothing: the next pug starts on the same store.
+    pug.kill9();
+    pug.spawn();
+    assert_eq!(pug.api("GET", "/api/v1/tenants", None).0, 200);
+}
+
+fn postgres_store() -> String {
+    let url = std::env::var("PUG_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://pugtest:pugtest@127.0.0.1:5432/postgres".into());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let name = format!("pug_e2e_replicas_{}", std::process::id());
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&url).await.unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is not reachable at {url} ({e}): install and start it \
+                 (`apt-get install postgresql && service postgresql start`, then create the role \
+                 as .ci/run does) or set PUG_TEST_POSTGRES_URL"
+            )
+        });
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            sqlx::query(&sql).execute(&mut admin).await.unwrap();
+        }
+    });
+    let mut db = url::Url::parse(&url).unwrap();
+    db.set_path(&format!("/{name}"));
+    db.to_string()
+}
+
+#[test]
+fn the_process_backend_is_not_shared_by_pugs_on_one_postgres_store() {
+    let store = postgres_store();
+    let key = "a".repeat(64);
+    let env = [
+        ("PUG_DATABASE_URL", store.as_str()),
+        ("PUG_MASTER_KEY", key.as_str()),
+    ];
+    let pug = Pug::start((21590, 21599), &env);
+    // Its controller's first heartbeat registered it on the store before it answered.
+    let (status, err) = second_serve(&pug, &[]);
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("another pug") && err.contains("backend = \"docker\" or \"swarm\""),
+        "{err}"
+    );
+    assert_eq!(pug.api("GET", "/api/v1/tenants", None).0, 200);
+}
