@@ -7,6 +7,9 @@
 //! - A replica's tasks aborted without giving anything back (what kill -9 does) in the middle
 //!   of a rolling upgrade: another replica takes its tenants over once their leases run out and
 //!   finishes the upgrade, again with no overlapping operation.
+//! - A replica cut off from PostgreSQL (a TCP forwarder in between, cut): it stops acting and
+//!   reports not ready within its lease, the other converges the fleet; restored, it is ready
+//!   again.
 //!
 //! PostgreSQL from `PUG_TEST_POSTGRES_URL` (default: the `pugtest` role `.ci/run` creates); each
 //! test gets a fresh database.
@@ -60,6 +63,15 @@ impl TestDb {
             admin_url,
             name,
             url: url.to_string(),
+        }
+    }
+
+    /// The same database, for a second URL to it.
+    fn create_named(db: &TestDb) -> Self {
+        Self {
+            admin_url: db.admin_url.clone(),
+            name: db.name.clone(),
+            url: db.url.clone(),
         }
     }
 
@@ -271,6 +283,119 @@ async fn a_killed_replica_s_upgrade_is_finished_by_another_after_its_leases_run_
 
     b.shutdown.cancel();
     b.task.await.unwrap();
+    setup.close().await;
+    db.drop_db().await;
+}
+
+/// A TCP forwarder to PostgreSQL that the test can cut (every connection dropped, new ones
+/// refused) and restore: a network partition between one pug and its store.
+struct Forwarder {
+    port: u16,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Forwarder {
+    async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (o, c) = (open.clone(), conns.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !o.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                c.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self { port, open, conns }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for conn in self.conns.lock().unwrap().drain(..) {
+            conn.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+async fn poll(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_cut_off_from_the_store_stops_acting_and_resumes_when_it_is_back() {
+    let db = TestDb::create("partition").await;
+    let key = MasterKey::generate();
+    let fake = Fake::start().await;
+    fake.slow(Duration::from_millis(100));
+    let setup = Store::open(&db.url, key.clone()).await.unwrap();
+    create_tenants(&setup, 30, |_| 1).await;
+    let mut via = url::Url::parse(&db.url).unwrap();
+    let upstream = format!(
+        "{}:{}",
+        via.host_str().unwrap(),
+        via.port_or_known_default().unwrap()
+    );
+    let forwarder = Forwarder::start(upstream).await;
+    via.set_port(Some(forwarder.port)).unwrap();
+    let cut_off = TestDb {
+        url: via.to_string(),
+        ..TestDb::create_named(&db)
+    };
+    let a = start_pug(&cut_off, &key, &fake, "a").await;
+    let a_ready = || a.controller.ready();
+    poll(Duration::from_secs(10), "pug a ready", a_ready).await;
+    poll(Duration::from_secs(30), "pug a holding a lease", || {
+        a.controller.leases.held() > 0
+    })
+    .await;
+    let b = start_pug(&db, &key, &fake, "b").await;
+
+    forwarder.cut();
+    // Within its lease, the cut-off pug stops: no pass left, not ready.
+    poll(LEASE * 2, "pug a to stop acting", || {
+        !a.controller.ready() && a.controller.leases.held() == 0
+    })
+    .await;
+    // The other one takes everything over.
+    converged(&setup, &fake, V1, Duration::from_secs(60)).await;
+    assert_eq!(
+        fake.overlaps(),
+        Vec::new(),
+        "two replicas acted on one tenant at once"
+    );
+
+    forwarder.restore();
+    poll(Duration::from_secs(30), "pug a ready again", || {
+        a.controller.ready()
+    })
+    .await;
+
+    for pug in [a, b] {
+        pug.shutdown.cancel();
+        pug.task.await.unwrap();
+    }
     setup.close().await;
     db.drop_db().await;
 }
