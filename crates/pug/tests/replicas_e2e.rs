@@ -106,3 +106,57 @@ fn the_process_backend_is_not_shared_by_pugs_on_one_postgres_store() {
     );
     assert_eq!(pug.api("GET", "/api/v1/tenants", None).0, 200);
 }
+
+#[test]
+fn roles_run_what_was_asked_and_say_so() {
+    // API and controller, no gateway: tenant paths are not routed, the banner says which run.
+    let pug = Pug::start((21600, 21609), &[("PUG_ROLES", "controller,api")]);
+    assert!(
+        pug.log().contains("roles      api, controller"),
+        "{}",
+        pug.log()
+    );
+    assert_eq!(pug.api("GET", "/api/v1/tenants", None).0, 200);
+    let get = |path: &str| support::http_get(&format!("{}{path}", pug.url)).unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "the controller role healthy",
+        || (get("/healthz/controller").0 == 200).then_some(()),
+    );
+    assert_eq!(get("/healthz/api").0, 200);
+    let (status, body) = get("/healthz/gateway");
+    assert_eq!(status, 404);
+    assert!(body.contains("does not run the gateway role"), "{body}");
+    assert_eq!(get("/healthz/bogus").0, 404);
+    assert_eq!(
+        get("/t/acme/").0,
+        404,
+        "no gateway: tenant paths are not routed"
+    );
+    assert_eq!(get("/login").0, 404);
+
+    // The gateway alone: no API, ready without a controller.
+    let gw = Pug::start((21610, 21619), &[("PUG_ROLES", "gateway")]);
+    assert!(gw.log().contains("roles      gateway"), "{}", gw.log());
+    assert_eq!(gw.api("GET", "/api/v1/tenants", None).0, 404);
+    let (status, body) = support::http_get(&format!("{}/readyz", gw.url)).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("not run here"), "{body}");
+    assert_eq!(
+        support::http_get(&format!("{}/healthz/gateway", gw.url))
+            .unwrap()
+            .0,
+        200
+    );
+
+    // An unknown role: one line, non-zero.
+    let out = Command::new(pug_bin())
+        .args(["serve", "--role", "api", "--role", "dns", "--data-dir"])
+        .arg(&pug.data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("unknown role \"dns\""), "{err}");
+}
