@@ -160,9 +160,11 @@ fn lock_sqlite_store(url: &str) -> anyhow::Result<Option<nix::fcntl::Flock<std::
     }
 }
 
-/// The process backend runs tenants on this machine and sees only its own processes, so it
-/// cannot be shared: refuses to start when another pug is alive on the same store. A pug of
-/// this host whose process is gone (killed a moment ago) does not count.
+/// The process backend runs tenants on this machine and sees only its own processes, so its
+/// controller cannot be shared: refuses to start one when another pug's controller is alive
+/// on the same store (the controllers' heartbeats keep their `pug_replicas` rows alive). A pug
+/// of this host whose process is gone (killed a moment ago) does not count. A gateway-only pug
+/// beside it on the same host is fine.
 async fn refuse_shared_process_backend(store: &Store) -> anyhow::Result<()> {
     let host = pug_controller::lease::hostname();
     let others = store.live_replicas("").await?;
@@ -213,7 +215,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let store = Store::open_data_dir(&data_dir, &config.store_url())
         .await
         .context("cannot open pug's store")?;
-    if config.backend == Backend::Process {
+    if config.backend == Backend::Process && runs("controller") {
         refuse_shared_process_backend(&store).await?;
     }
     let first_admin_token = if store.has_tokens().await? {

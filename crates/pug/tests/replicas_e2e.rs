@@ -1,7 +1,9 @@
 //! Several `pug serve` on one store, with the real binary: a SQLite store takes one pug (a
 //! second refuses to start with one clear line, and starts once the first is gone, even
 //! killed), and the process backend is not shared on a PostgreSQL store (a second pug on it
-//! refuses while the first is alive). `/readyz` says a pug can serve.
+//! refuses while the first is alive). `/readyz` says a pug can serve. Roles run what was asked.
+//! Gateways are interchangeable: a session signed in on one pug works on another on the same
+//! PostgreSQL store, and a sign-out on one is honoured by the other within 5 s.
 
 mod support;
 
@@ -59,14 +61,14 @@ fn a_second_pug_on_one_sqlite_store_refuses_to_start() {
     assert_eq!(pug.api("GET", "/api/v1/tenants", None).0, 200);
 }
 
-fn postgres_store() -> String {
+fn postgres_store(tag: &str) -> String {
     let url = std::env::var("PUG_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://pugtest:pugtest@127.0.0.1:5432/postgres".into());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let name = format!("pug_e2e_replicas_{}", std::process::id());
+    let name = format!("pug_e2e_{tag}_{}", std::process::id());
     rt.block_on(async {
         use sqlx::Connection;
         let mut admin = sqlx::PgConnection::connect(&url).await.unwrap_or_else(|e| {
@@ -90,7 +92,7 @@ fn postgres_store() -> String {
 
 #[test]
 fn the_process_backend_is_not_shared_by_pugs_on_one_postgres_store() {
-    let store = postgres_store();
+    let store = postgres_store("process");
     let key = "a".repeat(64);
     let env = [
         ("PUG_DATABASE_URL", store.as_str()),
@@ -159,4 +161,116 @@ fn roles_run_what_was_asked_and_say_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("unknown role \"dns\""), "{err}");
+}
+
+fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .find(|p| p.starts_with(&format!("{name}=")) && p.len() > name.len() + 1)
+        .map(str::to_owned)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The csrf cookie and its value, from the form at `url`.
+async fn csrf(url: &str) -> (String, String) {
+    let page = client().get(url).send().await.unwrap();
+    let cookie = set_cookie(&page, "pug_csrf").unwrap();
+    let value = cookie.split_once('=').unwrap().1.to_owned();
+    (cookie, value)
+}
+
+async fn status(url: &str, cookie: &str) -> u16 {
+    client()
+        .get(url)
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[test]
+fn a_session_signed_in_on_one_gateway_works_and_ends_on_another() {
+    let store = postgres_store("gateways");
+    let key = "b".repeat(64);
+    let env = [
+        ("PUG_DATABASE_URL", store.as_str()),
+        ("PUG_MASTER_KEY", key.as_str()),
+    ];
+    let a = Pug::start((21620, 21639), &env);
+    a.ok(&["tenant", "create", "acme", "--version", "11.3.0"]);
+    a.wait_phase("acme", "ready", Duration::from_secs(60));
+    a.create_user("alice", "alice-password");
+    a.ok(&["user", "grant", "alice", "acme", "--role", "Viewer"]);
+    // A second pug on the same store: gateway and API only (the process backend's controller
+    // is not shared).
+    let mut env_b = env.to_vec();
+    env_b.push(("PUG_ROLES", "gateway,api"));
+    let b = Pug::start((21640, 21649), &env_b);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // Signed in through b.
+        let (csrf_cookie, csrf_value) = csrf(&format!("{}/login", b.url)).await;
+        let r = client()
+            .post(format!("{}/login", b.url))
+            .header("cookie", &csrf_cookie)
+            .form(&[
+                ("user", "alice"),
+                ("password", "alice-password"),
+                ("csrf", csrf_value.as_str()),
+                ("next", "/t/acme/"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let session = set_cookie(&r, "pug_session").expect("alice signs in on b");
+        let user_on = |pug: &Pug| format!("{}/t/acme/api/user", pug.url);
+        // b routes to a's tenant as soon as its route table has it (refreshed from the store).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while status(&user_on(&b), &session).await != 200 {
+            assert!(std::time::Instant::now() < deadline, "b never routed acme");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The same session works on a.
+        assert_eq!(status(&user_on(&a), &session).await, 200);
+
+        // Signed out on a: b refuses the session within 5 s (its cache's bound).
+        let (csrf_cookie, csrf_value) = csrf(&format!("{}/logout", a.url)).await;
+        let r = client()
+            .post(format!("{}/logout", a.url))
+            .header("cookie", format!("{csrf_cookie}; {session}"))
+            .form(&[("csrf", csrf_value.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_redirection() || r.status().is_success(),
+            "{}",
+            r.status()
+        );
+        let signed_out = std::time::Instant::now();
+        assert_ne!(status(&user_on(&a), &session).await, 200, "a ended it");
+        while status(&user_on(&b), &session).await == 200 {
+            assert!(
+                signed_out.elapsed() < Duration::from_secs(7),
+                "b still honours a session ended on a"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!(
+            "b refused the ended session {:?} after the sign-out on a",
+            signed_out.elapsed()
+        );
+    });
 }
