@@ -58,7 +58,8 @@ pub async fn run(controller: Controller, shutdown: CancellationToken) {
         }
         while tasks.try_join_next().is_some() {}
         let free = semaphore.available_permits();
-        let mut next_wait = Duration::from_secs(1);
+        // Also how soon a row whose lease ran out (a killed pug's) is claimed again.
+        let mut next_wait = Duration::from_millis(500);
         if free > 0 {
             let sent = Instant::now();
             let claimed = c

@@ -109,11 +109,22 @@ struct Pug {
 }
 
 async fn start_pug(db: &TestDb, key: &MasterKey, fake: &Fake, name: &str) -> Pug {
+    start_pug_with(db, key, fake, name, LEASE, 8).await
+}
+
+async fn start_pug_with(
+    db: &TestDb,
+    key: &MasterKey,
+    fake: &Fake,
+    name: &str,
+    lease: Duration,
+    concurrency: usize,
+) -> Pug {
     let store = Store::open(&db.url, key.clone()).await.unwrap();
     let mut settings = ControllerSettings::from_config(&pug_config::Config::default());
     settings.owner = format!("pug-{name}");
-    settings.lease = LEASE;
-    settings.concurrency = 8;
+    settings.lease = lease;
+    settings.concurrency = concurrency;
     let metrics =
         ControllerMetrics::register(&mut prometheus_client::registry::Registry::default());
     let orchestrator = Arc::new(fake.tagged(name));
@@ -398,4 +409,117 @@ async fn a_replica_cut_off_from_the_store_stops_acting_and_resumes_when_it_is_ba
     }
     setup.close().await;
     db.drop_db().await;
+}
+
+/// The benchmark of `bench/ha/run.sh` (ignored in test runs): `HA_TENANTS` tenants (default
+/// 200) to ready with one pug and with two, and the takeover time after a pug holding leases
+/// is killed (`HA_KILLS` times, default 5), with the default lease (`controller.lease_ms`).
+/// Prints a Markdown table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a benchmark: bench/ha/run.sh"]
+async fn bench_ha() {
+    let n: usize = std::env::var("HA_TENANTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let kills: usize = std::env::var("HA_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let lease = ControllerSettings::from_config(&pug_config::Config::default()).lease;
+    let mut rows = Vec::new();
+    for pugs in [1usize, 2, 3] {
+        let db = TestDb::create(&format!("bench{pugs}")).await;
+        let key = MasterKey::generate();
+        let fake = Fake::start().await;
+        fake.slow(Duration::from_millis(5));
+        let setup = Store::open(&db.url, key.clone()).await.unwrap();
+        create_tenants(&setup, n, |_| 1).await;
+        let started = Instant::now();
+        let mut running = Vec::new();
+        for i in 0..pugs {
+            running.push(start_pug_with(&db, &key, &fake, &format!("{i}"), lease, 16).await);
+        }
+        converged(&setup, &fake, V1, Duration::from_secs(600)).await;
+        let took = started.elapsed();
+        assert_eq!(fake.overlaps(), Vec::new());
+        rows.push(format!(
+            "| {n} tenants to ready, {pugs} pug(s) | {:.2} s | {:.0} tenants/s |",
+            took.as_secs_f64(),
+            n as f64 / took.as_secs_f64()
+        ));
+        for pug in running {
+            pug.shutdown.cancel();
+            pug.task.await.unwrap();
+        }
+        setup.close().await;
+        db.drop_db().await;
+    }
+
+    // Takeover: a pug holding leases is killed; how long until the other owns them all.
+    let db = TestDb::create("benchkill").await;
+    let key = MasterKey::generate();
+    let fake = Fake::start().await;
+    let setup = Store::open(&db.url, key.clone()).await.unwrap();
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let ids = create_tenants(&setup, 40, |_| 1).await;
+    let b = start_pug_with(&db, &key, &fake, "b", lease, 16).await;
+    converged(&setup, &fake, V1, Duration::from_secs(60)).await;
+    let mut times = Vec::new();
+    for k in 0..kills {
+        let name = format!("a{k}");
+        // Slow operations keep passes in flight long enough to be killed in one.
+        fake.slow(Duration::from_millis(400));
+        let a = start_pug_with(&db, &key, &fake, &name, lease, 16).await;
+        for id in &ids {
+            setup.enqueue(id, pug_store::now_ms()).await.unwrap();
+        }
+        a.controller.wake();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while a.controller.leases.held() == 0 {
+            assert!(Instant::now() < deadline, "pug {name} never took a lease");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        a.task.abort();
+        let killed = Instant::now();
+        let owner = format!("pug-{name}");
+        loop {
+            let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM work_queue WHERE owner = $1")
+                .bind(&owner)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+            if left == 0 {
+                break;
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(60),
+                "never taken over"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        times.push(killed.elapsed());
+        fake.slow(Duration::ZERO);
+        converged(&setup, &fake, V1, Duration::from_secs(60)).await;
+    }
+    assert_eq!(fake.overlaps(), Vec::new());
+    times.sort();
+    let max = times.last().copied().unwrap_or_default();
+    let median = times[times.len() / 2];
+    rows.push(format!(
+        "| takeover after kill -9 (lease {} ms), {} kills | median {:.2} s, max {:.2} s | target < 5 s |",
+        lease.as_millis(),
+        times.len(),
+        median.as_secs_f64(),
+        max.as_secs_f64()
+    ));
+    b.shutdown.cancel();
+    b.task.await.unwrap();
+    setup.close().await;
+    drop(admin);
+    db.drop_db().await;
+    println!("| measure | result | |\n|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
 }
