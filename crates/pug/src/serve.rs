@@ -160,36 +160,6 @@ fn lock_sqlite_store(url: &str) -> anyhow::Result<Option<nix::fcntl::Flock<std::
     }
 }
 
-/// The process backend runs tenants on this machine and sees only its own processes, so its
-/// controller cannot be shared: refuses to start one when another pug's controller is alive
-/// on the same store (the controllers' heartbeats keep their `pug_replicas` rows alive). A pug
-/// of this host whose process is gone (killed a moment ago) does not count. A gateway-only pug
-/// beside it on the same host is fine.
-async fn refuse_shared_process_backend(store: &Store) -> anyhow::Result<()> {
-    let host = pug_controller::lease::hostname();
-    let others = store.live_replicas("").await?;
-    let live = others.iter().find(|r| {
-        let pid = r
-            .owner
-            .strip_prefix(&format!("{host}-"))
-            .and_then(|rest| rest.split('-').next());
-        match pid {
-            Some(pid) => Path::new(&format!("/proc/{pid}")).exists(),
-            None => true,
-        }
-    });
-    if let Some(other) = live {
-        anyhow::bail!(
-            "another pug ({} on {}) is running on this store; the process backend runs tenants \
-             on one machine and cannot be shared: use backend = \"docker\" or \"swarm\" for \
-             several pugs, or stop the other one",
-            other.owner,
-            other.host
-        );
-    }
-    Ok(())
-}
-
 /// Creates the data directory and makes its path absolute.
 fn data_dir(config: &Config) -> anyhow::Result<PathBuf> {
     let dir = &config.data_dir;
@@ -215,8 +185,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let store = Store::open_data_dir(&data_dir, &config.store_url())
         .await
         .context("cannot open pug's store")?;
-    if config.backend == Backend::Process && runs("controller") {
-        refuse_shared_process_backend(&store).await?;
+    if runs("controller") {
+        let whitelist_set = !config.docker.proxy_whitelist.is_empty();
+        crate::sharing::check(&store, config.backend, whitelist_set).await?;
     }
     let first_admin_token = if store.has_tokens().await? {
         None
