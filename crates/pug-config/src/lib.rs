@@ -298,7 +298,7 @@ pub struct ControllerConfig {
     pub wake_poll_ms: u64,
     /// How long a pug's lease of a tenant's work (and of the fleet-wide jobs) lasts unless
     /// renewed, in milliseconds; renewed every third of it. When several pugs share one
-    /// PostgreSQL, a killed pug's work is taken over within about this long plus a second.
+    /// PostgreSQL, a killed pug's work is taken over within about this long plus half a second.
     pub lease_ms: u64,
     /// Accept tenant settings and provisioning values that Grafana expands (`$__file{…}`,
     /// `$__env{…}`, `$__vault{…}`, `${VAR}`, `$VAR`). Off by default: they would let a tenant

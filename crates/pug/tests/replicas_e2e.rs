@@ -3,7 +3,8 @@
 //! killed), and the process backend is not shared on a PostgreSQL store (a second pug on it
 //! refuses while the first is alive). `/readyz` says a pug can serve. Roles run what was asked.
 //! Gateways are interchangeable: a session signed in on one pug works on another on the same
-//! PostgreSQL store, and a sign-out on one is honoured by the other within 5 s.
+//! PostgreSQL store, requests through one never fail while the other is killed, and a sign-out
+//! on one is honoured by the other within 5 s.
 
 mod support;
 
@@ -207,7 +208,7 @@ fn a_session_signed_in_on_one_gateway_works_and_ends_on_another() {
         ("PUG_DATABASE_URL", store.as_str()),
         ("PUG_MASTER_KEY", key.as_str()),
     ];
-    let a = Pug::start((21620, 21639), &env);
+    let mut a = Pug::start((21620, 21639), &env);
     a.ok(&["tenant", "create", "acme", "--version", "11.3.0"]);
     a.wait_phase("acme", "ready", Duration::from_secs(60));
     a.create_user("alice", "alice-password");
@@ -244,6 +245,51 @@ fn a_session_signed_in_on_one_gateway_works_and_ends_on_another() {
         }
         // The same session works on a.
         assert_eq!(status(&user_on(&a), &session).await, 200);
+
+        // Steady load through b while a (holding the controller) is killed: b never fails.
+        use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let done = std::sync::Arc::new(AtomicU32::new(0));
+        let mut load = Vec::new();
+        for _ in 0..4 {
+            let (stop, done) = (stop.clone(), done.clone());
+            let (url, session) = (user_on(&b), session.clone());
+            load.push(tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    match status(&url, &session).await {
+                        200 => ok += 1,
+                        other => failed.push(other),
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                (ok, failed)
+            }));
+        }
+        // 100 requests before the kill, 400 after it.
+        let requests = |n: u32| {
+            let done = done.clone();
+            async move {
+                while done.load(Ordering::Relaxed) < n {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        requests(100).await;
+        a.kill9();
+        let at_kill = done.load(Ordering::Relaxed);
+        requests(at_kill + 400).await;
+        stop.store(true, Ordering::Relaxed);
+        for task in load {
+            let (ok, failed) = task.await.unwrap();
+            assert!(ok > 0);
+            assert_eq!(
+                failed,
+                Vec::<u16>::new(),
+                "requests to the surviving gateway failed"
+            );
+        }
+        tokio::task::block_in_place(|| a.spawn());
 
         // Signed out on a: b refuses the session within 5 s (its cache's bound).
         let (csrf_cookie, csrf_value) = csrf(&format!("{}/logout", a.url)).await;
