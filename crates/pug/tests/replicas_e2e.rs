@@ -4,7 +4,8 @@
 //! refuses while the first is alive). `/readyz` says a pug can serve. Roles run what was asked.
 //! Gateways are interchangeable: a session signed in on one pug works on another on the same
 //! PostgreSQL store, requests through one never fail while the other is killed, and a sign-out
-//! on one is honoured by the other within 5 s.
+//! on one is honoured by the other within 5 s. A pug cut off from PostgreSQL (a TCP forwarder
+//! in between, cut) reports not ready, and ready again once the store is back.
 
 mod support;
 
@@ -318,5 +319,98 @@ fn a_session_signed_in_on_one_gateway_works_and_ends_on_another() {
             "b refused the ended session {:?} after the sign-out on a",
             signed_out.elapsed()
         );
+    });
+}
+
+/// A TCP forwarder (threads) to `upstream` that the test can cut (every connection shut
+/// down, new ones closed at once) and restore: a partition between one pug and PostgreSQL.
+struct Forwarder {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Forwarder {
+    fn start(upstream: String) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>> = Default::default();
+        let (o, c) = (open.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !o.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                c.lock().unwrap().push(client.try_clone().unwrap());
+                c.lock().unwrap().push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Self { port, open, conns }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for conn in self.conns.lock().unwrap().drain(..) {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_pug_cut_off_from_postgres_is_not_ready_until_it_is_back() {
+    let store = postgres_store("partition");
+    let direct = url::Url::parse(&store).unwrap();
+    let upstream = format!(
+        "{}:{}",
+        direct.host_str().unwrap(),
+        direct.port_or_known_default().unwrap()
+    );
+    let forwarder = Forwarder::start(upstream);
+    let mut via = direct.clone();
+    via.set_port(Some(forwarder.port)).unwrap();
+    let key = "c".repeat(64);
+    let pug = Pug::start(
+        (21650, 21659),
+        &[
+            ("PUG_DATABASE_URL", via.as_str()),
+            ("PUG_MASTER_KEY", key.as_str()),
+        ],
+    );
+    let readyz = format!("{}/readyz", pug.url);
+    let ready = || support::http_get(&readyz).map(|(s, _)| s).unwrap_or(0);
+    wait_for(Duration::from_secs(10), "pug ready", || {
+        (ready() == 200).then_some(())
+    });
+
+    forwarder.cut();
+    // Within its lease (3 s by default) and the store check's 2 s, it reports not ready.
+    let (_, body) = wait_for(Duration::from_secs(10), "pug not ready", || {
+        support::http_get(&readyz).ok().filter(|(s, _)| *s == 503)
+    });
+    assert!(body.contains(r#""ready":false"#), "{body}");
+
+    forwarder.restore();
+    wait_for(Duration::from_secs(30), "pug ready again", || {
+        (ready() == 200).then_some(())
     });
 }
