@@ -283,6 +283,8 @@ async fn a_killed_replica_s_upgrade_is_finished_by_another_after_its_leases_run_
         setup.live_leases().await.unwrap() > 0,
         "the killed replica's leases outlive it until they run out"
     );
+    // Caught mid-pass; the rest need not be slow.
+    fake.slow(Duration::from_millis(10));
 
     converged(&setup, &fake, V2, LEASE + Duration::from_secs(60)).await;
     eprintln!("upgrade finished {:?} after the kill", killed.elapsed());
