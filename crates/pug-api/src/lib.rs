@@ -4,7 +4,8 @@
 //! tokens), its OpenAPI document at `/api/v1/openapi.json`, bearer-token authentication, the
 //! validation of every request (bad input is a 4xx with `{"error", "field"}` and changes
 //! nothing), and `/metrics` (behind a read or admin token: it names every tenant) and
-//! `/healthz` (open).
+//! `/healthz` (open: the process answers) and `/readyz` (open: 503 while this pug cannot serve,
+//! its store unreachable or its controller unable to hold a lease).
 //!
 //! Must not: reconcile. A request records what is wanted in the store and wakes the controller;
 //! the controller does the work. Handlers never return a secret, except a token at the one
@@ -49,6 +50,55 @@ pub struct ApiState {
     pub registry: Arc<Registry>,
     /// `host:port` of the renderer `pug serve` runs, if it runs one (a scrape target).
     pub renderer_address: Option<String>,
+    /// The roles this pug runs (`api`, `gateway`, `controller`, `renderer`), for `/readyz` and
+    /// `/healthz/{role}`.
+    pub roles: Vec<String>,
+}
+
+/// The roles a pug can run.
+pub const ROLES: [&str; 4] = ["api", "gateway", "controller", "renderer"];
+
+/// `/healthz`, `/healthz/{role}` and `/readyz` alone: what a pug without the API role serves.
+pub fn health_router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "Ok" }))
+        .route("/healthz/{role}", get(role_health))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+/// 200 when `role` runs in this pug and can serve (the controller: its heartbeat reaches the
+/// store); 503 when it runs and cannot; 404 when it does not run here or is no role.
+async fn role_health(
+    State(state): State<ApiState>,
+    axum::extract::Path(role): axum::extract::Path<String>,
+) -> (axum::http::StatusCode, Json<serde_json::Value>) {
+    use axum::http::StatusCode;
+    if !ROLES.contains(&role.as_str()) {
+        let error = format!("no role {role}; roles are {}", ROLES.join(", "));
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": error })),
+        );
+    }
+    if !state.roles.contains(&role) {
+        let error = format!(
+            "this pug does not run the {role} role (it runs {}; --role / PUG_ROLES)",
+            state.roles.join(", ")
+        );
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": error })),
+        );
+    }
+    if role == "controller" && !state.controller.ready() {
+        let body = serde_json::json!({ "role": role, "ok": false, "error": "no lease possible: the store has not answered the heartbeat" });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body));
+    }
+    (
+        StatusCode::OK,
+        Json(serde_json::json!({ "role": role, "ok": true })),
+    )
 }
 
 /// The API's routes (`/api/v1/*`, `/metrics`, `/healthz`).
@@ -99,8 +149,8 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .nest("/api/v1", v1)
         .merge(metrics)
-        .route("/healthz", get(|| async { "Ok" }))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(health_router(state))
 }
 
 /// The OpenAPI document of this API.
@@ -170,6 +220,31 @@ pub struct FleetStatus {
 }
 
 /// Fleet status: tenants by phase, queue depth, backend.
+/// 200 while this pug can serve; 503 while its store does not answer within 2 s or its
+/// controller's heartbeat has not reached the store for a lease (it cannot hold a lease, and
+/// has stopped acting). The body says which.
+async fn readyz(
+    State(state): State<ApiState>,
+) -> (axum::http::StatusCode, Json<serde_json::Value>) {
+    let store = tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping())
+        .await
+        .is_ok_and(|r| r.is_ok());
+    let runs_controller = state.roles.iter().any(|r| r == "controller");
+    let controller = !runs_controller || state.controller.ready();
+    let code = if store && controller {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    let word = |ok: bool, bad: &str| if ok { "ok".to_owned() } else { bad.to_owned() };
+    let body = serde_json::json!({
+        "ready": store && controller,
+        "store": word(store, "unreachable"),
+        "controller": if runs_controller { word(controller, "no lease possible (the store has not answered its heartbeat)") } else { "not run here".to_owned() },
+    });
+    (code, Json(body))
+}
+
 #[utoipa::path(get, path = "/api/v1/status", responses((status = 200, body = FleetStatus)))]
 async fn status(State(state): State<ApiState>) -> Result<Json<FleetStatus>, ApiError> {
     let tenants = state.store.tenants().await?;

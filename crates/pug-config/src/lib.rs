@@ -307,6 +307,10 @@ pub struct ControllerConfig {
     pub idle_timeout_secs: u64,
     /// How often a tenant whose wake is pending is polled for readiness, in milliseconds.
     pub wake_poll_ms: u64,
+    /// How long a pug's lease of a tenant's work (and of the fleet-wide jobs) lasts unless
+    /// renewed, in milliseconds; renewed every third of it. When several pugs share one
+    /// PostgreSQL, a killed pug's work is taken over within about this long plus half a second.
+    pub lease_ms: u64,
     /// Accept tenant settings and provisioning values that Grafana expands (`$__file{…}`,
     /// `$__env{…}`, `$__vault{…}`, `${VAR}`, `$VAR`). Off by default: they would let a tenant
     /// read files and environment variables of the machine or container its Grafana runs on.
@@ -434,6 +438,7 @@ impl Default for ControllerConfig {
             crash_loop_threshold: 3,
             idle_timeout_secs: 0,
             wake_poll_ms: 25,
+            lease_ms: 3000,
             allow_setting_expansion: false,
         }
     }
@@ -629,6 +634,9 @@ impl Config {
         }
         if self.controller.concurrency == 0 {
             bad("controller.concurrency must be at least 1".into());
+        }
+        if self.controller.lease_ms < 300 {
+            return bad("controller.lease_ms must be at least 300 (milliseconds)".into());
         }
         if !self.gateway.public_url.is_empty() {
             match url::Url::parse(&self.gateway.public_url) {

@@ -73,6 +73,8 @@ pub enum Step {
     ReadActivity,
     /// Marking a finished wake.
     FinishWake,
+    /// Acting under the lease of the tenant's queue row (issue 18: several pugs on one store).
+    HoldLease,
 }
 
 impl fmt::Display for Step {
@@ -96,6 +98,7 @@ impl fmt::Display for Step {
             Step::RemoveRecord => f.write_str("remove the tenant's record"),
             Step::ReadActivity => f.write_str("read the tenant's activity"),
             Step::FinishWake => f.write_str("mark the wake finished"),
+            Step::HoldLease => f.write_str("act on the tenant"),
         }
     }
 }
@@ -114,6 +117,10 @@ pub enum Cause {
     /// A plan named a replica that has no desired spec (a planner bug).
     #[error("the plan names replica {replica}, which has no desired spec")]
     NoSpec { replica: u32 },
+    /// This pug's lease of the tenant's work ran out before it was renewed (the store was
+    /// unreachable, or the heartbeat late): another pug may hold it now, so this one stops.
+    #[error("this pug's lease of the tenant ran out (the store did not renew it); another pug takes over")]
+    LeaseLost,
 }
 
 impl ReconcileError {
@@ -124,6 +131,7 @@ impl ReconcileError {
     pub fn retryable(&self) -> bool {
         match &*self.cause {
             Cause::MissingSecret(_) | Cause::NoSpec { .. } => false,
+            Cause::LeaseLost => true,
             Cause::Store(e) => !matches!(
                 e,
                 StoreError::MasterKey(_)
@@ -215,6 +223,7 @@ mod tests {
             (OrchestratorError::Engine("busy".into()).into(), true),
             (TenantDbError::Password.into(), false),
             (TenantDbError::Url("x".into()).into(), false),
+            (Cause::LeaseLost, true),
         ];
         for (cause, retryable) in table {
             let text = cause.to_string();

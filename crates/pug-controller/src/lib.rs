@@ -7,6 +7,10 @@
 //! limit on concurrent passes, exponential backoff for failing tenants, a periodic resync of
 //! every tenant and garbage collection of instances whose tenant is gone.
 //!
+//! Several pugs may share one store (PostgreSQL): each pass runs under a lease of its tenant's
+//! queue row ([`lease`]), so no two pugs reconcile one tenant at once, and the fleet-wide jobs
+//! run on the one pug that holds the `fleet` lease.
+//!
 //! Every step is idempotent, so pug killed at any point converges when it starts again: the
 //! queue row is still there, the orchestrator still reports what runs, and the next pass picks
 //! up from what it observes, never from what it remembers.
@@ -16,6 +20,8 @@
 //! - `reconcile/`: one pass, as observe (`observe.rs`) → plan (`plan.rs`, pure; its table tests
 //!   in `plan/tests.rs`) → execute (`execute.rs`).
 //! - `queue.rs`: the loops that drive passes, resync and garbage collection.
+//! - `lease.rs`: the leases this pug holds, their local deadlines (self-fencing) and the
+//!   heartbeat that renews them.
 //! - `error.rs`: [`ReconcileError`], naming the tenant and [`Step`], with [`ReconcileError::retryable`].
 //! - `metrics.rs`, `tenant_db.rs`: fleet metrics; tenant databases on a shared PostgreSQL.
 //!
@@ -25,6 +31,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+pub mod lease;
 mod metrics;
 mod queue;
 mod reconcile;
@@ -40,6 +47,7 @@ use pug_types::TenantId;
 use crate::reconcile::plan::Policy;
 
 pub use error::{Cause, ReconcileError, Step};
+pub use lease::{new_owner_id, Leases};
 pub use metrics::ControllerMetrics;
 pub use queue::run;
 pub use reconcile::{reconcile, Outcome, PURGE_LABEL};
@@ -59,6 +67,8 @@ pub struct Controller {
     /// Told of every status written (see [`StatusListener`]); set once, after construction.
     pub(crate) status_listener: Arc<std::sync::OnceLock<Arc<dyn StatusListener>>>,
     pub(crate) busy: Arc<std::sync::Mutex<queue::Busy>>,
+    /// The store leases this pug holds.
+    pub leases: Arc<Leases>,
 }
 
 /// The controller's settings, taken from pug's configuration.
@@ -81,6 +91,14 @@ pub struct ControllerSettings {
     pub config: pug_config::Config,
     /// The renderer's `/render` URL, when tenants are wired to one.
     pub renderer_url: Option<String>,
+    /// This pug process's id as the owner of store leases; unique per process.
+    pub owner: String,
+    /// How long a lease lasts unless renewed (renewed every third of it): how long a killed
+    /// pug's work waits before another pug takes it over.
+    pub lease: Duration,
+    /// What this pug tells other pugs about itself in the store (its backend is the
+    /// orchestrator's name).
+    pub roles: String,
 }
 
 impl ControllerSettings {
@@ -99,6 +117,9 @@ impl ControllerSettings {
             activity_grace: Duration::from_secs(2),
             config: config.clone(),
             renderer_url: None,
+            owner: lease::new_owner_id(),
+            lease: Duration::from_millis(c.lease_ms.max(300)),
+            roles: "controller".into(),
         }
     }
 
@@ -125,7 +146,6 @@ impl Controller {
         Self {
             store,
             orchestrator,
-            settings,
             metrics,
             databases,
             http: reqwest::Client::builder()
@@ -135,6 +155,8 @@ impl Controller {
             wake: Arc::new(tokio::sync::Notify::new()),
             status_listener: Arc::default(),
             busy: Arc::default(),
+            leases: Arc::new(Leases::new(settings.owner.clone(), settings.lease)),
+            settings,
         }
     }
 
@@ -143,6 +165,12 @@ impl Controller {
         self.store.enqueue(tenant, pug_store::now_ms()).await?;
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Whether this pug's controller can act: its last heartbeat reached the store less than
+    /// a lease ago (what `/readyz` reports for the controller role).
+    pub fn ready(&self) -> bool {
+        self.leases.alive()
     }
 
     /// Wakes the queue loop (after the store was changed elsewhere, e.g. by the API).

@@ -1,5 +1,9 @@
 //! The loops that drive reconcile passes: the queue worker, the periodic resync with garbage
 //! collection, and the listener for changes the orchestrator reports.
+//!
+//! Work is claimed from the store under leases (`pug_store::Store::claim_work`), at most
+//! `controller.concurrency` passes at once across every pug sharing the store; each pass runs
+//! under its lease's local deadline ([`crate::lease`]).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -19,26 +23,56 @@ pub(crate) struct Busy {
     dirty: HashSet<TenantId>,
 }
 
-/// Runs the controller until `shutdown` is cancelled; in-flight passes are allowed to finish.
+/// Runs the controller until `shutdown` is cancelled; in-flight passes are allowed to finish,
+/// then this pug's leases are given back. Dropped (its task aborted) instead, it gives nothing
+/// back: its leases run out, as a killed pug's do.
 pub async fn run(controller: Controller, shutdown: CancellationToken) {
     if let Err(e) = controller.store.enqueue_all().await {
         tracing::error!(error = %e, "cannot queue the start-up resync");
     }
-    let resync = tokio::spawn(resync_loop(controller.clone(), shutdown.clone()));
-    let changes = tokio::spawn(changes_loop(controller.clone(), shutdown.clone()));
-    let semaphore =
-        std::sync::Arc::new(tokio::sync::Semaphore::new(controller.settings.concurrency));
+    let c = &controller;
+    let me = pug_store::Replica {
+        owner: c.settings.owner.clone(),
+        host: crate::lease::hostname(),
+        backend: c.orchestrator.name().to_owned(),
+        roles: c.settings.roles.clone(),
+    };
+    let stop_background = CancellationToken::new();
+    // Dropped with this future: an aborted controller leaves nothing running.
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(crate::lease::heartbeat_loop(
+        c.store.clone(),
+        c.leases.clone(),
+        me,
+        true,
+        stop_background.clone(),
+    ));
+    background.spawn(resync_loop(c.clone(), stop_background.clone()));
+    background.spawn(changes_loop(c.clone(), stop_background.clone()));
+    let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(c.settings.concurrency));
     let mut tasks = tokio::task::JoinSet::new();
+    let lease_ms = c.settings.lease.as_millis() as i64;
     loop {
         if shutdown.is_cancelled() {
             break;
         }
         while tasks.try_join_next().is_some() {}
         let free = semaphore.available_permits();
-        let mut next_wait = Duration::from_secs(1);
+        // Also how soon a row whose lease ran out (a killed pug's) is claimed again.
+        let mut next_wait = Duration::from_millis(500);
         if free > 0 {
-            let busy: HashSet<TenantId> = controller.busy.lock().expect("busy").running.clone();
-            match controller.store.due_work(now_ms(), free, &busy).await {
+            let sent = Instant::now();
+            let claimed = c
+                .store
+                .claim_work(
+                    &c.settings.owner,
+                    now_ms(),
+                    free,
+                    c.settings.concurrency,
+                    lease_ms,
+                )
+                .await;
+            match claimed {
                 Ok(items) => {
                     for item in items {
                         let permit = semaphore
@@ -46,13 +80,13 @@ pub async fn run(controller: Controller, shutdown: CancellationToken) {
                             .acquire_owned()
                             .await
                             .expect("the semaphore is never closed");
-                        controller
-                            .busy
+                        c.leases.hold(&item.tenant, item.fence, sent);
+                        c.busy
                             .lock()
                             .expect("busy")
                             .running
                             .insert(item.tenant.clone());
-                        let c = controller.clone();
+                        let c = c.clone();
                         tasks.spawn(async move {
                             work(&c, item).await;
                             drop(permit);
@@ -60,34 +94,43 @@ pub async fn run(controller: Controller, shutdown: CancellationToken) {
                         });
                     }
                 }
-                Err(e) => tracing::error!(error = %e, "cannot read the work queue"),
+                Err(e) => tracing::error!(error = %e, "cannot claim work from the queue"),
             }
-            match controller.store.next_due_ms().await {
+            match c.store.next_due_ms().await {
                 Ok(Some(due)) if due > now_ms() => {
                     next_wait = next_wait.min(Duration::from_millis((due - now_ms()) as u64));
                 }
                 _ => {}
             }
         }
-        if let Ok(depth) = controller.store.queue_depth().await {
-            controller.metrics.queue_depth.set(depth);
+        if let Ok(depth) = c.store.queue_depth().await {
+            c.metrics.queue_depth.set(depth);
         }
         tokio::select! {
             // Cancel-safe: Notify keeps one permit, so a wake-up sent meanwhile is not lost.
-            _ = controller.wake.notified() => {}
+            _ = c.wake.notified() => {}
             _ = tokio::time::sleep(next_wait) => {}
             _ = shutdown.cancelled() => break,
         }
     }
-    resync.abort();
-    changes.abort();
     while tasks.join_next().await.is_some() {}
+    stop_background.cancel();
+    while background.join_next().await.is_some() {}
+    if let Err(e) = c.store.retire(&c.settings.owner).await {
+        tracing::warn!(error = %e, "cannot give this pug's leases back; they run out by themselves");
+    }
 }
 
-/// One pass for one queued tenant, and what to do with its queue row afterwards.
+/// One pass for one queued tenant under its lease, and what to do with its queue row
+/// afterwards. A pass whose lease runs out is dropped where it stands and leaves the row alone:
+/// another pug may hold it already, and its next pass plans again from what it observes.
 async fn work(c: &Controller, item: WorkItem) {
     let started = Instant::now();
-    let outcome = reconcile(c, &item.tenant, item.attempts).await;
+    let outcome = tokio::select! {
+        outcome = reconcile(c, &item.tenant, item.attempts) => Some(outcome),
+        _ = c.leases.lost(&item.tenant) => None,
+    };
+    c.leases.drop_lease(&item.tenant);
     c.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
@@ -96,12 +139,19 @@ async fn work(c: &Controller, item: WorkItem) {
         busy.running.remove(&item.tenant);
         busy.dirty.remove(&item.tenant)
     };
+    let Some(outcome) = outcome else {
+        c.metrics.op("lease_lost");
+        tracing::warn!(tenant = %item.tenant, "the lease of this tenant ran out before the store renewed it; the pass stopped (another pug takes over)");
+        // Given back at once if nobody took it yet (the token says whether it is still ours).
+        let _ = c.store.release_work(&item).await;
+        return;
+    };
     let result = match outcome {
         Ok(Outcome::Converged) => {
             c.metrics.op("converged");
             let r = c.store.finish_work(&item).await;
             if dirty && r.is_ok() {
-                c.store.enqueue(&item.tenant, now_ms()).await
+                c.store.enqueue(&item.tenant, now_ms()).await.map(|_| true)
             } else {
                 r
             }
@@ -137,6 +187,9 @@ async fn work(c: &Controller, item: WorkItem) {
                 .await
         }
     };
+    if let Ok(false) = result {
+        tracing::debug!(tenant = %item.tenant, "the queue row was not this pass's any more (removed, or taken over)");
+    }
     if let Err(e) = result {
         tracing::error!(tenant = %item.tenant, error = %e, "cannot update the work queue");
     }
@@ -148,7 +201,8 @@ pub(crate) fn backoff(attempts: u32, base: Duration, max: Duration) -> Duration 
     base.saturating_mul(factor).min(max)
 }
 
-/// Every resync interval: queue every tenant, and remove instances whose tenant is gone.
+/// Every resync interval, on the pug holding the `fleet` lease: queue every tenant, and remove
+/// instances whose tenant is gone.
 async fn resync_loop(c: Controller, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(c.settings.resync_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -156,6 +210,10 @@ async fn resync_loop(c: Controller, shutdown: CancellationToken) {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
+        }
+        // Fleet-wide jobs run on one pug of those sharing the store.
+        if !c.leases.is_fleet_leader() {
+            continue;
         }
         if let Err(e) = collect_garbage(&c).await {
             tracing::warn!(error = %error_line(&e), "garbage collection failed");
@@ -175,6 +233,15 @@ pub(crate) async fn collect_garbage(c: &Controller) -> Result<usize, ReconcileEr
     let all = c.orchestrator.all_instances().await;
     for instance in all.fleet_wide(Step::ListInstances)? {
         if known.contains(&instance.tenant) {
+            continue;
+        }
+        // Created since the listing (its first pass may have started it already): not an orphan.
+        if c.store
+            .tenant(&instance.tenant)
+            .await
+            .at(&instance.tenant, Step::ReadTenant)?
+            .is_some()
+        {
             continue;
         }
         tracing::warn!(tenant = %instance.tenant, replica = instance.replica, "removing an orphan instance (its tenant does not exist)");

@@ -13,6 +13,7 @@
 
 mod activity;
 mod crypto;
+mod lease;
 mod logins;
 mod queue;
 mod tenants;
@@ -27,6 +28,7 @@ use sqlx::AnyPool;
 
 pub use activity::Activity;
 pub use crypto::{generate_secret, token_hash, write_private, MasterKey, MASTER_KEY_ENV};
+pub use lease::{Heartbeat, Replica};
 pub use logins::LOGIN_CODE_TTL_MS;
 pub use queue::WorkItem;
 pub use tokens::{

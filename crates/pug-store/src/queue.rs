@@ -3,7 +3,9 @@
 //! A row is a promise that the tenant will be reconciled at or after `due_at_ms`; it survives a
 //! crash. Enqueueing an already queued tenant only brings its due time forward (deduplication).
 //! `seq` grows on every enqueue, so a worker that finishes an item removes it only if nobody
-//! enqueued the tenant again while it worked.
+//! enqueued the tenant again while it worked. Handing rows out to several pug processes at once
+//! (leases, fencing tokens) is `lease.rs`; finishing and requeueing here are conditional on the
+//! item's fencing token, so a pug that lost a row's lease can no longer change it.
 
 use pug_types::TenantId;
 use sqlx::Row;
@@ -18,6 +20,9 @@ pub struct WorkItem {
     pub attempts: u32,
     /// The row's sequence number when it was handed out.
     pub seq: i64,
+    /// The fencing token of the lease it was handed out under (its row's token when it was
+    /// only read, as by [`Store::due_work`]).
+    pub fence: i64,
 }
 
 /// Queues `id`. A spec change (`new_spec`) also forgets earlier failures: they were failures
@@ -67,7 +72,8 @@ impl Store {
         Ok(())
     }
 
-    /// Up to `limit` items due by `now_ms`, earliest first, skipping tenants in `busy`.
+    /// Up to `limit` items due by `now_ms`, earliest first, skipping tenants in `busy`. Reads
+    /// only: the queue loop claims work with [`Store::claim_work`].
     pub async fn due_work(
         &self,
         now_ms: i64,
@@ -75,7 +81,7 @@ impl Store {
         busy: &std::collections::HashSet<TenantId>,
     ) -> Result<Vec<WorkItem>, StoreError> {
         let rows = sqlx::query(
-            "SELECT tenant_id, attempts, seq FROM work_queue WHERE due_at_ms <= $1 \
+            "SELECT tenant_id, attempts, seq, fence FROM work_queue WHERE due_at_ms <= $1 \
              ORDER BY due_at_ms LIMIT $2",
         )
         .bind(now_ms)
@@ -96,6 +102,7 @@ impl Store {
                 tenant,
                 attempts: attempts as u32,
                 seq: row.try_get(2)?,
+                fence: row.try_get(3)?,
             });
             if items.len() == limit {
                 break;
@@ -112,34 +119,60 @@ impl Store {
         Ok(next)
     }
 
-    /// Removes a finished item, unless the tenant was queued again meanwhile.
-    pub async fn finish_work(&self, item: &WorkItem) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM work_queue WHERE tenant_id = $1 AND seq = $2")
-            .bind(item.tenant.as_str())
-            .bind(item.seq)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// Removes a finished item, unless the tenant was queued again meanwhile (then only its
+    /// lease is given back). Returns false when the item's lease was lost (another pug holds
+    /// the row now): nothing was changed.
+    pub async fn finish_work(&self, item: &WorkItem) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM work_queue WHERE tenant_id = $1 AND seq = $2 AND fence = $3")
+                .bind(item.tenant.as_str())
+                .bind(item.seq)
+                .bind(item.fence)
+                .execute(&self.pool)
+                .await?;
+        if done.rows_affected() > 0 {
+            return Ok(true);
+        }
+        self.release_work(item).await
     }
 
-    /// Puts an item back, due at `due_at_ms`, with its failure count. If the tenant was queued
-    /// again meanwhile, that newer request wins and the row is left alone.
+    /// Puts an item back, due at `due_at_ms`, with its failure count, and gives its lease
+    /// back. If the tenant was queued again meanwhile, that newer request wins and only the
+    /// lease is given back. Returns false when the item's lease was lost: nothing was changed.
     pub async fn requeue_work(
         &self,
         item: &WorkItem,
         due_at_ms: i64,
         attempts: u32,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE work_queue SET due_at_ms = $1, attempts = $2 WHERE tenant_id = $3 AND seq = $4",
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE work_queue SET due_at_ms = $1, attempts = $2, owner = NULL, \
+             lease_until_ms = 0 WHERE tenant_id = $3 AND seq = $4 AND fence = $5",
         )
         .bind(due_at_ms)
         .bind(attempts as i64)
         .bind(item.tenant.as_str())
         .bind(item.seq)
+        .bind(item.fence)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        if done.rows_affected() > 0 {
+            return Ok(true);
+        }
+        self.release_work(item).await
+    }
+
+    /// Gives back the lease `item` was handed out under, if it still holds it.
+    pub async fn release_work(&self, item: &WorkItem) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE work_queue SET owner = NULL, lease_until_ms = 0 \
+             WHERE tenant_id = $1 AND fence = $2",
+        )
+        .bind(item.tenant.as_str())
+        .bind(item.fence)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// How many tenants wait for a reconcile.

@@ -110,7 +110,7 @@ async fn activity_and_wakes_on_postgres() {
         .unwrap();
     the_activity_story(&store).await;
     store.close().await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {db}"))
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
         .execute(&mut admin)
         .await
         .unwrap();

@@ -21,6 +21,7 @@ mod adapters;
 mod client;
 mod print;
 mod serve;
+mod sharing;
 mod swarm;
 mod tenant;
 mod token;

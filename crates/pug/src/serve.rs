@@ -38,6 +38,37 @@ pub struct ServeArgs {
     /// process, docker or swarm (default process).
     #[arg(long)]
     backend: Option<String>,
+    /// A role to run: api, gateway, controller or renderer; repeatable or comma-separated
+    /// (default: all of them).
+    #[arg(
+        long = "role",
+        env = "PUG_ROLES",
+        value_delimiter = ',',
+        value_name = "ROLE"
+    )]
+    roles: Vec<String>,
+}
+
+/// The roles asked for (all when none), or which one is unknown.
+fn roles(asked: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut roles: Vec<String> = Vec::new();
+    for role in asked.iter().map(|r| r.trim()).filter(|r| !r.is_empty()) {
+        if !pug_api::ROLES.contains(&role) {
+            anyhow::bail!(
+                "unknown role {role:?}; roles are {} (--role, PUG_ROLES)",
+                pug_api::ROLES.join(", ")
+            );
+        }
+        if !roles.iter().any(|r| r == role) {
+            roles.push(role.to_owned());
+        }
+    }
+    if roles.is_empty() {
+        roles = pug_api::ROLES.iter().map(|r| r.to_string()).collect();
+    }
+    // In their canonical order, whatever order they were given in.
+    roles.sort_by_key(|r| pug_api::ROLES.iter().position(|x| x == r));
+    Ok(roles)
 }
 
 impl ServeArgs {
@@ -102,6 +133,33 @@ async fn start_backend(config: &Config, store: &Store) -> anyhow::Result<Started
     })
 }
 
+/// Takes an exclusive lock on `<pug.db>.lock` beside a SQLite store, or says that another pug
+/// holds it. `None` for PostgreSQL, which several pugs share.
+fn lock_sqlite_store(url: &str) -> anyhow::Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(path) = url.strip_prefix("sqlite://") else {
+        return Ok(None);
+    };
+    let path = path.split('?').next().unwrap_or_default();
+    let lock_path = format!("{path}.lock");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {lock_path}"))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => anyhow::bail!(
+            "another pug is running on the SQLite store {path}; a SQLite store takes one pug \
+             process: stop the other one, or set database_url to a PostgreSQL server that \
+             several pugs share"
+        ),
+        Err((_, e)) => Err(e).with_context(|| format!("cannot lock {lock_path}")),
+    }
+}
+
 /// Creates the data directory and makes its path absolute.
 fn data_dir(config: &Config) -> anyhow::Result<PathBuf> {
     let dir = &config.data_dir;
@@ -113,6 +171,8 @@ fn data_dir(config: &Config) -> anyhow::Result<PathBuf> {
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref(), args.flags())?;
+    let roles = roles(&args.roles)?;
+    let runs = |role: &str| roles.iter().any(|r| r == role);
     init_tracing();
     let config = Config {
         data_dir: data_dir(&config)?,
@@ -120,9 +180,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let data_dir = config.data_dir.clone();
 
+    // SQLite takes one pug: held for this process's life, released by the kernel at its end.
+    let _sqlite_lock = lock_sqlite_store(&config.store_url())?;
     let store = Store::open_data_dir(&data_dir, &config.store_url())
         .await
         .context("cannot open pug's store")?;
+    if runs("controller") {
+        let whitelist_set = !config.docker.proxy_whitelist.is_empty();
+        crate::sharing::check(&store, config.backend, whitelist_set).await?;
+    }
     let first_admin_token = if store.has_tokens().await? {
         None
     } else {
@@ -153,15 +219,19 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .await
     .context("cannot start the gateway")?;
     let shutdown = CancellationToken::new();
-    let tenants = StoreTenants {
-        store: store.clone(),
-        orchestrator: backend.orchestrator.clone(),
+    let renderer = if runs("renderer") {
+        let tenants = StoreTenants {
+            store: store.clone(),
+            orchestrator: backend.orchestrator.clone(),
+        };
+        let for_instances = backend.orchestrator.host_address_for_instances();
+        pug_renderer::embedded::start(&config, tenants, for_instances, shutdown.clone()).await?
+    } else {
+        None
     };
-    let for_instances = backend.orchestrator.host_address_for_instances();
-    let renderer =
-        pug_renderer::embedded::start(&config, tenants, for_instances, shutdown.clone()).await?;
     let mut settings = ControllerSettings::from_config(&config);
     settings.renderer_url = renderer.as_ref().map(|r| r.url.clone());
+    settings.roles = roles.join(",");
     let orchestrator = backend.orchestrator.clone();
     let controller = Controller::new(
         store.clone(),
@@ -199,16 +269,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config: Arc::new(config.clone()),
         registry: Arc::new(registry),
         renderer_address: renderer.as_ref().map(|r| r.address.clone()),
+        roles: roles.clone(),
     };
-    let mut api = pug_api::router(state);
+    // Without the API role only /healthz, /healthz/{role} and /readyz answer.
+    let mut api = if runs("api") {
+        pug_api::router(state)
+    } else {
+        pug_api::health_router(state)
+    };
     if let Some(observer) = swarm {
         let source: Arc<dyn pug_api::swarm::SwarmSource> = Arc::new(ObservedSwarm(observer));
         api = api.layer(axum::Extension(source));
     }
-    // Tenant traffic and the login pages go to the gateway; /api/v1, /metrics, /healthz to the API.
-    let app = gateway.service(api);
 
-    let controller_task = tokio::spawn(pug_controller::run(controller, shutdown.clone()));
+    let controller_task =
+        runs("controller").then(|| tokio::spawn(pug_controller::run(controller, shutdown.clone())));
 
     print_banner(&Banner {
         config: &config,
@@ -218,6 +293,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         store: store.backend_name(),
         isolation: backend.isolation.as_ref(),
         first_admin_token: first_admin_token.as_ref(),
+        roles: &roles,
     });
 
     let signal = shutdown.clone();
@@ -226,16 +302,19 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         signal.cancel();
     });
-    pug_gateway::server::serve_with(
-        listener,
-        app,
-        pug_gateway::server::worker_count(config.gateway.workers),
-        pug_gateway::server::Limits::from_config(&config.gateway),
-        shutdown.clone(),
-    )
-    .await
-    .context("the HTTP server failed")?;
-    let _ = controller_task.await;
+    let workers = pug_gateway::server::worker_count(config.gateway.workers);
+    let limits = pug_gateway::server::Limits::from_config(&config.gateway);
+    let served = if runs("gateway") {
+        // Tenant traffic and the login pages go to the gateway; the rest to the API.
+        let app = gateway.service(api);
+        pug_gateway::server::serve_with(listener, app, workers, limits, shutdown.clone()).await
+    } else {
+        pug_gateway::server::serve_with(listener, api, workers, limits, shutdown.clone()).await
+    };
+    served.context("the HTTP server failed")?;
+    if let Some(task) = controller_task {
+        let _ = task.await;
+    }
     if let Some(r) = renderer {
         r.stop().await;
     }
@@ -262,12 +341,14 @@ struct Banner<'a> {
     store: &'a str,
     isolation: Option<&'a IsolationState>,
     first_admin_token: Option<&'a SecretString>,
+    roles: &'a [String],
 }
 
 fn print_banner(b: &Banner) {
     let (config, api_url) = (b.config, b.api_url);
     let data_dir: &Path = &config.data_dir;
     println!("pug is running");
+    println!("  roles      {}", b.roles.join(", "));
     println!("  API        {api_url}/api/v1   (OpenAPI: {api_url}/api/v1/openapi.json)");
     println!(
         "  tenants    {}   (e.g. {})",

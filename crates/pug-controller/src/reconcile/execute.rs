@@ -26,6 +26,14 @@ pub(super) async fn run(
 ) -> Result<Vec<Instance>, ReconcileError> {
     let mut started = Vec::new();
     for action in actions {
+        // Self-fencing: no action once this pug's lease of the tenant ran out.
+        if !c.leases.check(id) {
+            return Err(ReconcileError {
+                tenant: Some(id.clone()),
+                step: Step::HoldLease,
+                cause: Box::new(Cause::LeaseLost),
+            });
+        }
         match action {
             Action::Stop { replica } => {
                 let step = Step::Stop { replica: *replica };

@@ -7,7 +7,16 @@
 //! contract: `ensure` leaves a running replica with the same spec alone, `remove` and `archive`
 //! of something absent succeed.
 //!
-//! Must not: sleep or run processes. Time passes only when a test calls [`Fake::age`].
+//! Several controllers (pug replicas) may share one fake: [`Fake::tagged`] gives each its own
+//! handle, and every operation on a tenant is marked in flight, under its handle's tag, for as
+//! long as it runs ([`Fake::slow`] makes each take that long). An operation that starts on a
+//! tenant while another handle's operation on it is in flight is recorded as an overlap
+//! ([`Fake::overlaps`]): two replicas acting on one tenant at once.
+//!
+//! Must not: run processes, or sleep except inside an operation made slow by the test. Instance
+//! ages pass only when a test calls [`Fake::age`].
+
+#![allow(dead_code)] // each test binary uses a part of the fake
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -55,6 +64,14 @@ struct Inner {
     slots: BTreeMap<(TenantId, u32), Slot>,
     behaviour: HashMap<String, Behaviour>,
     calls: Vec<Call>,
+    /// Per tenant, the operations in flight: (handle tag, count).
+    in_flight: HashMap<TenantId, Vec<String>>,
+    /// (tenant, tag in flight, tag that started meanwhile).
+    overlaps: Vec<(TenantId, String, String)>,
+    /// How long each operation takes.
+    delay: Duration,
+    /// Every `ensure` that started a replica, by tag.
+    starts_by: HashMap<String, usize>,
 }
 
 /// The fake orchestrator; cheap to clone (every clone sees the same replicas).
@@ -63,6 +80,29 @@ pub struct Fake {
     inner: Arc<Mutex<Inner>>,
     /// `http://127.0.0.1:<port>` of the health endpoint.
     health_base: String,
+    /// Whose handle this is (one per controller sharing the fake).
+    tag: String,
+}
+
+/// Marks an operation in flight on a tenant until dropped (also when the caller is aborted).
+struct InFlight {
+    inner: Arc<Mutex<Inner>>,
+    tenant: TenantId,
+    tag: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut inner = self.inner.lock().expect("fake orchestrator");
+        if let Some(tags) = inner.in_flight.get_mut(&self.tenant) {
+            if let Some(i) = tags.iter().position(|t| *t == self.tag) {
+                tags.swap_remove(i);
+            }
+            if tags.is_empty() {
+                inner.in_flight.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 /// Exit reason of a crashing instance; the README promises it as the failure's reason.
@@ -78,7 +118,71 @@ impl Fake {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let health_base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { inner, health_base }
+        Self {
+            inner,
+            health_base,
+            tag: String::new(),
+        }
+    }
+
+    /// A handle on the same replicas whose operations are marked with `tag`.
+    pub fn tagged(&self, tag: &str) -> Self {
+        Self {
+            tag: tag.into(),
+            ..self.clone()
+        }
+    }
+
+    /// Makes every operation take `by` from now on.
+    pub fn slow(&self, by: Duration) {
+        self.lock().delay = by;
+    }
+
+    /// Every overlap so far: (tenant, the tag whose operation was in flight, the tag that
+    /// started one meanwhile).
+    pub fn overlaps(&self) -> Vec<(TenantId, String, String)> {
+        self.lock().overlaps.clone()
+    }
+
+    /// How many replicas each tag's handle started.
+    pub fn starts_by(&self) -> HashMap<String, usize> {
+        self.lock().starts_by.clone()
+    }
+
+    /// Every (tenant, replica) running, with its version.
+    pub fn running(&self) -> Vec<(TenantId, u32, String)> {
+        self.lock()
+            .slots
+            .iter()
+            .filter(|(_, s)| s.instance.state == InstanceState::Running)
+            .map(|((t, r), s)| (t.clone(), *r, s.version.clone()))
+            .collect()
+    }
+
+    /// Marks an operation on `tenant` in flight (recording an overlap with another tag's),
+    /// then lets the operation's time pass.
+    async fn begin(&self, tenant: &TenantId) -> InFlight {
+        let delay = {
+            let mut inner = self.lock();
+            let tags = inner.in_flight.entry(tenant.clone()).or_default();
+            let other = tags.iter().find(|t| **t != self.tag).cloned();
+            tags.push(self.tag.clone());
+            if let Some(other) = other {
+                inner
+                    .overlaps
+                    .push((tenant.clone(), other, self.tag.clone()));
+            }
+            inner.delay
+        };
+        let guard = InFlight {
+            inner: self.inner.clone(),
+            tenant: tenant.clone(),
+            tag: self.tag.clone(),
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        guard
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -141,6 +245,7 @@ impl Orchestrator for Fake {
     }
 
     async fn ensure(&self, spec: &InstanceSpec) -> Result<Instance, OrchestratorError> {
+        let _op = self.begin(&spec.tenant).await;
         let mut inner = self.lock();
         let key = (spec.tenant.clone(), spec.replica);
         let hash = spec.hash();
@@ -163,6 +268,7 @@ impl Orchestrator for Fake {
             replica: spec.replica,
             version: version.clone(),
         });
+        *inner.starts_by.entry(self.tag.clone()).or_default() += 1;
         inner.slots.insert(
             key,
             Slot {
@@ -175,6 +281,7 @@ impl Orchestrator for Fake {
     }
 
     async fn instances(&self, tenant: &TenantId) -> Result<Vec<Instance>, OrchestratorError> {
+        let _op = self.begin(tenant).await;
         let mut inner = self.lock();
         let mut out = Vec::new();
         for ((t, _), slot) in inner.slots.iter_mut() {
@@ -201,6 +308,7 @@ impl Orchestrator for Fake {
     }
 
     async fn remove(&self, tenant: &TenantId, replica: u32) -> Result<(), OrchestratorError> {
+        let _op = self.begin(tenant).await;
         let mut inner = self.lock();
         if inner.slots.remove(&(tenant.clone(), replica)).is_some() {
             inner.calls.push(Call::Removed { replica });
@@ -208,7 +316,8 @@ impl Orchestrator for Fake {
         Ok(())
     }
 
-    async fn archive(&self, _: &TenantId) -> Result<(), OrchestratorError> {
+    async fn archive(&self, tenant: &TenantId) -> Result<(), OrchestratorError> {
+        let _op = self.begin(tenant).await;
         self.lock().calls.push(Call::Archived);
         Ok(())
     }

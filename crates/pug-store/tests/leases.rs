@@ -1,0 +1,260 @@
+//! Work leases and the fleet lease, on SQLite and on a real PostgreSQL server (the same story
+//! on both): a claim hands each due row to one owner under a fencing token, never more rows
+//! than the global limit allows across owners; a heartbeat renews only live leases of its
+//! owner; a lease that runs out is claimed by another owner under a larger token, after which
+//! the old owner's finish changes nothing; the fleet lease has one holder at a time; a clean
+//! stop gives everything back at once.
+//! PostgreSQL from `PUG_TEST_POSTGRES_URL` (default: the `pugtest` role `.ci/run` creates).
+
+use std::time::Duration;
+
+use pug_store::{now_ms, MasterKey, Replica, Store};
+use pug_types::{TenantId, TenantSpec};
+use sqlx::Connection;
+
+fn spec() -> TenantSpec {
+    serde_json::from_value(serde_json::json!({
+        "display_name": "acme", "version": "11.3.0", "replicas": 1, "desired_state": "active",
+    }))
+    .unwrap()
+}
+
+fn replica(owner: &str) -> Replica {
+    Replica {
+        owner: owner.into(),
+        host: "test".into(),
+        backend: "fake".into(),
+        roles: "controller".into(),
+    }
+}
+
+fn fences_of(items: &[pug_store::WorkItem]) -> Vec<i64> {
+    items.iter().map(|w| w.fence).collect()
+}
+
+/// Polls `claim` until it returns something, for at most 10 s.
+async fn claim_when_free(store: &Store, owner: &str, lease_ms: i64) -> Vec<pug_store::WorkItem> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let items = store
+            .claim_work(owner, now_ms(), 10, 10, lease_ms)
+            .await
+            .unwrap();
+        if !items.is_empty() {
+            return items;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease never ran out"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn the_lease_story(store: &Store) {
+    let ids: Vec<TenantId> = (0..5)
+        .map(|i| TenantId::parse(&format!("t{i}")).unwrap())
+        .collect();
+    for id in &ids {
+        store.create_tenant(id, &spec(), &[]).await.unwrap();
+    }
+    let long = 60_000;
+
+    // The global limit holds across owners; each row goes to one owner.
+    let a = store.claim_work("a", now_ms(), 10, 3, long).await.unwrap();
+    assert_eq!(a.len(), 3);
+    assert!(store
+        .claim_work("b", now_ms(), 10, 3, long)
+        .await
+        .unwrap()
+        .is_empty());
+    let b = store.claim_work("b", now_ms(), 10, 10, long).await.unwrap();
+    assert_eq!(b.len(), 2);
+    let mut tenants: Vec<&TenantId> = a.iter().chain(&b).map(|w| &w.tenant).collect();
+    tenants.sort();
+    assert_eq!(tenants, ids.iter().collect::<Vec<_>>());
+    let mut fences: Vec<i64> = a.iter().chain(&b).map(|w| w.fence).collect();
+    fences.sort();
+    fences.dedup();
+    assert_eq!(fences.len(), 5, "every acquisition gets its own token");
+    assert!(store
+        .claim_work("c", now_ms(), 10, 10, long)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.live_leases().await.unwrap(), 5);
+
+    // A heartbeat renews its owner's leases only; the fleet lease has one holder.
+    let beat_a = store
+        .heartbeat(&replica("a"), &fences_of(&a), long, true)
+        .await
+        .unwrap();
+    assert_eq!(beat_a.renewed.len(), 3);
+    let fleet_a = beat_a.fleet.expect("a free fleet lease is taken");
+    let beat_b = store
+        .heartbeat(&replica("b"), &fences_of(&b), long, true)
+        .await
+        .unwrap();
+    assert_eq!(beat_b.renewed.len(), 2);
+    assert_eq!(beat_b.fleet, None, "a holds the fleet lease");
+    assert_eq!(
+        store
+            .heartbeat(&replica("a"), &fences_of(&a), long, true)
+            .await
+            .unwrap()
+            .fleet,
+        Some(fleet_a),
+        "renewing keeps the token"
+    );
+    assert_eq!(store.fleet_holder().await.unwrap().as_deref(), Some("a"));
+    let others: Vec<String> = store
+        .live_replicas("a")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.owner)
+        .collect();
+    assert_eq!(others, ["b"]);
+
+    // A heartbeat renews only the leases it names.
+    let one = store
+        .heartbeat(&replica("a"), &[a[0].fence], long, false)
+        .await
+        .unwrap();
+    assert_eq!(one.renewed, vec![(a[0].tenant.clone(), a[0].fence)]);
+
+    // b finishes its two: they are gone. Owner c takes none of a's live leases.
+    for item in &b {
+        assert!(store.finish_work(item).await.unwrap());
+    }
+
+    // a's leases run out (no heartbeat), c claims them under larger tokens.
+    let short = 200;
+    let a_short = store
+        .claim_work("a", now_ms(), 10, 10, short)
+        .await
+        .unwrap();
+    assert!(a_short.is_empty(), "a holds them already");
+    store.retire("b").await.unwrap();
+    // Shorten a's leases by taking them over after a clean stop of a, then let c's run out.
+    store.retire("a").await.unwrap();
+    let c = store
+        .claim_work("c", now_ms(), 10, 10, short)
+        .await
+        .unwrap();
+    assert_eq!(c.len(), 3);
+    let d = claim_when_free(store, "d", long).await;
+    assert_eq!(d.len(), 3);
+    for (old, new) in c.iter().zip(&d) {
+        assert_eq!(old.tenant, new.tenant);
+        assert!(
+            new.fence > old.fence,
+            "a later acquisition has a larger token"
+        );
+    }
+    // c's heartbeat no longer renews them, and c's finish or requeue changes nothing.
+    assert!(store
+        .heartbeat(&replica("c"), &fences_of(&c), long, false)
+        .await
+        .unwrap()
+        .renewed
+        .is_empty());
+    assert!(!store.finish_work(&c[0]).await.unwrap());
+    assert!(!store.requeue_work(&c[1], 0, 7).await.unwrap());
+    assert_eq!(store.queue_depth().await.unwrap(), 3);
+    assert_eq!(store.live_leases().await.unwrap(), 3);
+
+    // d requeues one (its lease given back, due later) and finishes the others.
+    assert!(store.requeue_work(&d[0], now_ms() + long, 1).await.unwrap());
+    assert_eq!(store.live_leases().await.unwrap(), 2);
+    assert!(store
+        .claim_work("e", now_ms(), 10, 10, long)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.finish_work(&d[1]).await.unwrap());
+    assert!(store.finish_work(&d[2]).await.unwrap());
+    assert_eq!(store.queue_depth().await.unwrap(), 1);
+
+    // Re-enqueued during a pass: the finish keeps the row and gives the lease back.
+    let again = store.claim_work("d", i64::MAX, 10, 10, long).await.unwrap();
+    assert_eq!(again.len(), 1);
+    store.enqueue(&again[0].tenant, now_ms()).await.unwrap();
+    assert!(store.finish_work(&again[0]).await.unwrap());
+    assert_eq!(store.queue_depth().await.unwrap(), 1);
+    assert_eq!(store.live_leases().await.unwrap(), 0);
+
+    // The fleet lease: a short one runs out and passes to another owner under a larger token.
+    let f = store
+        .heartbeat(&replica("f"), &[], short, true)
+        .await
+        .unwrap()
+        .fleet
+        .expect("free after a's clean stop");
+    assert!(f > fleet_a);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let g = loop {
+        if let Some(g) = store
+            .heartbeat(&replica("g"), &[], long, true)
+            .await
+            .unwrap()
+            .fleet
+        {
+            break g;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fleet lease never ran out"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(g > f);
+    assert_eq!(
+        store
+            .heartbeat(&replica("f"), &[], short, true)
+            .await
+            .unwrap()
+            .fleet,
+        None
+    );
+    store.retire("g").await.unwrap();
+    assert_eq!(store.fleet_holder().await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn leases_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("pug.db").display());
+    let store = Store::open_data_dir(dir.path(), &url).await.unwrap();
+    the_lease_story(&store).await;
+}
+
+#[tokio::test]
+async fn leases_on_postgres() {
+    let url = std::env::var("PUG_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://pugtest:pugtest@127.0.0.1:5432/postgres".into());
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap_or_else(|e| {
+        panic!(
+            "PostgreSQL is not reachable at {url} ({e}): apt-get install postgresql, start it and \
+             create the role as .ci/run does, or set PUG_TEST_POSTGRES_URL"
+        )
+    });
+    let db = format!("pug_lease_test_{}", std::process::id());
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {db}"),
+        format!("CREATE DATABASE {db}"),
+    ] {
+        sqlx::query(&sql).execute(&mut admin).await.unwrap();
+    }
+    let mut db_url = url::Url::parse(&url).unwrap();
+    db_url.set_path(&format!("/{db}"));
+    let store = Store::open(db_url.as_str(), MasterKey::generate())
+        .await
+        .unwrap();
+    the_lease_story(&store).await;
+    store.close().await;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
