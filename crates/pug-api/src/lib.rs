@@ -219,8 +219,7 @@ pub struct FleetStatus {
     pub version: String,
 }
 
-/// Fleet status: tenants by phase, queue depth, backend.
-/// 200 while this pug can serve; 503 while its store does not answer within 2 s or its
+/// `/readyz`: 200 while this pug can serve; 503 while its store does not answer within 2 s or its
 /// controller's heartbeat has not reached the store for a lease (it cannot hold a lease, and
 /// has stopped acting). The body says which.
 async fn readyz(
@@ -245,6 +244,7 @@ async fn readyz(
     (code, Json(body))
 }
 
+/// Fleet status: tenants by phase, queue depth, backend.
 #[utoipa::path(get, path = "/api/v1/status", responses((status = 200, body = FleetStatus)))]
 async fn status(State(state): State<ApiState>) -> Result<Json<FleetStatus>, ApiError> {
     let tenants = state.store.tenants().await?;

@@ -636,7 +636,7 @@ impl Config {
             bad("controller.concurrency must be at least 1".into());
         }
         if self.controller.lease_ms < 300 {
-            return bad("controller.lease_ms must be at least 300 (milliseconds)".into());
+            bad("controller.lease_ms must be at least 300 (milliseconds)".into());
         }
         if !self.gateway.public_url.is_empty() {
             match url::Url::parse(&self.gateway.public_url) {

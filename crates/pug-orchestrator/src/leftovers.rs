@@ -11,7 +11,9 @@
 //! shared directories anyway.
 //!
 //! Must not: follow symbolic links, leave the filesystem of the directory it cleans (a mount
-//! below `/tmp` is someone else's), or touch anything another uid owns.
+//! below `/tmp` is someone else's), touch anything another uid owns, or enter the directories
+//! it is told to keep (pug's own data dir may well be under `/tmp`: the tenant's files there
+//! are archived, not removed).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -22,22 +24,30 @@ pub const SHARED_DIRS: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
 /// How deep [`remove_owned_by`] looks for `uid`'s entries in directories of other users.
 const MAX_DEPTH: usize = 8;
 
-/// Removes every entry owned by `uid` below `dir` (not `dir` itself), on `dir`'s filesystem;
-/// returns how many entries it removed. Entries it cannot read or remove are skipped.
-pub fn remove_owned_by(dir: &Path, uid: u32) -> usize {
+/// Removes every entry owned by `uid` below `dir` (not `dir` itself), on `dir`'s filesystem,
+/// outside the directories in `keep`; returns how many entries it removed. Entries it cannot
+/// read or remove are skipped.
+pub fn remove_owned_by(dir: &Path, uid: u32, keep: &[&Path]) -> usize {
     let Ok(meta) = std::fs::symlink_metadata(dir) else {
         return 0;
     };
-    walk(dir, uid, meta.dev(), 0)
+    let keep: Vec<std::path::PathBuf> = keep
+        .iter()
+        .map(|k| std::fs::canonicalize(k).unwrap_or_else(|_| k.to_path_buf()))
+        .collect();
+    walk(dir, uid, meta.dev(), 0, &keep)
 }
 
-fn walk(dir: &Path, uid: u32, dev: u64, depth: usize) -> usize {
+fn walk(dir: &Path, uid: u32, dev: u64, depth: usize, keep: &[std::path::PathBuf]) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
     let mut removed = 0;
     for entry in entries.flatten() {
         let path = entry.path();
+        if keep.iter().any(|k| k == &path) {
+            continue;
+        }
         // Not followed: a link is an entry of its own, owned by whoever made it.
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
@@ -55,7 +65,7 @@ fn walk(dir: &Path, uid: u32, dev: u64, depth: usize) -> usize {
                 removed += 1;
             }
         } else if meta.is_dir() && depth < MAX_DEPTH {
-            removed += walk(&path, uid, dev, depth + 1);
+            removed += walk(&path, uid, dev, depth + 1, keep);
         }
     }
     removed
@@ -96,18 +106,29 @@ mod tests {
         symlink(d.join("target"), d.join("link")).unwrap();
         own(&d.join("link"));
 
-        assert_eq!(remove_owned_by(d, uid), 4);
+        // A kept directory (pug's data dir) with the uid's files inside.
+        std::fs::create_dir_all(d.join("pug-data/tenants/t/data")).unwrap();
+        std::fs::write(d.join("pug-data/tenants/t/data/grafana.db"), "db").unwrap();
+        own(&d.join("pug-data/tenants/t/data"));
+        own(&d.join("pug-data/tenants/t/data/grafana.db"));
+
+        assert_eq!(remove_owned_by(d, uid, &[&d.join("pug-data")]), 4);
         for gone in ["left.txt", "cache", "other/mine", "link"] {
             assert!(
                 !d.join(gone).exists() && d.join(gone).symlink_metadata().is_err(),
                 "{gone}"
             );
         }
-        for kept in ["other", "other/theirs", "target"] {
+        for kept in [
+            "other",
+            "other/theirs",
+            "target",
+            "pug-data/tenants/t/data/grafana.db",
+        ] {
             assert!(d.join(kept).exists(), "{kept}");
         }
         assert_eq!(std::fs::read_to_string(d.join("target")).unwrap(), "keep");
-        assert_eq!(remove_owned_by(d, uid), 0);
-        assert_eq!(remove_owned_by(&d.join("missing"), uid), 0);
+        assert_eq!(remove_owned_by(d, uid, &[&d.join("pug-data")]), 0);
+        assert_eq!(remove_owned_by(&d.join("missing"), uid, &[]), 0);
     }
 }

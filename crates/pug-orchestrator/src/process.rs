@@ -517,7 +517,11 @@ impl Orchestrator for ProcessBackend {
                     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
                 }
                 for shared in crate::leftovers::SHARED_DIRS {
-                    let removed = crate::leftovers::remove_owned_by(Path::new(shared), uid);
+                    let removed = crate::leftovers::remove_owned_by(
+                        Path::new(shared),
+                        uid,
+                        &[&self.settings.root, &self.settings.archive],
+                    );
                     if removed > 0 {
                         tracing::info!(%tenant, uid, dir = shared, removed, "removed a deleted tenant's files from a shared directory");
                     }

@@ -140,7 +140,9 @@ async fn two_hundred_renders_leave_no_process_or_temp_dir_behind() {
     for _batch in 0..50 {
         let renders = (0..4).map(|_| h.get("/render", &q));
         for res in futures::future::join_all(renders).await {
-            assert_eq!(res.status(), 200);
+            let status = res.status();
+            let body = res.text().await.unwrap_or_default();
+            assert_eq!(status, 200, "{body}");
         }
     }
     eprintln!("200 renders in {:?}", t.elapsed());

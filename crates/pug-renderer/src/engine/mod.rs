@@ -35,6 +35,9 @@ use crate::metrics::{
 use crate::params::{CsvRequest, Encoding, Height, RenderRequest};
 use crate::security::{Scope, UrlPolicy};
 
+/// Pings in a row a browser must miss before it is replaced as hung.
+const HUNG_AFTER_MISSES: u32 = 2;
+
 /// A finished `/render`.
 #[derive(Debug)]
 pub struct Rendered {
@@ -542,6 +545,8 @@ impl Inner {
 /// Replaces Chromium when it dies (at once), stops answering, or grows past the memory limit.
 async fn supervise(inner: Arc<Inner>) {
     let interval = inner.config.health_check_interval;
+    // Missed pings in a row, of the current browser only.
+    let mut missed: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
     loop {
         // Keep a warm browser ready for the next render.
         if inner.current.lock().await.is_none() && !inner.shutdown.is_cancelled() {
@@ -571,9 +576,19 @@ async fn supervise(inner: Arc<Inner>) {
                 }
                 let ping_timeout = interval.clamp(Duration::from_secs(1), Duration::from_secs(5));
                 if !i.ping(ping_timeout).await {
+                    // Two misses in a row: one slow answer on a loaded machine is not a hang,
+                    // and replacing the browser fails every render it is serving.
+                    let misses = missed.get(&i.id).copied().unwrap_or(0) + 1;
+                    missed.clear();
+                    if misses < HUNG_AFTER_MISSES {
+                        missed.insert(i.id, misses);
+                        tracing::info!(id = i.id, "Chromium is slow to answer; pinging again");
+                        continue;
+                    }
                     tracing::warn!(id = i.id, "Chromium does not answer; replacing it");
                     inner.retire(i, RestartReason::Hung, Duration::ZERO).await;
                 } else {
+                    missed.clear();
                     let limit = inner.config.max_browser_rss_bytes;
                     let rss = i.rss_bytes();
                     if limit > 0 && rss > limit {
