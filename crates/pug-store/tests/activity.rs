@@ -3,9 +3,10 @@
 //! first pending wake, queues the tenant, and refuses a tenant that does not exist.
 //! PostgreSQL from `PUG_TEST_POSTGRES_URL` (default: the `pugtest` role `.ci/run` creates).
 
-use pug_store::{MasterKey, Store};
+mod common;
+
+use pug_store::Store;
 use pug_types::{TenantId, TenantSpec};
-use sqlx::Connection;
 
 fn spec() -> TenantSpec {
     serde_json::from_value(serde_json::json!({
@@ -80,38 +81,13 @@ async fn the_activity_story(store: &Store) {
 
 #[tokio::test]
 async fn activity_and_wakes_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("pug.db").display());
-    let store = Store::open_data_dir(dir.path(), &url).await.unwrap();
-    the_activity_story(&store).await;
+    common::on_sqlite(|store| async move { the_activity_story(&store).await }).await;
 }
 
 #[tokio::test]
 async fn activity_and_wakes_on_postgres() {
-    let url = std::env::var("PUG_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://pugtest:pugtest@127.0.0.1:5432/postgres".into());
-    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap_or_else(|e| {
-        panic!(
-            "PostgreSQL is not reachable at {url} ({e}): apt-get install postgresql, start it and \
-             create the role as .ci/run does, or set PUG_TEST_POSTGRES_URL"
-        )
-    });
-    let db = format!("pug_activity_test_{}", std::process::id());
-    for sql in [
-        format!("DROP DATABASE IF EXISTS {db}"),
-        format!("CREATE DATABASE {db}"),
-    ] {
-        sqlx::query(&sql).execute(&mut admin).await.unwrap();
-    }
-    let mut db_url = url::Url::parse(&url).unwrap();
-    db_url.set_path(&format!("/{db}"));
-    let store = Store::open(db_url.as_str(), MasterKey::generate())
-        .await
-        .unwrap();
-    the_activity_story(&store).await;
-    store.close().await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    common::on_postgres("activity_test", |store| async move {
+        the_activity_story(&store).await
+    })
+    .await;
 }

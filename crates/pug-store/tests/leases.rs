@@ -6,11 +6,12 @@
 //! stop gives everything back at once.
 //! PostgreSQL from `PUG_TEST_POSTGRES_URL` (default: the `pugtest` role `.ci/run` creates).
 
+mod common;
+
 use std::time::Duration;
 
-use pug_store::{now_ms, MasterKey, Replica, Store};
+use pug_store::{now_ms, Replica, Store};
 use pug_types::{TenantId, TenantSpec};
-use sqlx::Connection;
 
 fn spec() -> TenantSpec {
     serde_json::from_value(serde_json::json!({
@@ -223,38 +224,13 @@ async fn the_lease_story(store: &Store) {
 
 #[tokio::test]
 async fn leases_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("pug.db").display());
-    let store = Store::open_data_dir(dir.path(), &url).await.unwrap();
-    the_lease_story(&store).await;
+    common::on_sqlite(|store| async move { the_lease_story(&store).await }).await;
 }
 
 #[tokio::test]
 async fn leases_on_postgres() {
-    let url = std::env::var("PUG_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://pugtest:pugtest@127.0.0.1:5432/postgres".into());
-    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap_or_else(|e| {
-        panic!(
-            "PostgreSQL is not reachable at {url} ({e}): apt-get install postgresql, start it and \
-             create the role as .ci/run does, or set PUG_TEST_POSTGRES_URL"
-        )
-    });
-    let db = format!("pug_lease_test_{}", std::process::id());
-    for sql in [
-        format!("DROP DATABASE IF EXISTS {db}"),
-        format!("CREATE DATABASE {db}"),
-    ] {
-        sqlx::query(&sql).execute(&mut admin).await.unwrap();
-    }
-    let mut db_url = url::Url::parse(&url).unwrap();
-    db_url.set_path(&format!("/{db}"));
-    let store = Store::open(db_url.as_str(), MasterKey::generate())
-        .await
-        .unwrap();
-    the_lease_story(&store).await;
-    store.close().await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    common::on_postgres("lease_test", |store| async move {
+        the_lease_story(&store).await
+    })
+    .await;
 }
