@@ -28,6 +28,16 @@ fn uid_of(pid: u32) -> u32 {
         .unwrap()
 }
 
+/// The pid of `tenant`'s replica 0.
+fn instance_pid(pug: &Pug, tenant: &str) -> u32 {
+    let instances = pug.instances();
+    instances
+        .iter()
+        .find(|(k, _)| k == &format!("{tenant}/replica-0"))
+        .map(|(_, p)| *p)
+        .unwrap_or_else(|| panic!("no instance of {tenant} in {instances:?}"))
+}
+
 /// The port an instance listens on, from its `--pidfile …/run/<port>-<hash>.pid`.
 fn port_of(pid: u32) -> u16 {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
@@ -141,14 +151,7 @@ fn tenant_instance_user_cannot_reach_grafanas_as_admin_nor_read_pugs_or_other_te
     for t in ["alpha", "bravo"] {
         pug.wait_phase(t, "ready", T);
     }
-    let instances = pug.instances();
-    let pid = |name: &str| {
-        instances
-            .iter()
-            .find(|(k, _)| k == &format!("{name}/replica-0"))
-            .map(|(_, p)| *p)
-            .unwrap_or_else(|| panic!("no instance of {name} in {instances:?}"))
-    };
+    let pid = |name: &str| instance_pid(&pug, name);
     let (a_pid, b_pid) = (pid("alpha"), pid("bravo"));
     let a_uid = uid_of(a_pid);
     assert_ne!(a_uid, 0, "tenant alpha's Grafana runs as root");
@@ -325,11 +328,7 @@ fn a_deleted_tenants_files_in_tmp_do_not_pass_to_the_next_owner_of_its_uid() {
         "11.3.0",
         "--wait",
     ]);
-    let instances = pug.instances();
-    let (_, pid) = instances
-        .iter()
-        .find(|(k, _)| k == "leaver/replica-0")
-        .unwrap_or_else(|| panic!("no instance of leaver in {instances:?}"));
+    let pid = &instance_pid(&pug, "leaver");
     let old_uid = uid_of(*pid);
     // The instance's temporary files are its own: TMPDIR is inside its replica directory.
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
@@ -364,11 +363,7 @@ fn a_deleted_tenants_files_in_tmp_do_not_pass_to_the_next_owner_of_its_uid() {
         "11.3.0",
         "--wait",
     ]);
-    let instances = pug.instances();
-    let (_, pid) = instances
-        .iter()
-        .find(|(k, _)| k == "arriver/replica-0")
-        .unwrap_or_else(|| panic!("no instance of arriver in {instances:?}"));
+    let pid = &instance_pid(&pug, "arriver");
     assert_eq!(
         uid_of(*pid),
         old_uid,
@@ -481,11 +476,7 @@ fn another_machine_cannot_reach_an_instance_on_a_network_bind_address() {
         "11.3.0",
         "--wait",
     ]);
-    let instances = pug.instances();
-    let (_, pid) = instances
-        .iter()
-        .find(|(k, _)| k == "exposed/replica-0")
-        .unwrap_or_else(|| panic!("no instance of exposed in {instances:?}"));
+    let pid = &instance_pid(&pug, "exposed");
     let port = port_of(*pid);
 
     // The control: a listener of this machine on the same address answers the other machine.
