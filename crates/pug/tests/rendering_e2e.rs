@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{free_port, wait_for, Pug};
+use support::{free_port, get, png_size, wait_for, Pug};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -16,37 +16,6 @@ fn chromium_installed() {
         pug_renderer::config::find_browser().is_some(),
         "this test needs Chromium: apt-get install chromium-headless-shell chromium (as .ci/run does)"
     );
-}
-
-fn get(url: &str, token: Option<&str>) -> (u16, String, Vec<u8>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut req = reqwest::Client::new()
-            .get(url)
-            .timeout(Duration::from_secs(60));
-        if let Some(t) = token {
-            req = req.header("X-Auth-Token", t);
-        }
-        let res = req.send().await.expect("request sent");
-        let status = res.status().as_u16();
-        let ctype = res
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        (status, ctype, res.bytes().await.unwrap().to_vec())
-    })
-}
-
-/// Width and height from a PNG's IHDR chunk.
-fn png_size(png: &[u8]) -> (u32, u32) {
-    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
-    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-    (be(&png[16..20]), be(&png[20..24]))
 }
 
 /// The `[rendering]` token pug wrote into a tenant's grafana.ini (the test reads it as

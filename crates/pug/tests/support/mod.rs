@@ -421,3 +421,35 @@ pub fn searchable_by_tenant_users(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).unwrap();
 }
+
+/// GETs `url` (with the renderer's `X-Auth-Token` when given): status, content type, body.
+pub fn get(url: &str, token: Option<&str>) -> (u16, String, Vec<u8>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut req = reqwest::Client::new()
+            .get(url)
+            .timeout(Duration::from_secs(60));
+        if let Some(t) = token {
+            req = req.header("X-Auth-Token", t);
+        }
+        let res = req.send().await.expect("request sent");
+        let status = res.status().as_u16();
+        let ctype = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        (status, ctype, res.bytes().await.unwrap().to_vec())
+    })
+}
+
+/// Width and height from a PNG's IHDR chunk.
+pub fn png_size(png: &[u8]) -> (u32, u32) {
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    (be(&png[16..20]), be(&png[20..24]))
+}
