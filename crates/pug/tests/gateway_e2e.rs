@@ -8,42 +8,9 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use pug_types::ExposeSecret;
 use serde_json::Value;
-use support::Pug;
+use support::{login, set_cookie, Pug};
 
 const T: Duration = Duration::from_secs(60);
-
-fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| v.split(';').next())
-        .find(|p| p.starts_with(&format!("{name}=")) && p.len() > name.len() + 1)
-        .map(str::to_owned)
-}
-
-async fn login(url: &str, user: &str, password: &str) -> Option<String> {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let page = client.get(format!("{url}/login")).send().await.unwrap();
-    let csrf = set_cookie(&page, "pug_csrf").unwrap();
-    let value = csrf.split_once('=').unwrap().1.to_owned();
-    let r = client
-        .post(format!("{url}/login"))
-        .header("cookie", &csrf)
-        .form(&[
-            ("user", user),
-            ("password", password),
-            ("csrf", &value),
-            ("next", "/t/acme/"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    set_cookie(&r, "pug_session")
-}
 
 async fn get(url: &str, cookie: &str) -> (u16, Value) {
     let r = reqwest::Client::builder()

@@ -12,7 +12,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{free_port, pug_bin, wait_for, Pug};
+use support::{free_port, pug_bin, set_cookie, wait_for, Pug};
 
 /// Starts `pug serve` on `pug`'s data directory (and environment) on another port, and
 /// returns how it exited and its stderr; panics if it is still running after 30 s.
@@ -163,16 +163,6 @@ fn roles_run_what_was_asked_and_say_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("unknown role \"dns\""), "{err}");
-}
-
-fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| v.split(';').next())
-        .find(|p| p.starts_with(&format!("{name}=")) && p.len() > name.len() + 1)
-        .map(str::to_owned)
 }
 
 fn client() -> reqwest::Client {

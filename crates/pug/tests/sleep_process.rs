@@ -12,43 +12,20 @@ use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use support::{wait_for, Pug};
 
-const T: Duration = Duration::from_secs(60);
-
-fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| v.split(';').next())
-        .find(|p| p.starts_with(&format!("{name}=")) && p.len() > name.len() + 1)
-        .map(str::to_owned)
+/// Signs in (the session cookie), as [`support::login`] but sure to.
+async fn login(url: &str, user: &str, password: &str) -> String {
+    support::login(url, user, password)
+        .await
+        .expect("signed in")
 }
+
+const T: Duration = Duration::from_secs(60);
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
-}
-
-async fn login(url: &str, user: &str, password: &str) -> String {
-    let c = client();
-    let page = c.get(format!("{url}/login")).send().await.unwrap();
-    let csrf = set_cookie(&page, "pug_csrf").unwrap();
-    let value = csrf.split_once('=').unwrap().1.to_owned();
-    let r = c
-        .post(format!("{url}/login"))
-        .header("cookie", &csrf)
-        .form(&[
-            ("user", user),
-            ("password", password),
-            ("csrf", &value),
-            ("next", "/t/acme/"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    set_cookie(&r, "pug_session").expect("signed in")
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -453,3 +453,39 @@ pub fn png_size(png: &[u8]) -> (u32, u32) {
     let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
     (be(&png[16..20]), be(&png[20..24]))
 }
+
+/// The `name=value` of the cookie `resp` sets as `name` (not a deletion).
+pub fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .find(|p| p.starts_with(&format!("{name}=")) && p.len() > name.len() + 1)
+        .map(str::to_owned)
+}
+
+/// Signs `user` in through pug's login form at `url` (with its CSRF cookie): the session
+/// cookie, or `None` when refused.
+pub async fn login(url: &str, user: &str, password: &str) -> Option<String> {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = client.get(format!("{url}/login")).send().await.unwrap();
+    let csrf = set_cookie(&page, "pug_csrf").unwrap();
+    let value = csrf.split_once('=').unwrap().1.to_owned();
+    let r = client
+        .post(format!("{url}/login"))
+        .header("cookie", &csrf)
+        .form(&[
+            ("user", user),
+            ("password", password),
+            ("csrf", &value),
+            ("next", "/t/acme/"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    set_cookie(&r, "pug_session")
+}
