@@ -20,54 +20,10 @@ use pug_docker::{SwarmBackend, SwarmObserver};
 use pug_orchestrator::Orchestrator;
 use pug_store::secret;
 use pug_types::{DesiredState, ExposeSecret, GrafanaVersion, Phase};
+use support::overlay::{build_runner_image, host_mounts, SwarmGuard, RUNNER_IMAGE};
 use support::*;
 
 const READY: Duration = Duration::from_secs(120);
-
-/// Leaves the swarm at the end if this test joined it.
-struct SwarmGuard {
-    initialised: bool,
-    /// Whether `docker_gwbridge` (which `swarm init` creates) was there before.
-    had_gwbridge: bool,
-}
-
-impl SwarmGuard {
-    fn new() -> Self {
-        let state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
-        let had_gwbridge =
-            !docker(&["network", "ls", "-q", "--filter", "name=^docker_gwbridge$"]).is_empty();
-        if state == "active" {
-            return Self {
-                initialised: false,
-                had_gwbridge,
-            };
-        }
-        let out = std::process::Command::new("docker")
-            .args(["swarm", "init", "--advertise-addr", "127.0.0.1"])
-            .output()
-            .expect("docker runs");
-        assert!(
-            out.status.success(),
-            "docker swarm init failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self {
-            initialised: true,
-            had_gwbridge,
-        }
-    }
-}
-
-impl Drop for SwarmGuard {
-    fn drop(&mut self) {
-        if self.initialised {
-            docker(&["swarm", "leave", "--force"]);
-            if !self.had_gwbridge {
-                docker(&["network", "rm", "docker_gwbridge"]);
-            }
-        }
-    }
-}
 
 /// Prints `seen` when it differs from the last thing printed (what a wait saw, for its failure).
 fn note(last: &std::sync::Mutex<String>, seen: String) {
@@ -94,7 +50,6 @@ fn inspect(namespace: &str, tenant: &str, format: &str) -> String {
 
 /// Set (to `<namespace> <tenant a> <tenant b>`) when this test runs inside the overlay.
 const INSIDE: &str = "PUG_SWARM_TEST_INSIDE";
-const RUNNER_IMAGE: &str = "pug-test/overlay-runner:1";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swarm_backend_end_to_end() {
@@ -152,16 +107,6 @@ async fn from_outside() {
         "--network",
         &network,
         "-v",
-        "/var/run/docker.sock:/var/run/docker.sock",
-        "-v",
-        "/usr:/usr:ro",
-        "-v",
-        "/lib:/lib:ro",
-        "-v",
-        "/lib64:/lib64:ro",
-        "-v",
-        "/bin:/bin:ro",
-        "-v",
         &format!("{workspace}:{workspace}:ro"),
         "-v",
         &format!("{exe_dir}:{exe_dir}:ro"),
@@ -176,6 +121,9 @@ async fn from_outside() {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    let image = args.pop().expect("the image is last");
+    args.extend(host_mounts());
+    args.push(image);
     args.extend([
         exe.to_str().unwrap().to_owned(),
         "--exact".into(),
@@ -198,28 +146,6 @@ async fn from_outside() {
         stdout.contains("test result: ok. 1 passed"),
         "the scenarios did not run on the overlay (output above)"
     );
-}
-
-/// An empty image (a `/tmp`, and mount points) to run this test binary in, on the host's
-/// libraries mounted read-only.
-fn build_runner_image() {
-    let ctx = tempfile::tempdir().unwrap();
-    for dir in ["rootfs/tmp", "rootfs/etc", "rootfs/root"] {
-        std::fs::create_dir_all(ctx.path().join(dir)).unwrap();
-    }
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
-        "FROM scratch\nCOPY rootfs/ /\nENV HOME=/root PATH=/usr/local/bin:/usr/bin:/bin\n",
-    )
-    .unwrap();
-    let built = docker_status(&[
-        "build",
-        "--quiet",
-        "-t",
-        RUNNER_IMAGE,
-        ctx.path().to_str().unwrap(),
-    ]);
-    assert!(built.0, "cannot build {RUNNER_IMAGE}: {}", built.1);
 }
 
 /// Runs `docker <args>`: (success, stderr).

@@ -10,8 +10,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[path = "../../pug-docker/tests/support/overlay.rs"]
+mod overlay;
+use overlay::{build_runner_image, host_mounts, SwarmGuard, RUNNER_IMAGE};
+
 const T: Duration = Duration::from_secs(120);
-const RUNNER_IMAGE: &str = "pug-test/overlay-runner:1";
 
 fn docker(args: &[&str]) -> (bool, String) {
     let out = Command::new("docker")
@@ -34,42 +37,6 @@ fn ok(args: &[&str]) -> String {
     let (success, out) = docker(args);
     assert!(success, "docker {args:?}: {out}");
     out
-}
-
-/// Joins a single-node swarm for the test when the engine is in none, and leaves it after.
-struct Swarm {
-    initialised: bool,
-    had_gwbridge: bool,
-}
-
-impl Swarm {
-    fn join() -> Self {
-        let had_gwbridge = !docker(&["network", "ls", "-q", "--filter", "name=^docker_gwbridge$"])
-            .1
-            .is_empty();
-        if docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]).1 == "active" {
-            return Self {
-                initialised: false,
-                had_gwbridge,
-            };
-        }
-        ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
-        Self {
-            initialised: true,
-            had_gwbridge,
-        }
-    }
-}
-
-impl Drop for Swarm {
-    fn drop(&mut self) {
-        if self.initialised {
-            docker(&["swarm", "leave", "--force"]);
-            if !self.had_gwbridge {
-                docker(&["network", "rm", "docker_gwbridge"]);
-            }
-        }
-    }
 }
 
 /// Removes pug's container, the tenants' services, secrets, configs, volumes and the overlay.
@@ -113,22 +80,7 @@ fn require_images() {
         status.success(),
         "building the test images with {script} failed"
     );
-    let ctx = tempfile::tempdir().unwrap();
-    for dir in ["rootfs/tmp", "rootfs/etc", "rootfs/root", "rootfs/data"] {
-        std::fs::create_dir_all(ctx.path().join(dir)).unwrap();
-    }
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
-        "FROM scratch\nCOPY rootfs/ /\nENV HOME=/root PATH=/usr/local/bin:/usr/bin:/bin\n",
-    )
-    .unwrap();
-    ok(&[
-        "build",
-        "--quiet",
-        "-t",
-        RUNNER_IMAGE,
-        ctx.path().to_str().unwrap(),
-    ]);
+    build_runner_image();
 }
 
 #[test]
@@ -147,7 +99,7 @@ fn swarm_tenants_render_through_the_embedded_renderer_on_the_overlay() {
     let namespace = format!("pugrs{suffix}");
     let network = format!("pug-rs-{suffix}");
     let pug = format!("{namespace}-pug");
-    let _swarm = Swarm::join();
+    let _swarm = SwarmGuard::new();
     let _cleanup = Cleanup {
         namespace: namespace.clone(),
         network: network.clone(),
@@ -191,23 +143,12 @@ fn swarm_tenants_render_through_the_embedded_renderer_on_the_overlay() {
         "--network",
         &network,
         "-v",
-        "/var/run/docker.sock:/var/run/docker.sock",
-        "-v",
-        "/usr:/usr:ro",
-        "-v",
-        "/lib:/lib:ro",
-        "-v",
-        "/lib64:/lib64:ro",
-        "-v",
-        "/bin:/bin:ro",
-        "-v",
-        "/etc/fonts:/etc/fonts:ro",
-        "-v",
         &format!("{bin_dir}:{bin_dir}:ro"),
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    args.extend(host_mounts());
     for e in &env {
         args.push("-e".into());
         args.push(e.clone());

@@ -5,6 +5,8 @@
 //! services, secrets, volumes, network) when it ends, pass or fail.
 #![allow(dead_code)]
 
+pub mod overlay;
+
 use std::future::Future;
 use std::process::Command;
 use std::sync::Arc;
