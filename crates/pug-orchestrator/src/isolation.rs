@@ -165,34 +165,14 @@ fn comment(data_dir: &Path) -> String {
 /// any user but pug's is reset (the client sees "connection refused"). Only SYNs match, so the
 /// instances' own replies to pug are never touched, whatever ports they use.
 pub fn reject_rule(chain: &str, ports: (u16, u16), pug_uid: u32, data_dir: &Path) -> Vec<String> {
-    [
-        "-w",
-        "-A",
+    let uid = pug_uid.to_string();
+    syn_reset_rule(
         chain,
-        "-o",
-        "lo",
-        "-p",
-        "tcp",
-        "--syn",
-        "--dport",
-        &format!("{}:{}", ports.0, ports.1),
-        "-m",
-        "owner",
-        "!",
-        "--uid-owner",
-        &pug_uid.to_string(),
-        "-m",
-        "comment",
-        "--comment",
-        &comment(data_dir),
-        "-j",
-        "REJECT",
-        "--reject-with",
-        "tcp-reset",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+        &["-o", "lo"],
+        ports,
+        &["-m", "owner", "!", "--uid-owner", &uid],
+        data_dir,
+    )
 }
 
 /// The chain pug's INPUT rule lives in (a chain jumped from OUTPUT cannot match on the input
@@ -206,30 +186,35 @@ pub fn input_chain(chain: &str) -> String {
 /// with `process.bind_address` set to a network address they would otherwise be reachable
 /// from the network without the gateway.
 pub fn input_rule(chain: &str, ports: (u16, u16), data_dir: &Path) -> Vec<String> {
-    [
-        "-w",
-        "-A",
-        chain,
-        "!",
-        "-i",
-        "lo",
-        "-p",
-        "tcp",
-        "--syn",
-        "--dport",
-        &format!("{}:{}", ports.0, ports.1),
+    syn_reset_rule(chain, &["!", "-i", "lo"], ports, &[], data_dir)
+}
+
+/// `-A chain <interface> -p tcp --syn --dport <ports> <matches> -m comment … -j REJECT
+/// --reject-with tcp-reset`: only SYNs match, so established connections are never touched.
+fn syn_reset_rule(
+    chain: &str,
+    interface: &[&str],
+    ports: (u16, u16),
+    matches: &[&str],
+    data_dir: &Path,
+) -> Vec<String> {
+    let ports = format!("{}:{}", ports.0, ports.1);
+    let comment = comment(data_dir);
+    let mut rule = vec!["-w", "-A", chain];
+    rule.extend_from_slice(interface);
+    rule.extend_from_slice(&["-p", "tcp", "--syn", "--dport", &ports]);
+    rule.extend_from_slice(matches);
+    rule.extend_from_slice(&[
         "-m",
         "comment",
         "--comment",
-        &comment(data_dir),
+        &comment,
         "-j",
         "REJECT",
         "--reject-with",
         "tcp-reset",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ]);
+    rule.iter().map(|s| s.to_string()).collect()
 }
 
 /// Chains of `iptables -S` output that belong to pugs whose data dir no longer exists (a pug

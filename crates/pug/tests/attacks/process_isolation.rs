@@ -102,15 +102,7 @@ fn through_the_gateway(url: &str, tenant: &str, user: &str, password: &str) -> (
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();
-        let cookie = |r: &reqwest::Response, name: &str| {
-            r.headers()
-                .get_all("set-cookie")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .filter_map(|v| v.split(';').next())
-                .find(|p| p.starts_with(&format!("{name}=")) && p.len() > name.len() + 1)
-                .map(str::to_owned)
-        };
+        let cookie = crate::support::set_cookie;
         let page = client.get(format!("{url}/login")).send().await.unwrap();
         let csrf = cookie(&page, "pug_csrf").expect("a csrf cookie");
         let value = csrf.split_once('=').unwrap().1.to_owned();
