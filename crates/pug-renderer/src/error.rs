@@ -55,8 +55,14 @@ pub enum RenderError {
     #[error("{0}")]
     Forbidden(String),
     /// 408: the request's timeout passed (waiting for a slot, loading, or readiness).
-    #[error("render did not finish within {0:?}")]
-    Timeout(Duration),
+    #[error("render did not finish within {after:?}: it was {stage}")]
+    Timeout {
+        /// The request's timeout.
+        after: Duration,
+        /// What the render was doing when the time ran out (from [`crate::engine::Progress`]),
+        /// e.g. "waiting for the page to be ready (1 request in flight: http://…)".
+        stage: String,
+    },
     /// 429: every slot is busy and the wait queue is full.
     #[error("server is too busy")]
     Busy,
@@ -76,7 +82,7 @@ impl RenderError {
             RenderError::BadRequest(_) => S::BAD_REQUEST,
             RenderError::Unauthorized(_) => S::UNAUTHORIZED,
             RenderError::Forbidden(_) => S::FORBIDDEN,
-            RenderError::Timeout(_) => S::REQUEST_TIMEOUT,
+            RenderError::Timeout { .. } => S::REQUEST_TIMEOUT,
             RenderError::Busy => S::TOO_MANY_REQUESTS,
             RenderError::BrowserFailed | RenderError::Internal(_) => S::INTERNAL_SERVER_ERROR,
         }
@@ -88,7 +94,7 @@ impl RenderError {
             RenderError::BadRequest(_) => "bad_request",
             RenderError::Unauthorized(_) => "unauthorized",
             RenderError::Forbidden(_) => "refused",
-            RenderError::Timeout(_) => "timeout",
+            RenderError::Timeout { .. } => "timeout",
             RenderError::Busy => "busy",
             RenderError::BrowserFailed => "browser_failure",
             RenderError::Internal(_) => "error",

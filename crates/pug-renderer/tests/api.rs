@@ -362,7 +362,13 @@ async fn a_page_that_never_gets_ready_is_408() {
     let h = Harness::start().await;
     let mut q = render_query(format!("http://{pages}/d-solo/never/x"));
     q.push(("timeout", "1".to_owned()));
-    expect(h.get("/render", &q).await, 408, "did not finish within").await;
+    // The 408 says what the render was waiting for.
+    expect(
+        h.get("/render", &q).await,
+        408,
+        "did not finish within 1s: it was waiting for the page to be ready (Grafana has not reported the render complete)",
+    )
+    .await;
     // The renderer is fine afterwards.
     let ok = render_query(format!("http://{pages}/d-solo/scenes/x?delay=0"));
     assert_eq!(h.get("/render", &ok).await.status(), 200);

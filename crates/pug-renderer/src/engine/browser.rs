@@ -97,6 +97,11 @@ pub struct Instance {
     max_warm: usize,
 }
 
+/// How long one start of Chromium may take to answer over CDP before it is killed (and
+/// tried again by the engine). A start takes well under a second, a few on a loaded 2-core
+/// machine.
+pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A wiped page unused this long is closed (its renderer process is memory nobody uses).
 const WARM_IDLE: Duration = Duration::from_secs(60);
 
@@ -154,7 +159,7 @@ impl Instance {
             .user_data_dir(profile.path().join("profile"))
             .disable_default_args()
             .viewport(None)
-            .launch_timeout(Duration::from_secs(30))
+            .launch_timeout(LAUNCH_TIMEOUT)
             .request_timeout(config.max_timeout + Duration::from_secs(5));
         // Everything through pug's proxy, loopback included (Chromium bypasses it by default).
         let proxy_server = format!("http://{proxy}");
@@ -214,11 +219,17 @@ impl Instance {
             drop(handler);
         });
 
-        let user_agent = match browser.version().await {
-            Ok(v) => v.user_agent.replace("HeadlessChrome", "Chrome"),
-            Err(e) => {
+        let user_agent = match tokio::time::timeout(LAUNCH_TIMEOUT, browser.version()).await {
+            Ok(Ok(v)) => v.user_agent.replace("HeadlessChrome", "Chrome"),
+            Ok(Err(e)) => {
                 let _ = browser.kill().await;
                 return Err(launch_err(format!("no answer over CDP: {e}")));
+            }
+            Err(_) => {
+                let _ = browser.kill().await;
+                return Err(launch_err(format!(
+                    "no answer over CDP within {LAUNCH_TIMEOUT:?}"
+                )));
             }
         };
         tracing::info!(id, pid, browser = %config.chrome_path.display(), "Chromium started");

@@ -14,6 +14,7 @@
 pub mod admission;
 pub mod browser;
 pub mod page;
+pub mod progress;
 pub mod proxy;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::browser::{InUse, Instance};
 use self::page::{PageSession, Viewport};
+pub use self::progress::Progress;
 use crate::config::RendererConfig;
 use crate::error::{RenderError, RendererError};
 use crate::metrics::{
@@ -37,6 +39,11 @@ use crate::security::{Scope, UrlPolicy};
 
 /// Pings in a row a browser must miss before it is replaced as hung.
 const HUNG_AFTER_MISSES: u32 = 2;
+
+/// Launches tried before a render (or a replacement) gives up on starting Chromium. A launch
+/// that stalls is cut short by [`browser::LAUNCH_TIMEOUT`] and tried again: a healthy launch
+/// takes well under a second, and one stalled start must not cost a render its whole deadline.
+const LAUNCH_ATTEMPTS: u32 = 3;
 
 /// A finished `/render`.
 #[derive(Debug)]
@@ -74,6 +81,8 @@ struct Inner {
     admission: Arc<admission::Admission>,
     /// The Chromium new renders go to; `None` until (re)launched.
     current: Mutex<Option<Arc<Instance>>>,
+    /// A planned replacement (render limit, memory) is starting its successor.
+    replacing: std::sync::atomic::AtomicBool,
     /// Sequence number of instances.
     next_id: AtomicU64,
     /// Teardowns of retired instances, awaited at shutdown.
@@ -116,6 +125,7 @@ impl Engine {
             admission: admission::Admission::new(config.max_concurrency, config.max_queue),
             proxy,
             current: Mutex::new(Some(first)),
+            replacing: std::sync::atomic::AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             closing: std::sync::Mutex::new(JoinSet::new()),
             shutdown: CancellationToken::new(),
@@ -183,6 +193,11 @@ impl Engine {
     /// Stops the supervisor and Chromium, waiting at most `grace` for running renders.
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.shutdown.cancel();
+        // A replacement starting its successor finishes first (bounded by its launch
+        // attempts), so the successor is either current or closed below, never left running.
+        while self.inner.replacing.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let current = self.inner.current.lock().await.take();
         if let Some(instance) = current {
             instance.close(grace).await;
@@ -206,6 +221,7 @@ impl Inner {
         key: &str,
         deadline: Instant,
         timeout: Duration,
+        progress: &Progress,
     ) -> Result<admission::Slot, RenderError> {
         let mut queued = None;
         let res = self
@@ -221,7 +237,10 @@ impl Inner {
         drop(queued);
         res.map_err(|e| match e {
             admission::NotAdmitted::Full => RenderError::Busy,
-            admission::NotAdmitted::Timeout => RenderError::Timeout(timeout),
+            admission::NotAdmitted::Timeout => RenderError::Timeout {
+                after: timeout,
+                stage: progress.get(),
+            },
         })
     }
 
@@ -265,17 +284,84 @@ impl Inner {
                 "the renderer is shutting down".into(),
             ));
         }
-        let id = self.next_id.fetch_add(1, Ordering::AcqRel);
-        let instance = Instance::launch(id, &self.config, self.proxy.addr)
+        let instance = self
+            .launch()
             .await
             .map_err(|e| RenderError::Internal(e.to_string()))?;
         *current = Some(instance.clone());
         Ok(instance)
     }
 
-    /// Takes `instance` out of service (if it still is current) and tears it down once its
-    /// renders have finished (at most `grace`).
+    /// Starts a Chromium, trying again when a start stalls or fails ([`LAUNCH_ATTEMPTS`]).
+    async fn launch(&self) -> Result<Arc<Instance>, RendererError> {
+        let mut attempt = 1;
+        loop {
+            let id = self.next_id.fetch_add(1, Ordering::AcqRel);
+            match Instance::launch(id, &self.config, self.proxy.addr).await {
+                Ok(instance) => return Ok(instance),
+                Err(e) if attempt < LAUNCH_ATTEMPTS && !self.shutdown.is_cancelled() => {
+                    tracing::warn!(id, attempt, error = %e, "starting Chromium failed; trying again");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Replaces `instance` (if it still is current) and tears it down once its renders have
+    /// finished (at most `grace`).
+    ///
+    /// A browser that still works (render limit, memory) is replaced successor first: the
+    /// new Chromium starts while the old one keeps serving, and renders switch to it only once
+    /// it answers, so no render waits for a launch (it may serve a few renders past its limit
+    /// meanwhile). If the successor cannot start, the old browser stays in service and the
+    /// next planned replacement tries again. A dead or hung browser is taken out at once.
     async fn retire(&self, instance: &Arc<Instance>, reason: RestartReason, grace: Duration) {
+        let planned = matches!(reason, RestartReason::RenderLimit | RestartReason::Memory);
+        if planned && !instance.is_dead() {
+            let is_current =
+                |c: &Option<Arc<Instance>>| c.as_ref().is_some_and(|c| Arc::ptr_eq(c, instance));
+            if !is_current(&*self.current.lock().await) {
+                return; // replaced already
+            }
+            if self.replacing.swap(true, Ordering::SeqCst) {
+                return; // another render's cleanup is already replacing it
+            }
+            if self.shutdown.is_cancelled() {
+                // Shutdown checks `replacing` after cancelling: it either waits for this
+                // replacement or this replacement sees the cancellation here.
+                self.replacing.store(false, Ordering::SeqCst);
+                return;
+            }
+            let successor = self.launch().await;
+            let mut current = self.current.lock().await;
+            let still_current = is_current(&current);
+            match successor {
+                Ok(next) if still_current && !self.shutdown.is_cancelled() => {
+                    tracing::info!(
+                        id = instance.id,
+                        next = next.id,
+                        ?reason,
+                        "replacing Chromium"
+                    );
+                    *current = Some(next);
+                    self.metrics
+                        .restarts
+                        .get_or_create(&RestartLabel { reason })
+                        .inc();
+                    self.spawn_close(instance.clone(), grace);
+                }
+                // Replaced meanwhile (it crashed), or shutting down: the successor is not needed.
+                Ok(next) => self.spawn_close(next, Duration::ZERO),
+                Err(e) => tracing::warn!(
+                    id = instance.id,
+                    error = %e,
+                    "cannot start a successor; the current Chromium stays in service"
+                ),
+            }
+            self.replacing.store(false, Ordering::SeqCst);
+            return;
+        }
         let mut current = self.current.lock().await;
         if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, instance)) {
             current.take();
@@ -334,18 +420,25 @@ impl Inner {
         work: F,
     ) -> Result<T, RenderError>
     where
-        F: FnOnce(Arc<Instance>, page::Blank) -> Fut,
+        F: FnOnce(Arc<Instance>, page::Blank, Progress) -> Fut,
         Fut: std::future::Future<Output = Result<T, RenderError>>,
     {
-        let permit = self.admit(key, deadline, timeout).await?;
+        let progress = Progress::new();
+        let late = |progress: &Progress| RenderError::Timeout {
+            after: timeout,
+            stage: progress.get(),
+        };
+        let permit = self.admit(key, deadline, timeout, &progress).await?;
         self.metrics.in_flight.inc();
         let _running = Counted {
             counter: None,
             gauge: &self.metrics.in_flight,
         };
+        progress.set("waiting for the browser to start");
         let (instance, in_use) = tokio::time::timeout_at(deadline, self.begin_render())
             .await
-            .map_err(|_| RenderError::Timeout(timeout))??;
+            .map_err(|_| late(&progress))??;
+        progress.set(format!("opening a page in browser {}", instance.id));
 
         let blank = tokio::select! {
             blank = instance.take_blank(scope) => match blank {
@@ -356,17 +449,20 @@ impl Inner {
                 }
                 Err(e) => return Err(e),
             },
-            _ = tokio::time::sleep_until(deadline) => return Err(RenderError::Timeout(timeout)),
+            _ = tokio::time::sleep_until(deadline) => return Err(late(&progress)),
             _ = instance.dead.cancelled() => return Err(RenderError::BrowserFailed),
         };
         let page = if blank.uses > 1 { "reused" } else { "fresh" };
         self.metrics.pages.get_or_create(&PageLabel { page }).inc();
         let kept = blank.clone();
         let result = tokio::select! {
-            res = work(instance.clone(), blank) => res,
-            _ = tokio::time::sleep_until(deadline) => Err(RenderError::Timeout(timeout)),
+            res = work(instance.clone(), blank, progress.clone()) => res,
+            _ = tokio::time::sleep_until(deadline) => Err(late(&progress)),
             _ = instance.dead.cancelled() => Err(RenderError::BrowserFailed),
         };
+        if let Err(RenderError::Timeout { stage, .. }) = &result {
+            tracing::info!(browser = instance.id, %stage, "render timed out");
+        }
         if instance.is_dead() {
             // A render that raced the crash may have seen a CDP error instead of the death.
             return match result {
@@ -437,7 +533,7 @@ impl Inner {
             &scope.clone(),
             &key,
             true,
-            |instance, blank| async move {
+            |instance, blank, progress| async move {
                 let t0 = Instant::now();
                 let session = PageSession::open(
                     blank,
@@ -446,6 +542,7 @@ impl Inner {
                     policy,
                     scope,
                     &instance.user_agent,
+                    progress.clone(),
                 )
                 .await?;
                 let t1 = Instant::now();
@@ -453,11 +550,13 @@ impl Inner {
                 let t2 = Instant::now();
                 let mode = session.wait_ready(&readiness, true).await?;
                 if full_page && req.encoding == Encoding::Png {
+                    progress.set("sizing the page to its content");
                     session
                         .fit_to_content(viewport, max_full, &readiness)
                         .await?;
                 }
                 let t3 = Instant::now();
+                progress.set("capturing the page");
                 let bytes = match req.encoding {
                     Encoding::Png => session.png().await?,
                     Encoding::Pdf => session.pdf(&req.pdf, req.scale).await?,
@@ -504,7 +603,7 @@ impl Inner {
             &scope.clone(),
             &key,
             false,
-            |instance, blank| async move {
+            |instance, blank, progress| async move {
                 let dir = tempfile::Builder::new()
                     .prefix("csv-")
                     .tempdir_in(&instance.scratch)
@@ -527,9 +626,11 @@ impl Inner {
                     policy,
                     scope,
                     &instance.user_agent,
+                    progress.clone(),
                 )
                 .await?;
                 session.navigate(&req.page.url).await?;
+                progress.set("waiting for the CSV download");
                 let (downloaded, bytes) = page::wait_for_csv(dir.path(), poll).await?;
                 let file_name = req
                     .file_name
@@ -593,7 +694,13 @@ async fn supervise(inner: Arc<Inner>) {
                     let rss = i.rss_bytes();
                     if limit > 0 && rss > limit {
                         tracing::info!(id = i.id, rss, limit, "Chromium is above its memory limit");
-                        inner.retire(i, RestartReason::Memory, inner.config.max_timeout).await;
+                        // Successor first, which takes a launch: not in this loop, which must
+                        // keep watching the current browser meanwhile.
+                        let (inner, i) = (inner.clone(), i.clone());
+                        tokio::spawn(async move {
+                            let grace = inner.config.max_timeout;
+                            inner.retire(&i, RestartReason::Memory, grace).await;
+                        });
                     }
                 }
             }

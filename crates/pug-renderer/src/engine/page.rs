@@ -9,7 +9,7 @@
 //! Must not: choose the browser, admit requests or enforce deadlines (the engine wraps every call
 //! here in the request's deadline and in the browser's death).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,6 +47,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::browser::Instance;
+use super::progress::{self, Progress};
 use crate::config::ReadinessConfig;
 use crate::error::RenderError;
 use crate::metrics::ReadinessMode;
@@ -76,8 +77,9 @@ const SCROLLER_JS: &str =
 /// State filled by the event tasks and read by the readiness loop.
 #[derive(Default)]
 struct Shared {
-    /// Requests started and not yet finished or failed (EventSource/WebSocket excluded).
-    in_flight: Mutex<HashSet<String>>,
+    /// Requests started and not yet finished or failed (EventSource/WebSocket excluded):
+    /// request id → URL (the URL names it when a render times out waiting for it).
+    in_flight: Mutex<HashMap<String, String>>,
     /// Last time a request started or ended.
     last_network: Mutex<Option<Instant>>,
     /// Grafana reported `REPORT_RENDER_COMPLETE`.
@@ -101,10 +103,32 @@ struct Observation {
     panels: u32,
 }
 
+impl Observation {
+    /// What the page itself says it still waits for, if anything (for a timeout's message).
+    fn not_ready(&self, use_binding: bool) -> Option<String> {
+        if use_binding && self.binding {
+            Some("Grafana has not reported the render complete".to_owned())
+        } else if !self.complete {
+            Some("the document has not finished loading".to_owned())
+        } else if self.scenes && self.running > 0.0 {
+            Some(format!("Grafana reports {} queries running", self.running))
+        } else if !self.scenes && self.panels > 0 && self.rendered < f64::from(self.panels) {
+            Some(format!(
+                "{} of {} panels rendered",
+                self.rendered, self.panels
+            ))
+        } else {
+            None
+        }
+    }
+}
+
 /// A page in its own browser context, with its event tasks.
 pub struct PageSession {
     page: Page,
     shared: Arc<Shared>,
+    /// Where the render is, for the message of a timeout.
+    progress: Progress,
     /// Event consumers; aborted when the session is dropped.
     _tasks: JoinSet<()>,
 }
@@ -273,7 +297,9 @@ impl PageSession {
         policy: UrlPolicy,
         scope: Scope,
         user_agent: &str,
+        progress: Progress,
     ) -> Result<Self, RenderError> {
+        progress.set("preparing the page");
         let Blank { page, residue, .. } = blank;
         let shared = Arc::new(Shared {
             residue: residue.clone(),
@@ -401,12 +427,14 @@ impl PageSession {
         Ok(Self {
             page,
             shared,
+            progress,
             _tasks: tasks,
         })
     }
 
     /// Loads `url`; a refused navigation is a 403, any other failure a 500.
     pub async fn navigate(&self, url: &Url) -> Result<(), RenderError> {
+        self.progress.set(format!("loading {url}"));
         let nav = self
             .page
             .execute(NavigateParams::new(url.as_str()))
@@ -431,6 +459,16 @@ impl PageSession {
         let n = self.shared.in_flight.lock().map(|s| s.len()).unwrap_or(0);
         let last = self.shared.last_network.lock().ok().and_then(|l| *l);
         (n, last)
+    }
+
+    /// The URLs of the requests in flight, oldest id first (ids are sequential per page).
+    fn pending_urls(&self) -> Vec<String> {
+        let Ok(s) = self.shared.in_flight.lock() else {
+            return Vec::new();
+        };
+        let mut pending: Vec<(&String, &String)> = s.iter().collect();
+        pending.sort();
+        pending.into_iter().map(|(_, url)| url.clone()).collect()
     }
 
     async fn observe(&self) -> Option<Observation> {
@@ -479,6 +517,9 @@ impl PageSession {
                 return Ok(ReadinessMode::Binding);
             }
             let obs = self.observe().await;
+            let page = obs.as_ref().and_then(|o| o.not_ready(use_binding));
+            self.progress
+                .set(progress::readiness(&self.pending_urls(), page.as_deref()));
             let now = Instant::now();
             if obs != last {
                 stable_since = now;
@@ -765,7 +806,7 @@ async fn track_network(
                 let local = ev.request.url.starts_with("data:") || ev.request.url.starts_with("blob:");
                 if !streaming && !child_document && !local {
                     if let Ok(mut s) = shared.in_flight.lock() {
-                        s.insert(ev.request_id.as_ref().to_owned());
+                        s.insert(ev.request_id.as_ref().to_owned(), ev.request.url.clone());
                     }
                 }
                 touch(&shared);

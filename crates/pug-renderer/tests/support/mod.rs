@@ -100,6 +100,14 @@ impl Harness {
         config: RendererConfig,
         scopes: Arc<dyn TokenScopes>,
     ) -> Self {
+        // The renderer's log goes to the test's output, which nextest shows when a test fails
+        // (RUST_LOG overrides the level).
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("pug_renderer=info"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
         let renderer = Renderer::start(config, scopes)
             .await
             .expect("renderer starts");
