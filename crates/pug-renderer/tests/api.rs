@@ -361,12 +361,13 @@ async fn a_page_that_never_gets_ready_is_408() {
     let pages = pages().await;
     let h = Harness::start().await;
     let mut q = render_query(format!("http://{pages}/d-solo/never/x"));
-    q.push(("timeout", "1".to_owned()));
-    // The 408 says what the render was waiting for.
+    // Long enough for the page to load on a loaded machine, so the time runs out waiting for
+    // readiness, which the 408 names.
+    q.push(("timeout", "5".to_owned()));
     expect(
         h.get("/render", &q).await,
         408,
-        "did not finish within 1s: it was waiting for the page to be ready (Grafana has not reported the render complete)",
+        "did not finish within 5s: it was waiting for the page to be ready (Grafana has not reported the render complete)",
     )
     .await;
     // The renderer is fine afterwards.

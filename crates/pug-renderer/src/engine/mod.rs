@@ -9,13 +9,18 @@
 //! Must not: parse HTTP or check tokens (that is [`crate::api`]); the URL policy comes from
 //! [`crate::security`] and is applied to every request the page makes.
 //!
-//! Layout: [`browser`] is one Chromium process; [`page`] is one page load.
+//! Layout: [`browser`] is one Chromium process; [`replace`] decides which one serves and
+//! replaces it; [`jobs`] are the kinds of render; [`page`] is one page load; [`progress`] says
+//! where a render is.
 
 pub mod admission;
 pub mod browser;
+mod jobs;
+pub mod launch;
 pub mod page;
 pub mod progress;
 pub mod proxy;
+mod replace;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -26,24 +31,13 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use self::browser::{InUse, Instance};
-use self::page::{PageSession, Viewport};
+use self::browser::Instance;
 pub use self::progress::Progress;
 use crate::config::RendererConfig;
 use crate::error::{RenderError, RendererError};
-use crate::metrics::{
-    Metrics, ModeLabel, PageLabel, ReadinessMode, RenderLabels, RestartLabel, RestartReason,
-};
-use crate::params::{CsvRequest, Encoding, Height, RenderRequest};
+use crate::metrics::{Metrics, ModeLabel, PageLabel, ReadinessMode, RenderLabels, RestartReason};
+use crate::params::{CsvRequest, Encoding, RenderRequest};
 use crate::security::{Scope, UrlPolicy};
-
-/// Pings in a row a browser must miss before it is replaced as hung.
-const HUNG_AFTER_MISSES: u32 = 2;
-
-/// Launches tried before a render (or a replacement) gives up on starting Chromium. A launch
-/// that stalls is cut short by [`browser::LAUNCH_TIMEOUT`] and tried again: a healthy launch
-/// takes well under a second, and one stalled start must not cost a render its whole deadline.
-const LAUNCH_ATTEMPTS: u32 = 3;
 
 /// A finished `/render`.
 #[derive(Debug)]
@@ -132,7 +126,7 @@ impl Engine {
             config,
             metrics,
         });
-        tokio::spawn(supervise(inner.clone()));
+        tokio::spawn(replace::supervise(inner.clone()));
         Ok(Self { inner })
     }
 
@@ -242,146 +236,6 @@ impl Inner {
                 stage: progress.get(),
             },
         })
-    }
-
-    /// The running Chromium, launching one if there is none (or the last one died).
-    async fn instance(&self) -> Result<Arc<Instance>, RenderError> {
-        let mut current = self.current.lock().await;
-        self.current_or_launch(&mut current).await
-    }
-
-    /// The running Chromium with this render registered on it, both under the lock that
-    /// [`Self::retire`] takes: a browser being retired has either counted the render before
-    /// its teardown waits for renders to drain, or is no longer handed out. (Registering after
-    /// the lock is released let a recycle at the render limit kill a browser a render had just
-    /// been given: a 500 under load.)
-    async fn begin_render(&self) -> Result<(Arc<Instance>, InUse), RenderError> {
-        let mut current = self.current.lock().await;
-        let instance = self.current_or_launch(&mut current).await?;
-        let in_use = instance.begin();
-        Ok((instance, in_use))
-    }
-
-    async fn current_or_launch(
-        &self,
-        current: &mut Option<Arc<Instance>>,
-    ) -> Result<Arc<Instance>, RenderError> {
-        if let Some(instance) = current.as_ref() {
-            if !instance.is_dead() {
-                return Ok(instance.clone());
-            }
-            let dead = current.take().expect("checked above");
-            self.metrics
-                .restarts
-                .get_or_create(&RestartLabel {
-                    reason: RestartReason::Crashed,
-                })
-                .inc();
-            self.spawn_close(dead, Duration::ZERO);
-        }
-        if self.shutdown.is_cancelled() {
-            return Err(RenderError::Internal(
-                "the renderer is shutting down".into(),
-            ));
-        }
-        let instance = self
-            .launch()
-            .await
-            .map_err(|e| RenderError::Internal(e.to_string()))?;
-        *current = Some(instance.clone());
-        Ok(instance)
-    }
-
-    /// Starts a Chromium, trying again when a start stalls or fails ([`LAUNCH_ATTEMPTS`]).
-    async fn launch(&self) -> Result<Arc<Instance>, RendererError> {
-        let mut attempt = 1;
-        loop {
-            let id = self.next_id.fetch_add(1, Ordering::AcqRel);
-            match Instance::launch(id, &self.config, self.proxy.addr).await {
-                Ok(instance) => return Ok(instance),
-                Err(e) if attempt < LAUNCH_ATTEMPTS && !self.shutdown.is_cancelled() => {
-                    tracing::warn!(id, attempt, error = %e, "starting Chromium failed; trying again");
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Replaces `instance` (if it still is current) and tears it down once its renders have
-    /// finished (at most `grace`).
-    ///
-    /// A browser that still works (render limit, memory) is replaced successor first: the
-    /// new Chromium starts while the old one keeps serving, and renders switch to it only once
-    /// it answers, so no render waits for a launch (it may serve a few renders past its limit
-    /// meanwhile). If the successor cannot start, the old browser stays in service and the
-    /// next planned replacement tries again. A dead or hung browser is taken out at once.
-    async fn retire(&self, instance: &Arc<Instance>, reason: RestartReason, grace: Duration) {
-        let planned = matches!(reason, RestartReason::RenderLimit | RestartReason::Memory);
-        if planned && !instance.is_dead() {
-            let is_current =
-                |c: &Option<Arc<Instance>>| c.as_ref().is_some_and(|c| Arc::ptr_eq(c, instance));
-            if !is_current(&*self.current.lock().await) {
-                return; // replaced already
-            }
-            if self.replacing.swap(true, Ordering::SeqCst) {
-                return; // another render's cleanup is already replacing it
-            }
-            if self.shutdown.is_cancelled() {
-                // Shutdown checks `replacing` after cancelling: it either waits for this
-                // replacement or this replacement sees the cancellation here.
-                self.replacing.store(false, Ordering::SeqCst);
-                return;
-            }
-            let successor = self.launch().await;
-            let mut current = self.current.lock().await;
-            let still_current = is_current(&current);
-            match successor {
-                Ok(next) if still_current && !self.shutdown.is_cancelled() => {
-                    tracing::info!(
-                        id = instance.id,
-                        next = next.id,
-                        ?reason,
-                        "replacing Chromium"
-                    );
-                    *current = Some(next);
-                    self.metrics
-                        .restarts
-                        .get_or_create(&RestartLabel { reason })
-                        .inc();
-                    self.spawn_close(instance.clone(), grace);
-                }
-                // Replaced meanwhile (it crashed), or shutting down: the successor is not needed.
-                Ok(next) => self.spawn_close(next, Duration::ZERO),
-                Err(e) => tracing::warn!(
-                    id = instance.id,
-                    error = %e,
-                    "cannot start a successor; the current Chromium stays in service"
-                ),
-            }
-            self.replacing.store(false, Ordering::SeqCst);
-            return;
-        }
-        let mut current = self.current.lock().await;
-        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, instance)) {
-            current.take();
-            tracing::info!(id = instance.id, ?reason, "replacing Chromium");
-            self.metrics
-                .restarts
-                .get_or_create(&RestartLabel { reason })
-                .inc();
-            self.spawn_close(instance.clone(), grace);
-        }
-    }
-
-    fn spawn_close(&self, instance: Arc<Instance>, grace: Duration) {
-        let mut closing = self
-            .closing
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Reap finished teardowns so the set does not grow.
-        while closing.try_join_next().is_some() {}
-        closing.spawn(async move { instance.close(grace).await });
     }
 
     fn observe(
@@ -505,205 +359,5 @@ impl Inner {
             }
         });
         result
-    }
-
-    async fn render_png_pdf(
-        self: &Arc<Self>,
-        req: RenderRequest,
-        scope: Scope,
-        deadline: Instant,
-    ) -> Result<Rendered, RenderError> {
-        let timeout = req.page.timeout;
-        let key = admission::fair_key(&scope, req.page.tenant.as_deref());
-        let full_page = req.height == Height::FullPage;
-        let viewport = Viewport {
-            width: req.width,
-            height: match req.height {
-                Height::Fixed(h) => h,
-                Height::FullPage => (req.width * 3 / 4).max(1),
-            },
-            scale: req.scale,
-        };
-        let policy = self.policy.clone();
-        let readiness = self.config.readiness.clone();
-        let max_full = self.config.viewport.max_full_page_height;
-        self.with_context(
-            deadline,
-            timeout,
-            &scope.clone(),
-            &key,
-            true,
-            |instance, blank, progress| async move {
-                let t0 = Instant::now();
-                let session = PageSession::open(
-                    blank,
-                    &req.page,
-                    viewport,
-                    policy,
-                    scope,
-                    &instance.user_agent,
-                    progress.clone(),
-                )
-                .await?;
-                let t1 = Instant::now();
-                session.navigate(&req.page.url).await?;
-                let t2 = Instant::now();
-                let mode = session.wait_ready(&readiness, true).await?;
-                if full_page && req.encoding == Encoding::Png {
-                    progress.set("sizing the page to its content");
-                    session
-                        .fit_to_content(viewport, max_full, &readiness)
-                        .await?;
-                }
-                let t3 = Instant::now();
-                progress.set("capturing the page");
-                let bytes = match req.encoding {
-                    Encoding::Png => session.png().await?,
-                    Encoding::Pdf => session.pdf(&req.pdf, req.scale).await?,
-                };
-                let ms = |a: Instant, b: Instant| b.duration_since(a).as_millis() as u64;
-                tracing::debug!(
-                    prepare_ms = ms(t0, t1),
-                    navigate_ms = ms(t1, t2),
-                    ready_ms = ms(t2, t3),
-                    capture_ms = ms(t3, Instant::now()),
-                    ?mode,
-                    "render phases"
-                );
-                Ok(Rendered {
-                    bytes,
-                    encoding: req.encoding,
-                    readiness: mode,
-                })
-            },
-        )
-        .await
-    }
-
-    async fn render_csv(
-        self: &Arc<Self>,
-        req: CsvRequest,
-        scope: Scope,
-        deadline: Instant,
-    ) -> Result<CsvFile, RenderError> {
-        let timeout = req.page.timeout;
-        let key = admission::fair_key(&scope, req.page.tenant.as_deref());
-        let policy = self.policy.clone();
-        let vp = &self.config.viewport;
-        let viewport = Viewport {
-            width: vp.default_width,
-            height: vp.default_height,
-            scale: 1.0,
-        };
-        let poll = self.config.readiness.poll_interval;
-        // A download directory is a per-context setting: CSV exports never reuse a page.
-        self.with_context(
-            deadline,
-            timeout,
-            &scope.clone(),
-            &key,
-            false,
-            |instance, blank, progress| async move {
-                let dir = tempfile::Builder::new()
-                    .prefix("csv-")
-                    .tempdir_in(&instance.scratch)
-                    .map_err(|e| {
-                        RenderError::Internal(format!("creating a download directory: {e}"))
-                    })?;
-                if let Some(uid) = instance.uid {
-                    // The browser's own user writes the download.
-                    std::os::unix::fs::chown(dir.path(), Some(uid), Some(uid)).map_err(|e| {
-                        RenderError::Internal(format!(
-                            "handing the download directory to the browser's user: {e}"
-                        ))
-                    })?;
-                }
-                page::allow_downloads(&instance, &blank.ctx, dir.path()).await?;
-                let session = PageSession::open(
-                    blank,
-                    &req.page,
-                    viewport,
-                    policy,
-                    scope,
-                    &instance.user_agent,
-                    progress.clone(),
-                )
-                .await?;
-                session.navigate(&req.page.url).await?;
-                progress.set("waiting for the CSV download");
-                let (downloaded, bytes) = page::wait_for_csv(dir.path(), poll).await?;
-                let file_name = req
-                    .file_name
-                    .or_else(|| crate::security::safe_csv_file_name(&downloaded))
-                    .unwrap_or_else(|| "data.csv".to_owned());
-                Ok(CsvFile { bytes, file_name })
-            },
-        )
-        .await
-    }
-}
-
-/// Replaces Chromium when it dies (at once), stops answering, or grows past the memory limit.
-async fn supervise(inner: Arc<Inner>) {
-    let interval = inner.config.health_check_interval;
-    // Missed pings in a row, of the current browser only.
-    let mut missed: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
-    loop {
-        // Keep a warm browser ready for the next render.
-        if inner.current.lock().await.is_none() && !inner.shutdown.is_cancelled() {
-            if let Err(e) = inner.instance().await {
-                tracing::error!(error = %e, "cannot start Chromium");
-            }
-        }
-        let current = inner.current.lock().await.clone();
-        let died = async {
-            match &current {
-                Some(i) => i.dead.cancelled().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = inner.shutdown.cancelled() => return,
-            _ = died => {
-                if let Some(i) = &current {
-                    inner.retire(i, RestartReason::Crashed, Duration::ZERO).await;
-                }
-            }
-            _ = tokio::time::sleep(interval) => {
-                let Some(i) = &current else { continue };
-                for blank in i.take_idle() {
-                    let i = i.clone();
-                    tokio::spawn(async move { page::dispose_context(&i, blank.ctx).await });
-                }
-                let ping_timeout = interval.clamp(Duration::from_secs(1), Duration::from_secs(5));
-                if !i.ping(ping_timeout).await {
-                    // Two misses in a row: one slow answer on a loaded machine is not a hang,
-                    // and replacing the browser fails every render it is serving.
-                    let misses = missed.get(&i.id).copied().unwrap_or(0) + 1;
-                    missed.clear();
-                    if misses < HUNG_AFTER_MISSES {
-                        missed.insert(i.id, misses);
-                        tracing::info!(id = i.id, "Chromium is slow to answer; pinging again");
-                        continue;
-                    }
-                    tracing::warn!(id = i.id, "Chromium does not answer; replacing it");
-                    inner.retire(i, RestartReason::Hung, Duration::ZERO).await;
-                } else {
-                    missed.clear();
-                    let limit = inner.config.max_browser_rss_bytes;
-                    let rss = i.rss_bytes();
-                    if limit > 0 && rss > limit {
-                        tracing::info!(id = i.id, rss, limit, "Chromium is above its memory limit");
-                        // Successor first, which takes a launch: not in this loop, which must
-                        // keep watching the current browser meanwhile.
-                        let (inner, i) = (inner.clone(), i.clone());
-                        tokio::spawn(async move {
-                            let grace = inner.config.max_timeout;
-                            inner.retire(&i, RestartReason::Memory, grace).await;
-                        });
-                    }
-                }
-            }
-        }
     }
 }

@@ -6,12 +6,15 @@
 //! `panelsRendered`, then plain network idle. No fixed sleeps: signals are polled every
 //! `poll_interval` and must hold for `quiet_period`.
 //!
+//! Layout: [`readiness`] decides when the page is ready; [`requests`] consumes its request
+//! and binding events.
+//!
 //! Must not: choose the browser, admit requests or enforce deadlines (the engine wraps every call
 //! here in the request's deadline and in the browser's death).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,13 +25,11 @@ use chromiumoxide::cdp::browser_protocol::emulation::{
     SetDeviceMetricsOverrideParams, SetTimezoneOverrideParams, SetUserAgentOverrideParams,
 };
 use chromiumoxide::cdp::browser_protocol::fetch::{
-    self, ContinueRequestParams, EventRequestPaused, FailRequestParams, HeaderEntry,
-    RequestPattern, RequestStage,
+    self, EventRequestPaused, RequestPattern, RequestStage,
 };
 use chromiumoxide::cdp::browser_protocol::network::ClearBrowserCacheParams;
 use chromiumoxide::cdp::browser_protocol::network::{
-    ErrorReason, EventLoadingFailed, EventLoadingFinished, EventRequestWillBeSent, ResourceType,
-    SetCookieParams,
+    EventLoadingFailed, EventLoadingFinished, EventRequestWillBeSent, SetCookieParams,
 };
 use chromiumoxide::cdp::browser_protocol::page::{
     AddScriptToEvaluateOnNewDocumentParams, CaptureScreenshotFormat, CaptureScreenshotParams,
@@ -40,39 +41,23 @@ use chromiumoxide::cdp::js_protocol::runtime::{
     AddBindingParams, EvaluateParams, EventBindingCalled,
 };
 use chromiumoxide::Page;
-use futures::StreamExt;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use url::Url;
 
+mod readiness;
+mod requests;
+
+use self::requests::{enforce_policy, track_network, watch_binding};
 use super::browser::Instance;
-use super::progress::{self, Progress};
-use crate::config::ReadinessConfig;
+use super::progress::Progress;
 use crate::error::RenderError;
-use crate::metrics::ReadinessMode;
 use crate::params::{PageRequest, PdfOptions};
 use crate::security::{Scope, UrlPolicy};
 
 /// The binding Grafana's frontend calls when the page is ready (`REPORT_RENDER_COMPLETE`).
 const BINDING: &str = "__grafanaImageRendererMessageChannel";
-
-/// One poll of the page's own readiness signals.
-const OBSERVE_JS: &str = r#"(() => {
-  const w = window;
-  return {
-    complete: document.readyState === 'complete',
-    binding: w.__grafanaRenderBindingSupported === true,
-    scenes: !!w.__grafanaSceneContext,
-    running: typeof w.__grafanaRunningQueryCount === 'number' ? w.__grafanaRunningQueryCount : 0,
-    rendered: typeof w.panelsRendered === 'number' ? w.panelsRendered : 0,
-    panels: document.querySelectorAll('.panel-solo, [class$="panel-container"]').length,
-  };
-})()"#;
-
-/// The element that scrolls: Grafana's `#page-scrollbar` (≥ 11.1), else the document.
-const SCROLLER_JS: &str =
-    "(document.querySelector('#page-scrollbar') || document.scrollingElement || document.documentElement)";
 
 /// State filled by the event tasks and read by the readiness loop.
 #[derive(Default)]
@@ -90,37 +75,6 @@ struct Shared {
     changed: Notify,
     /// Where the origins the page talks to are recorded (for [`wipe`]).
     residue: Arc<Mutex<Residue>>,
-}
-
-/// What [`OBSERVE_JS`] returns.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-struct Observation {
-    complete: bool,
-    binding: bool,
-    scenes: bool,
-    running: f64,
-    rendered: f64,
-    panels: u32,
-}
-
-impl Observation {
-    /// What the page itself says it still waits for, if anything (for a timeout's message).
-    fn not_ready(&self, use_binding: bool) -> Option<String> {
-        if use_binding && self.binding {
-            Some("Grafana has not reported the render complete".to_owned())
-        } else if !self.complete {
-            Some("the document has not finished loading".to_owned())
-        } else if self.scenes && self.running > 0.0 {
-            Some(format!("Grafana reports {} queries running", self.running))
-        } else if !self.scenes && self.panels > 0 && self.rendered < f64::from(self.panels) {
-            Some(format!(
-                "{} of {} panels rendered",
-                self.rendered, self.panels
-            ))
-        } else {
-            None
-        }
-    }
 }
 
 /// A page in its own browser context, with its event tasks.
@@ -455,170 +409,6 @@ impl PageSession {
         self.shared.refused.lock().ok().and_then(|r| r.clone())
     }
 
-    fn network(&self) -> (usize, Option<Instant>) {
-        let n = self.shared.in_flight.lock().map(|s| s.len()).unwrap_or(0);
-        let last = self.shared.last_network.lock().ok().and_then(|l| *l);
-        (n, last)
-    }
-
-    /// The URLs of the requests in flight, oldest id first (ids are sequential per page).
-    fn pending_urls(&self) -> Vec<String> {
-        let Ok(s) = self.shared.in_flight.lock() else {
-            return Vec::new();
-        };
-        let mut pending: Vec<(&String, &String)> = s.iter().collect();
-        pending.sort();
-        pending.into_iter().map(|(_, url)| url.clone()).collect()
-    }
-
-    async fn observe(&self) -> Option<Observation> {
-        let eval = EvaluateParams::builder()
-            .expression(OBSERVE_JS)
-            .return_by_value(true)
-            .build()
-            .ok()?;
-        // Fails while a navigation swaps the document: that poll simply does not count.
-        let res = self.page.execute(eval).await.ok()?;
-        serde_json::from_value(res.result.result.value?).ok()
-    }
-
-    async fn eval_f64(&self, expression: String) -> Result<f64, RenderError> {
-        let eval = EvaluateParams::builder()
-            .expression(expression)
-            .return_by_value(true)
-            .build()
-            .map_err(RenderError::Internal)?;
-        let res = self.page.execute(eval).await.map_err(cdp("evaluating"))?;
-        Ok(res
-            .result
-            .result
-            .value
-            .and_then(|v| v.as_f64())
-            .unwrap_or(0.0))
-    }
-
-    /// Waits until the page is ready, by the first signal the page supports.
-    ///
-    /// `use_binding = false` ignores Grafana's one-shot binding report (it has already fired)
-    /// and decides by the polled signals: after a full-page resize, lazily loaded panels are
-    /// only visible there.
-    pub async fn wait_ready(
-        &self,
-        cfg: &ReadinessConfig,
-        use_binding: bool,
-    ) -> Result<ReadinessMode, RenderError> {
-        let mut last: Option<Observation> = None;
-        let mut stable_since = Instant::now();
-        loop {
-            if let Some(refused) = self.refused() {
-                return Err(RenderError::Forbidden(refused));
-            }
-            if use_binding && self.shared.binding_done.load(Ordering::Acquire) {
-                return Ok(ReadinessMode::Binding);
-            }
-            let obs = self.observe().await;
-            let page = obs.as_ref().and_then(|o| o.not_ready(use_binding));
-            self.progress
-                .set(progress::readiness(&self.pending_urls(), page.as_deref()));
-            let now = Instant::now();
-            if obs != last {
-                stable_since = now;
-                last = obs.clone();
-            }
-            if let Some(o) = obs
-                .as_ref()
-                .filter(|o| o.complete && !(use_binding && o.binding))
-            {
-                let (in_flight, last_net) = self.network();
-                let calm_since = last_net.map_or(stable_since, |t| t.max(stable_since));
-                if in_flight == 0 && now.duration_since(calm_since) >= cfg.quiet_period {
-                    if o.scenes {
-                        if o.running <= 0.0 {
-                            return Ok(ReadinessMode::Queries);
-                        }
-                    } else if o.panels > 0 {
-                        if o.rendered >= f64::from(o.panels) {
-                            return Ok(ReadinessMode::LegacyPanels);
-                        }
-                    } else {
-                        return Ok(ReadinessMode::NetworkIdle);
-                    }
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(cfg.poll_interval) => {}
-                _ = self.shared.changed.notified() => {}
-            }
-        }
-    }
-
-    /// Waits until no request has been in flight for `quiet`.
-    async fn wait_network_quiet(&self, quiet: Duration, poll: Duration) {
-        loop {
-            let (n, last) = self.network();
-            if n == 0 && last.is_none_or(|t| t.elapsed() >= quiet) {
-                return;
-            }
-            tokio::time::sleep(poll).await;
-        }
-    }
-
-    /// Full-page mode: scrolls through the page so lazy panels load, then sizes the viewport
-    /// to the content and waits for readiness again. Returns the final height.
-    pub async fn fit_to_content(
-        &self,
-        viewport: Viewport,
-        max_height: u32,
-        cfg: &ReadinessConfig,
-    ) -> Result<u32, RenderError> {
-        let scroll_height = self.eval_f64(format!("{SCROLLER_JS}.scrollHeight")).await?;
-        let client_height = self
-            .eval_f64(format!("{SCROLLER_JS}.clientHeight"))
-            .await?
-            .max(1.0);
-        let steps = (scroll_height / client_height).floor() as u32;
-        for step in 1..=steps.min(50) {
-            self.eval_f64(format!(
-                "{SCROLLER_JS}.scrollTop = {}",
-                f64::from(step) * client_height
-            ))
-            .await?;
-            self.wait_network_quiet(cfg.poll_interval * 2, cfg.poll_interval)
-                .await;
-        }
-        self.eval_f64(format!("{SCROLLER_JS}.scrollTop = 0"))
-            .await?;
-
-        // Sizing can change the layout (responsive grids), so measure until it settles.
-        let mut height = viewport.height;
-        for _ in 0..3 {
-            let content = self
-                .eval_f64(format!(
-                    "(() => {{ const d = document.documentElement, s = {SCROLLER_JS}; \
-                     let h = Math.max(d.scrollHeight, document.body ? document.body.scrollHeight : 0); \
-                     if (s !== document.scrollingElement && s !== d) h += Math.max(0, s.scrollHeight - s.clientHeight); \
-                     return Math.ceil(h); }})()"
-                ))
-                .await?;
-            let wanted = (content as u32).clamp(1, max_height);
-            if wanted == height {
-                break;
-            }
-            height = wanted;
-            self.page
-                .execute(SetDeviceMetricsOverrideParams::new(
-                    viewport.width as i64,
-                    height as i64,
-                    viewport.scale,
-                    false,
-                ))
-                .await
-                .map_err(cdp("resizing"))?;
-            self.wait_ready(cfg, false).await?;
-        }
-        Ok(height)
-    }
-
     /// A PNG of the viewport.
     pub async fn png(&self) -> Result<Vec<u8>, RenderError> {
         let shot = CaptureScreenshotParams {
@@ -700,150 +490,4 @@ fn decode(b64: &str) -> Result<Vec<u8>, RenderError> {
     base64::engine::general_purpose::STANDARD
         .decode(b64)
         .map_err(|e| RenderError::Internal(format!("decoding the browser's output: {e}")))
-}
-
-/// Continues or fails every request the page makes: documents (navigations, redirects, frames)
-/// against the allow-list and scope, everything else against the always-refused addresses.
-async fn enforce_policy(
-    page: Page,
-    mut paused: chromiumoxide::listeners::EventStream<EventRequestPaused>,
-    policy: UrlPolicy,
-    scope: Scope,
-    access: Option<(String, String)>,
-    shared: Arc<Shared>,
-) {
-    let main_frame = page.target_id().as_ref().to_owned();
-    while let Some(ev) = paused.next().await {
-        let is_document = ev.resource_type == ResourceType::Document;
-        let parsed = Url::parse(&ev.request.url);
-        if let Ok(url) = &parsed {
-            let origin = url.origin();
-            if origin.is_tuple() {
-                if let Ok(mut r) = shared.residue.lock() {
-                    r.origins.insert(origin.ascii_serialization());
-                }
-            }
-        }
-        let verdict = match parsed {
-            Err(_) => Err(format!("{:?} is not a valid URL", ev.request.url)),
-            Ok(url) if is_document => match policy.check_navigation(&url, &scope) {
-                Ok(()) => UrlPolicy::check_resolved(&url).await.map_err(|r| r.0),
-                Err(r) => Err(r.0),
-            },
-            Ok(url) => UrlPolicy::check_subresource(&url).map_err(|r| r.0),
-        };
-        let page = page.clone();
-        let id = ev.request_id.clone();
-        match verdict {
-            Ok(()) => {
-                let mut next = ContinueRequestParams::new(id);
-                if let Some((origin, token)) = &access {
-                    let same_origin = Url::parse(&ev.request.url)
-                        .is_ok_and(|u| u.origin().ascii_serialization() == *origin);
-                    if same_origin {
-                        next.headers = Some(with_header(
-                            ev.request.headers.inner(),
-                            "X-Access-Token",
-                            token,
-                        ));
-                    }
-                }
-                tokio::spawn(async move { page.execute(next).await });
-            }
-            Err(reason) => {
-                tracing::info!(url = %ev.request.url, %reason, "request refused");
-                if is_document && ev.frame_id.as_ref() == main_frame {
-                    if let Ok(mut r) = shared.refused.lock() {
-                        r.get_or_insert(reason);
-                    }
-                    shared.changed.notify_waiters();
-                }
-                tokio::spawn(async move {
-                    page.execute(FailRequestParams::new(id, ErrorReason::BlockedByClient))
-                        .await
-                });
-            }
-        }
-    }
-}
-
-/// A request's headers (CDP's JSON object) with `name` set to `value`.
-fn with_header(headers: &serde_json::Value, name: &str, value: &str) -> Vec<HeaderEntry> {
-    let mut out: Vec<HeaderEntry> = headers
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(k, _)| !k.eq_ignore_ascii_case(name))
-        .map(|(k, v)| HeaderEntry::new(k.clone(), v.as_str().unwrap_or_default()))
-        .collect();
-    out.push(HeaderEntry::new(name, value));
-    out
-}
-
-/// Counts requests in flight. Left out: EventSource and WebSocket (they never finish);
-/// `data:` and `blob:` URLs (no network; the error page Chromium shows in a blocked frame
-/// starts `data:` images that never report an end); and the documents of child frames (a frame
-/// in a process of its own reports its document's end to its own CDP session, never to this
-/// one, and the main document's `readyState` already waits for every frame's load).
-async fn track_network(
-    main_frame: String,
-    mut started: chromiumoxide::listeners::EventStream<EventRequestWillBeSent>,
-    mut finished: chromiumoxide::listeners::EventStream<EventLoadingFinished>,
-    mut failed: chromiumoxide::listeners::EventStream<EventLoadingFailed>,
-    shared: Arc<Shared>,
-) {
-    let touch = |shared: &Shared| {
-        if let Ok(mut l) = shared.last_network.lock() {
-            *l = Some(Instant::now());
-        }
-    };
-    loop {
-        tokio::select! {
-            Some(ev) = started.next() => {
-                let streaming = matches!(ev.r#type, Some(ResourceType::EventSource | ResourceType::WebSocket));
-                let child_document = ev.r#type == Some(ResourceType::Document)
-                    && ev.frame_id.as_ref().is_some_and(|f| f.as_ref() != main_frame);
-                let local = ev.request.url.starts_with("data:") || ev.request.url.starts_with("blob:");
-                if !streaming && !child_document && !local {
-                    if let Ok(mut s) = shared.in_flight.lock() {
-                        s.insert(ev.request_id.as_ref().to_owned(), ev.request.url.clone());
-                    }
-                }
-                touch(&shared);
-            }
-            Some(ev) = finished.next() => {
-                if let Ok(mut s) = shared.in_flight.lock() {
-                    s.remove(ev.request_id.as_ref());
-                }
-                touch(&shared);
-            }
-            Some(ev) = failed.next() => {
-                if let Ok(mut s) = shared.in_flight.lock() {
-                    s.remove(ev.request_id.as_ref());
-                }
-                touch(&shared);
-            }
-            else => break,
-        }
-    }
-}
-
-/// Waits for Grafana's `REPORT_RENDER_COMPLETE` through the binding.
-async fn watch_binding(
-    mut bindings: chromiumoxide::listeners::EventStream<EventBindingCalled>,
-    shared: Arc<Shared>,
-) {
-    while let Some(ev) = bindings.next().await {
-        if ev.name != BINDING {
-            continue;
-        }
-        let msg: serde_json::Value = serde_json::from_str(&ev.payload).unwrap_or_default();
-        if msg["type"] == "REPORT_RENDER_COMPLETE" {
-            if msg["data"]["success"] != true {
-                tracing::warn!(payload = %ev.payload, "Grafana reported an unsuccessful render");
-            }
-            shared.binding_done.store(true, Ordering::Release);
-            shared.changed.notify_waiters();
-        }
-    }
 }
