@@ -8,14 +8,18 @@ use axum::http::StatusCode;
 use axum::Json;
 use pug_store::{generate_secret, secret};
 use pug_types::{
-    find_expansion, DashboardSpec, DatasourceSpec, DesiredState, Event, ExpansionContext,
-    GrafanaVersion, InvalidInput, Overrides, SecretString, Tenant, TenantId, TenantSpec,
-    MAX_REPLICAS,
+    check_display_name, DashboardSpec, DesiredState, Event, GrafanaVersion, InvalidInput, Labels,
+    Overrides, Replicas, Tenant, TenantId, TenantSpec,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::{ApiError, ApiState, ErrorBody};
+
+mod provisioning;
+
+use provisioning::check_provisioning;
+pub use provisioning::DatasourceInput;
 
 /// A new tenant.
 #[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
@@ -45,147 +49,6 @@ pub struct CreateTenant {
     /// never. Absent: the fleet default (`controller.idle_timeout_secs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_secs: Option<u64>,
-}
-
-/// A datasource as given to the API: its spec plus the values of its `secureJsonData`, which
-/// pug stores as tenant secrets and never returns.
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-pub struct DatasourceInput {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub url: String,
-    #[serde(default)]
-    pub access: Option<String>,
-    #[serde(default)]
-    pub is_default: bool,
-    #[serde(default)]
-    pub basic_auth_user: Option<String>,
-    #[serde(default)]
-    #[schema(value_type = Object)]
-    pub json_data: serde_json::Map<String, serde_json::Value>,
-    /// Credentials (e.g. `basicAuthPassword`, `httpHeaderValue1`): write-only.
-    #[serde(default)]
-    pub secure_json_data: BTreeMap<String, String>,
-}
-
-/// Validated datasources and dashboards, with the secrets to store.
-type Provisioned = (
-    Vec<DatasourceSpec>,
-    Vec<DashboardSpec>,
-    Vec<(String, SecretString)>,
-);
-
-/// Refuses a provisioning value Grafana would expand (`$VAR`, `${VAR}`, `$__file{…}`; Grafana
-/// interpolates every string value of a datasource, `jsonData` and `secureJsonData`
-/// included), unless the operator allows expansion. Dashboards are not checked: Grafana reads
-/// dashboard files as JSON without interpolating them, and `$var` there is a dashboard
-/// variable.
-fn check_datasource_expansion(
-    input: &DatasourceInput,
-    allow_expansion: bool,
-) -> Result<(), InvalidInput> {
-    fn strings<'a>(path: String, v: &'a serde_json::Value, out: &mut Vec<(String, &'a str)>) {
-        match v {
-            serde_json::Value::String(s) => out.push((path, s)),
-            serde_json::Value::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    strings(format!("{path}[{i}]"), item, out);
-                }
-            }
-            serde_json::Value::Object(map) => {
-                for (k, item) in map {
-                    strings(format!("{path}.{k}"), item, out);
-                }
-            }
-            _ => {}
-        }
-    }
-    if allow_expansion {
-        return Ok(());
-    }
-    let mut values: Vec<(String, &str)> = vec![
-        ("name".into(), &input.name),
-        ("type".into(), &input.kind),
-        ("url".into(), &input.url),
-    ];
-    if let Some(access) = &input.access {
-        values.push(("access".into(), access));
-    }
-    if let Some(user) = &input.basic_auth_user {
-        values.push(("basic_auth_user".into(), user));
-    }
-    for (k, v) in &input.json_data {
-        strings(format!("json_data.{k}"), v, &mut values);
-    }
-    for (k, v) in &input.secure_json_data {
-        values.push((format!("secure_json_data.{k}"), v));
-    }
-    for (field, value) in values {
-        if let Some(found) = find_expansion(value, ExpansionContext::Provisioning) {
-            // The value itself may be a secret: name the field, show only the expansion.
-            return Err(InvalidInput::new(
-                "datasources",
-                format!(
-                    "datasource {:?}: {field} contains {found:?}, which Grafana would replace \
-                     with an environment variable or a file's contents; write $$ for a literal \
-                     $ (the operator can allow expansion with controller.allow_setting_expansion)",
-                    input.name
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn check_provisioning(
-    datasources: Vec<DatasourceInput>,
-    dashboards: Vec<DashboardSpec>,
-    allow_expansion: bool,
-) -> Result<Provisioned, ApiError> {
-    let mut specs = Vec::new();
-    let mut secrets = Vec::new();
-    for input in datasources {
-        check_datasource_expansion(&input, allow_expansion)?;
-        let spec = DatasourceSpec {
-            name: input.name,
-            kind: input.kind,
-            url: input.url,
-            access: input.access.unwrap_or_else(|| "proxy".into()),
-            is_default: input.is_default,
-            basic_auth_user: input.basic_auth_user,
-            json_data: input.json_data,
-            secure_fields: input.secure_json_data.keys().cloned().collect(),
-        };
-        spec.validate()?;
-        if specs.iter().any(|s: &DatasourceSpec| s.name == spec.name) {
-            return Err(InvalidInput::new(
-                "datasources",
-                format!("datasource {:?} is given twice", spec.name),
-            )
-            .into());
-        }
-        for (field, value) in input.secure_json_data {
-            secrets.push((spec.secret_name(&field), SecretString::from(value)));
-        }
-        specs.push(spec);
-    }
-    if specs.iter().filter(|s| s.is_default).count() > 1 {
-        return Err(
-            InvalidInput::new("datasources", "at most one datasource may be the default").into(),
-        );
-    }
-    for (i, d) in dashboards.iter().enumerate() {
-        d.validate()?;
-        if dashboards[..i].iter().any(|o| o.name == d.name) {
-            return Err(InvalidInput::new(
-                "dashboards",
-                format!("dashboard {:?} is given twice", d.name),
-            )
-            .into());
-        }
-    }
-    Ok((specs, dashboards, secrets))
 }
 
 /// Changes to a tenant; absent fields stay as they are.
@@ -302,15 +165,11 @@ async fn check_version(state: &ApiState, raw: &str) -> Result<GrafanaVersion, Ap
     Ok(version)
 }
 
-fn check_replicas(state: &ApiState, replicas: u32) -> Result<(), ApiError> {
-    if replicas == 0 || replicas > MAX_REPLICAS {
-        return Err(InvalidInput::new(
-            "replicas",
-            format!("replicas must be between 1 and {MAX_REPLICAS}; use suspend to stop a tenant"),
-        )
-        .into());
-    }
-    if replicas > 1 && state.config.grafana_database.url.is_empty() {
+/// The replicas asked for: a valid count ([`Replicas::new`]), and more than one only with a
+/// shared database (a rule of this fleet's configuration, so checked here).
+fn check_replicas(state: &ApiState, replicas: u32) -> Result<Replicas, ApiError> {
+    let replicas = Replicas::new(replicas)?;
+    if replicas.get() > 1 && state.config.grafana_database.url.is_empty() {
         return Err(InvalidInput::new(
             "replicas",
             "more than one replica needs a shared database: Grafana's SQLite database is \
@@ -318,7 +177,7 @@ fn check_replicas(state: &ApiState, replicas: u32) -> Result<(), ApiError> {
         )
         .into());
     }
-    Ok(())
+    Ok(replicas)
 }
 
 fn check_idle_timeout(secs: u64) -> Result<u64, ApiError> {
@@ -345,19 +204,6 @@ fn detail(state: &ApiState, tenant: Tenant, events: Vec<Event>, last: Option<i64
         events,
         last_activity_ms: last,
     }
-}
-
-fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
-    for (k, v) in labels {
-        if k.is_empty() || k.len() > 63 || v.len() > 253 || k.starts_with("pug.") {
-            return Err(InvalidInput::new(
-                "labels",
-                format!("label {k:?} is invalid: keys are 1-63 characters and may not start with \"pug.\", values at most 253"),
-            )
-            .into());
-        }
-    }
-    Ok(())
 }
 
 /// Lists every tenant.
@@ -388,21 +234,14 @@ pub(crate) async fn create(
     let Json(req) = body?;
     let id = TenantId::parse(&req.id)?;
     let idle_timeout_secs = req.idle_timeout_secs.map(check_idle_timeout).transpose()?;
-    let replicas = req.replicas.unwrap_or(1);
-    check_replicas(&state, replicas)?;
-    check_labels(&req.labels)?;
+    let replicas = check_replicas(&state, req.replicas.unwrap_or(1))?;
+    let labels = Labels::from_user(req.labels)?;
     let mut overrides = Overrides::default();
     for assignment in &req.set {
         overrides.set_with(assignment, allow_expansion(&state))?;
     }
     let display_name = req.display_name.unwrap_or_else(|| id.to_string());
-    if display_name.len() > 200 {
-        return Err(InvalidInput::new(
-            "display_name",
-            "display_name is longer than 200 characters",
-        )
-        .into());
-    }
+    check_display_name(&display_name)?;
     if state.store.tenant(&id).await?.is_some() {
         return Err(ApiError::Conflict(format!(
             "tenant {id} already exists; pick another id or delete it first"
@@ -417,7 +256,7 @@ pub(crate) async fn create(
         replicas,
         desired_state: DesiredState::Active,
         overrides,
-        labels: req.labels,
+        labels,
         datasources,
         dashboards,
         idle_timeout_secs,
@@ -468,6 +307,7 @@ pub(crate) async fn update(
     let mut spec = tenant.spec.clone();
     let mut changes = Vec::new();
     if let Some(name) = req.display_name {
+        check_display_name(&name)?;
         changes.push(format!("display name {name:?}"));
         spec.display_name = name;
     }
@@ -480,7 +320,7 @@ pub(crate) async fn update(
         spec.idle_timeout_secs = Some(secs);
     }
     if let Some(replicas) = req.replicas {
-        check_replicas(&state, replicas)?;
+        let replicas = check_replicas(&state, replicas)?;
         changes.push(format!("replicas {} → {replicas}", spec.replicas));
         spec.replicas = replicas;
     }
@@ -573,8 +413,7 @@ pub(crate) async fn delete(
     let mut spec = tenant.spec.clone();
     spec.desired_state = DesiredState::Deleted;
     if q.purge {
-        spec.labels
-            .insert(pug_controller::PURGE_LABEL.into(), "true".into());
+        spec.labels.set_pug(pug_controller::PURGE_LABEL, "true");
     }
     let message = if q.purge {
         "deletion requested (purge database)"

@@ -29,7 +29,7 @@ fn spec(version: &str, replicas: u32) -> TenantSpec {
     TenantSpec {
         display_name: "Acme".into(),
         version: GrafanaVersion::parse(version).unwrap(),
-        replicas,
+        replicas: pug_types::Replicas::new(replicas).unwrap(),
         desired_state: DesiredState::Active,
         overrides: Overrides::default(),
         labels: Default::default(),
@@ -294,7 +294,7 @@ async fn scaling_down_removes_the_surplus_replicas() {
     let h = harness(V1, 3, true).await;
     h.drive(5, |_| false).await;
     let mut spec = h.tenant().await.spec;
-    spec.replicas = 1;
+    spec.replicas = pug_types::Replicas::ONE;
     let store = &h.controller.store;
     store
         .update_spec(&h.id, None, &spec, ("SpecUpdated", "scaled"))

@@ -33,57 +33,27 @@ const LEASE: Duration = Duration::from_millis(1500);
 
 /// A fresh database on the test server; dropped by [`TestDb::drop_db`].
 struct TestDb {
-    admin_url: String,
     name: String,
     url: String,
 }
 
 impl TestDb {
     async fn create(tag: &str) -> Self {
-        let admin_url = std::env::var("PUG_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://pugtest:pugtest@127.0.0.1:5432/postgres".into());
-        let mut admin = sqlx::PgConnection::connect(&admin_url)
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "PostgreSQL is not reachable at {admin_url} ({e}): apt-get install postgresql, \
-                     start it and create the role as .ci/run does, or set PUG_TEST_POSTGRES_URL"
-                )
-            });
         let name = format!("pug_replicas_{tag}_{}", std::process::id());
-        for sql in [
-            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            format!("CREATE DATABASE {name}"),
-        ] {
-            sqlx::query(&sql).execute(&mut admin).await.unwrap();
-        }
-        let mut url = url::Url::parse(&admin_url).unwrap();
-        url.set_path(&format!("/{name}"));
-        Self {
-            admin_url,
-            name,
-            url: url.to_string(),
-        }
+        let url = pug_test_support::postgres::fresh_database(&name).await;
+        Self { name, url }
     }
 
     /// The same database, for a second URL to it.
     fn create_named(db: &TestDb) -> Self {
         Self {
-            admin_url: db.admin_url.clone(),
             name: db.name.clone(),
             url: db.url.clone(),
         }
     }
 
     async fn drop_db(&self) {
-        let mut admin = sqlx::PgConnection::connect(&self.admin_url).await.unwrap();
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+        pug_test_support::postgres::drop_database(&self.name).await;
     }
 }
 
@@ -91,7 +61,7 @@ fn spec(version: &str, replicas: u32) -> TenantSpec {
     TenantSpec {
         display_name: "Acme".into(),
         version: GrafanaVersion::parse(version).unwrap(),
-        replicas,
+        replicas: pug_types::Replicas::new(replicas).unwrap(),
         desired_state: DesiredState::Active,
         overrides: Overrides::default(),
         labels: Default::default(),
@@ -169,7 +139,7 @@ async fn converged(store: &Store, fake: &Fake, version: &str, within: Duration) 
         let pending: Vec<String> = tenants
             .iter()
             .filter(|t| {
-                let want = t.spec.replicas as usize;
+                let want = t.spec.replicas.get() as usize;
                 let have = by_tenant.get(&t.id).map(Vec::as_slice).unwrap_or_default();
                 t.status.phase != Phase::Ready
                     || t.status.running_version.as_deref() != Some(version)
@@ -182,7 +152,9 @@ async fn converged(store: &Store, fake: &Fake, version: &str, within: Duration) 
             // Nothing runs for a tenant the store does not know (no orphan).
             for (t, r, _) in &running {
                 assert!(
-                    tenants.iter().any(|x| x.id == *t && *r < x.spec.replicas),
+                    tenants
+                        .iter()
+                        .any(|x| x.id == *t && *r < x.spec.replicas.get()),
                     "orphan instance {t}/{r}"
                 );
             }

@@ -7,8 +7,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::ConnectOptions;
 
 fn url() -> String {
-    std::env::var("PUG_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://pugtest:pugtest@127.0.0.1:5432/postgres".into())
+    pug_test_support::postgres::server_url()
 }
 
 /// A tenant id and password unique to this run and `tag`.

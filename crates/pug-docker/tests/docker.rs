@@ -213,7 +213,10 @@ async fn create_scale_upgrade_suspend_resume_delete() {
     assert!(!inspect.contains("secureJsonData"));
 
     // Scale to 2.
-    pug.change(&id, |spec| spec.replicas = 2).await;
+    pug.change(&id, |spec| {
+        spec.replicas = pug_types::Replicas::new(2).unwrap()
+    })
+    .await;
     let t = pug.wait_phase(&id, Phase::Ready, READY).await;
     assert_eq!(t.status.endpoints.len(), 2);
     assert_eq!(containers(&s.namespace, &tenant).len(), 2);
@@ -239,7 +242,8 @@ async fn create_scale_upgrade_suspend_resume_delete() {
     );
 
     // Scale back to 1.
-    pug.change(&id, |spec| spec.replicas = 1).await;
+    pug.change(&id, |spec| spec.replicas = pug_types::Replicas::ONE)
+        .await;
     pug.wait_phase(&id, Phase::Ready, READY).await;
     assert_eq!(containers(&s.namespace, &tenant).len(), 1);
 

@@ -346,7 +346,8 @@ async fn scenarios(namespace: &str, a: &str, b: &str) {
     assert!(text.contains("pug_swarm_tasks{node="), "{text}");
 
     // Scale to 2.
-    pug.change(&id, |s| s.replicas = 2).await;
+    pug.change(&id, |s| s.replicas = pug_types::Replicas::new(2).unwrap())
+        .await;
     let t = wait_for(READY, "the scale-down", || async {
         let t = pug.tenant(&id).await?;
         (t.status.phase == Phase::Ready && t.status.endpoints.len() == 2).then_some(t)

@@ -1,41 +1,15 @@
 //! The gateway's tables on a real PostgreSQL server (the same queries as on SQLite):
 //! users, memberships, sessions with and without a tenant scope, embed keys, the cookie key and
-//! the routing-table query. Uses `PUG_TEST_POSTGRES_URL` (default: the `pugtest` role `.ci/run`
-//! creates).
+//! the routing-table query. On the tests' server ([`pug_test_support::postgres`]).
 
 use pug_store::{EmbedScope, EmbedSessionOutcome, MasterKey, SessionRecord, Store};
 use pug_types::{ExposeSecret, TenantId, TenantSpec};
-use sqlx::Connection;
-
-fn server_url() -> String {
-    std::env::var("PUG_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://pugtest:pugtest@127.0.0.1:5432/postgres".into())
-}
 
 #[tokio::test]
 async fn gateway_tables_work_on_postgres() {
-    let url = server_url();
-    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap_or_else(|e| {
-        panic!(
-            "PostgreSQL is not reachable at {url} ({e}): apt-get install postgresql, start it and \
-             create the role as .ci/run does, or set PUG_TEST_POSTGRES_URL"
-        )
-    });
     let db = format!("pug_gateway_test_{}", std::process::id());
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {db}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    sqlx::query(&format!("CREATE DATABASE {db}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let mut db_url = url::Url::parse(&url).unwrap();
-    db_url.set_path(&format!("/{db}"));
-
-    let store = Store::open(db_url.as_str(), MasterKey::generate())
-        .await
-        .unwrap();
+    let db_url = pug_test_support::postgres::fresh_database(&db).await;
+    let store = Store::open(&db_url, MasterKey::generate()).await.unwrap();
     let acme = TenantId::parse("acme").unwrap();
     let spec: TenantSpec = serde_json::from_value(serde_json::json!({
         "display_name": "acme", "version": "11.3.0", "replicas": 1, "desired_state": "active",
@@ -146,8 +120,5 @@ async fn gateway_tables_work_on_postgres() {
     assert!(store.revoke("alice", &acme).await.unwrap());
     store.delete_user("alice").await.unwrap();
     store.close().await;
-    sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    pug_test_support::postgres::drop_database(&db).await;
 }

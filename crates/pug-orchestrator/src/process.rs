@@ -39,10 +39,15 @@ use nix::unistd::Pid;
 use pug_types::{GrafanaVersion, TenantId};
 use tokio::sync::mpsc;
 
+mod files;
+mod scan;
+
 use crate::install::Installer;
 use crate::isolation::{self, Isolation, TenantUser};
 use crate::settings::render_ini;
 use crate::{Instance, InstanceSpec, InstanceState, Orchestrator, OrchestratorError};
+use files::{give_to, share_tree_with_group, share_with_group, tenant_uids_in, write_private};
+use scan::{is_alive, last_log_line, scan_proc};
 
 /// Settings of the process backend.
 #[derive(Debug, Clone)]
@@ -226,14 +231,7 @@ impl ProcessBackend {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        let path_of = |sub: &str| dir.join(sub).display().to_string();
-        let extra = [
-            ("paths", "data", path_of("data")),
-            ("paths", "logs", path_of("logs")),
-            ("paths", "plugins", path_of("plugins")),
-            ("paths", "provisioning", path_of("provisioning")),
-            ("server", "http_addr", self.settings.bind_address.clone()),
-        ];
+        let extra = backend_settings(dir, &self.settings.bind_address);
         for file in spec.provisioning.files(&dir.join("dashboards")) {
             let path = dir.join(&file.path);
             if let Some(parent) = path.parent() {
@@ -564,176 +562,17 @@ impl Orchestrator for ProcessBackend {
     }
 }
 
-/// Finds running processes whose `--pidfile` lies under `root`: pug's instances.
-fn scan_proc(root: &Path) -> HashMap<Key, Proc> {
-    let mut found = HashMap::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let Some(pidfile) = args
-            .windows(2)
-            .find(|w| w[0] == b"--pidfile")
-            .and_then(|w| std::str::from_utf8(w[1]).ok())
-        else {
-            continue;
-        };
-        if let Some((key, port, hash)) = parse_pidfile(root, Path::new(pidfile)) {
-            if is_alive(pid) {
-                found.insert(
-                    key,
-                    Proc {
-                        pid,
-                        port,
-                        spec_hash: hash,
-                        started_at_ms: now_ms(),
-                        owned: false,
-                        uid: isolation::process_uid(pid),
-                        exited: None,
-                    },
-                );
-            }
-        }
-    }
-    found
-}
-
-/// `<root>/<tenant>/replica-<n>/run/<port>-<hash>.pid` → ((tenant, n), port, hash).
-fn parse_pidfile(root: &Path, pidfile: &Path) -> Option<(Key, u16, String)> {
-    let rest = pidfile.strip_prefix(root).ok()?;
-    let parts: Vec<&str> = rest.iter().filter_map(|c| c.to_str()).collect();
-    let [tenant, replica, "run", file] = parts.as_slice() else {
-        return None;
-    };
-    let tenant = TenantId::parse(tenant).ok()?;
-    let replica = replica.strip_prefix("replica-")?.parse().ok()?;
-    let (port, hash) = file.strip_suffix(".pid")?.split_once('-')?;
-    Some(((tenant, replica), port.parse().ok()?, hash.to_owned()))
-}
-
-/// Whether `pid` is a live process (a zombie counts as dead).
-fn is_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name, which may itself hold spaces.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
-fn last_log_line(path: &Path) -> Option<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).ok()?;
-    let len = f.metadata().ok()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf);
-    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
-    Some(line.chars().take(300).collect())
-}
-
-/// Writes a file only pug's user can read, or with `group`, also that group (0640, the tenant's
-/// group reading its own settings). Written to a temporary name and renamed into place.
-fn write_private(path: &Path, contents: &[u8], group: Option<u32>) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    if let Some(gid) = group {
-        std::os::unix::fs::fchown(&f, None, Some(gid))?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o640))?;
-    }
-    f.write_all(contents)?;
-    f.sync_all()?;
-    std::fs::rename(tmp, path)
-}
-
-/// `path` (a directory pug owns) owned by pug's user and `gid`, with `mode`.
-fn share_with_group(path: &Path, gid: u32, mode: u32) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(
-        path,
-        Some(nix::unistd::Uid::effective().as_raw()),
-        Some(gid),
-    )?;
-    isolation::set_mode(path, mode)
-}
-
-/// A tree pug writes (provisioning) made readable by the tenant's group only: dirs 0750, files
-/// 0640, owned by pug's user. Symbolic links are neither followed nor changed.
-fn share_tree_with_group(path: &Path, gid: u32) -> std::io::Result<()> {
-    let meta = std::fs::symlink_metadata(path)?;
-    if meta.file_type().is_symlink() {
-        return Ok(());
-    }
-    if meta.is_dir() {
-        share_with_group(path, gid, 0o750)?;
-        for entry in std::fs::read_dir(path)? {
-            share_tree_with_group(&entry?.path(), gid)?;
-        }
-        Ok(())
-    } else {
-        share_with_group(path, gid, 0o640)
-    }
-}
-
-/// A directory the tenant's Grafana writes (`data`, `logs`…): owned by the tenant's user, 0700.
-/// When it belonged to someone else (made before isolation was on), everything in it is handed
-/// over too, without following symbolic links.
-fn give_to(path: &Path, user: TenantUser) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::symlink_metadata(path)?;
-    if meta.uid() != user.uid || meta.gid() != user.gid {
-        chown_tree(path, user)?;
-    }
-    isolation::set_mode(path, 0o700)
-}
-
-fn chown_tree(path: &Path, user: TenantUser) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid))?;
-    let meta = std::fs::symlink_metadata(path)?;
-    if meta.is_dir() {
-        for entry in std::fs::read_dir(path)? {
-            chown_tree(&entry?.path(), user)?;
-        }
-    }
-    Ok(())
-}
-
-/// The owners of a tenant's replicas' `data` dirs: the user ids its instances ran as.
-fn tenant_uids_in(tenant_dir: &Path) -> Vec<u32> {
-    use std::os::unix::fs::MetadataExt;
-    let mut uids = Vec::new();
-    for entry in std::fs::read_dir(tenant_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        if let Ok(meta) = std::fs::symlink_metadata(entry.path().join("data")) {
-            if !uids.contains(&meta.uid()) {
-                uids.push(meta.uid());
-            }
-        }
-    }
-    uids
+/// The settings this backend writes into a replica's `grafana.ini` besides the spec's: its
+/// directories and its address (every one reserved, so no override can move them).
+fn backend_settings(dir: &Path, bind_address: &str) -> [(&'static str, &'static str, String); 5] {
+    let path_of = |sub: &str| dir.join(sub).display().to_string();
+    [
+        ("paths", "data", path_of("data")),
+        ("paths", "logs", path_of("logs")),
+        ("paths", "plugins", path_of("plugins")),
+        ("paths", "provisioning", path_of("provisioning")),
+        ("server", "http_addr", bind_address.to_owned()),
+    ]
 }
 
 #[allow(clippy::disallowed_methods)] // The crate's one wall-clock read (clippy.toml).
@@ -745,28 +584,4 @@ fn now_ms() -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pidfiles_carry_the_labels() {
-        let root = Path::new("/data/tenants");
-        let (key, port, hash) = parse_pidfile(
-            root,
-            Path::new("/data/tenants/acme/replica-2/run/20001-abcd.pid"),
-        )
-        .unwrap();
-        assert_eq!(key, (TenantId::parse("acme").unwrap(), 2));
-        assert_eq!((port, hash.as_str()), (20001, "abcd"));
-        assert!(parse_pidfile(root, Path::new("/other/acme/replica-2/run/1-a.pid")).is_none());
-        assert!(
-            parse_pidfile(root, Path::new("/data/tenants/Bad/replica-2/run/1-a.pid")).is_none()
-        );
-    }
-
-    #[test]
-    fn liveness_of_self_and_nonexistent() {
-        assert!(is_alive(std::process::id()));
-        assert!(!is_alive(u32::MAX - 1));
-    }
-}
+mod tests;

@@ -376,23 +376,6 @@ async fn a_page_that_never_gets_ready_is_408() {
     h.shutdown().await;
 }
 
-/// Polls /metrics until `line` appears (a readiness poll, not a timed assertion).
-pub async fn wait_for_metric(h: &Harness, line: &str) {
-    for _ in 0..600 {
-        let text = reqwest::get(h.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if text.lines().any(|l| l == line) {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("{line} never appeared in /metrics");
-}
-
 #[tokio::test]
 async fn a_full_queue_is_429_with_retry_after() {
     let pages = pages().await;
@@ -416,7 +399,12 @@ async fn a_full_queue_is_429_with_retry_after() {
                 .status()
         }
     });
-    wait_for_metric(&h, "pug_renderer_renders_in_flight 1").await;
+    wait_for_metric(
+        &h,
+        |l| l == "pug_renderer_renders_in_flight 1",
+        "one render in flight",
+    )
+    .await;
     let queued = tokio::spawn({
         let (client, url, q) = (h.client.clone(), h.url("/render"), slow.clone());
         async move {
@@ -430,7 +418,12 @@ async fn a_full_queue_is_429_with_retry_after() {
                 .status()
         }
     });
-    wait_for_metric(&h, "pug_renderer_queued_renders 1").await;
+    wait_for_metric(
+        &h,
+        |l| l == "pug_renderer_queued_renders 1",
+        "one queued render",
+    )
+    .await;
 
     let res = h.get("/render", &slow).await;
     assert_eq!(res.headers()["retry-after"], "5");

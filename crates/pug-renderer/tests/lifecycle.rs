@@ -20,23 +20,6 @@ fn query(url: String, timeout: u32) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Polls /metrics until a line satisfies `pred` (a readiness poll, not a timed assertion).
-async fn wait_for_metric(h: &Harness, pred: impl Fn(&str) -> bool, what: &str) {
-    for _ in 0..600 {
-        let text = reqwest::get(h.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if text.lines().any(&pred) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what} never appeared in /metrics");
-}
-
 async fn browser_pid(h: &Harness) -> u32 {
     for _ in 0..600 {
         if let Some(pid) = h.renderer.as_ref().unwrap().engine().browser_pid().await {

@@ -13,9 +13,11 @@
 
 mod activity;
 mod crypto;
+mod gateway_keys;
 mod lease;
 mod logins;
 mod queue;
+mod sessions;
 mod tenants;
 mod tokens;
 mod users;
@@ -28,13 +30,15 @@ use sqlx::AnyPool;
 
 pub use activity::Activity;
 pub use crypto::{generate_secret, token_hash, write_private, MasterKey, MASTER_KEY_ENV};
+pub use gateway_keys::EmbedKeyInfo;
 pub use lease::{Heartbeat, Replica};
 pub use logins::LOGIN_CODE_TTL_MS;
 pub use queue::WorkItem;
+pub use sessions::{EmbedScope, EmbedSessionOutcome, SessionRecord, SweepCounts};
 pub use tokens::{
     choose_revocation, token_id, RevokeRefusal, Role, TokenCheck, TokenInfo, LOCAL_TOKEN_NAME,
 };
-pub use users::{EmbedKeyInfo, EmbedScope, EmbedSessionOutcome, SessionRecord, SweepCounts, User};
+pub use users::User;
 
 /// Names of the per-tenant secrets.
 pub mod secret {

@@ -15,7 +15,7 @@
 use pug_types::{SecretString, TenantId};
 use sqlx::Row;
 
-use crate::users::insert_session;
+use crate::sessions::insert_session;
 use crate::{generate_secret, now_ms, token_hash, SessionRecord, Store, StoreError};
 
 /// How long a sign-in code may travel from pug's origin to the tenant host: a redirect, so a

@@ -1,4 +1,5 @@
-//! Tenants, their status, secrets, events and ports.
+//! Tenants, their status, secrets, events and ports, and the one query the gateway's routing
+//! table is refreshed from.
 
 use pug_types::{
     Event, EventReason, ExposeSecret, SecretString, Tenant, TenantId, TenantSpec, TenantStatus,
@@ -428,4 +429,40 @@ fn tenant_from_row(r: &sqlx::any::AnyRow) -> Result<Tenant, StoreError> {
         status: serde_json::from_str(&status).map_err(|e| corrupt("status", e.to_string()))?,
         created_at_ms: r.try_get(3)?,
     })
+}
+
+/// The one query the gateway's routing table is refreshed from.
+impl Store {
+    /// Every tenant's status (phase and ready endpoints), for the gateway's routing table.
+    pub async fn tenant_statuses(&self) -> Result<Vec<(TenantId, TenantStatus)>, StoreError> {
+        let rows = sqlx::query("SELECT tenant_id, status FROM tenant_status")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get(0)?;
+                let status: String = r.try_get(1)?;
+                Ok((
+                    TenantId::parse(&id).map_err(|e| StoreError::Corrupt(e.message))?,
+                    serde_json::from_str(&status)
+                        .map_err(|e| StoreError::Corrupt(format!("status of {id}: {e}")))?,
+                ))
+            })
+            .collect()
+    }
+
+    /// One tenant's status, for a routing-table miss.
+    pub async fn tenant_status(&self, id: &TenantId) -> Result<Option<TenantStatus>, StoreError> {
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM tenant_status WHERE tenant_id = $1")
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        status
+            .map(|s| {
+                serde_json::from_str(&s)
+                    .map_err(|e| StoreError::Corrupt(format!("status of {id}: {e}")))
+            })
+            .transpose()
+    }
 }

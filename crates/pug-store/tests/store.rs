@@ -9,7 +9,7 @@ fn spec(version: &str) -> TenantSpec {
     TenantSpec {
         display_name: "Acme".into(),
         version: GrafanaVersion::parse(version).unwrap(),
-        replicas: 1,
+        replicas: pug_types::Replicas::ONE,
         desired_state: DesiredState::Active,
         overrides: Overrides::default(),
         labels: Default::default(),

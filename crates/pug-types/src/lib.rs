@@ -2,7 +2,8 @@
 //! status), and what happened to it (events).
 //!
 //! Owns: the types shared by every component and the validation of user input into them
-//! ([`TenantId::parse`], [`GrafanaVersion::parse`], [`Overrides::set`]). A value of these types has
+//! ([`TenantId::parse`], [`GrafanaVersion::parse`], [`Overrides::set`], [`Replicas::new`],
+//! [`Labels::from_user`]). A value of these types has
 //! been validated; code that holds one does not check it again.
 //!
 //! Must not: do IO, know about HTTP, SQL, processes or containers. Those live in the component
@@ -14,6 +15,7 @@ mod duration;
 mod event;
 mod id;
 mod overrides;
+mod spec;
 mod tenant;
 mod version;
 
@@ -21,9 +23,9 @@ pub use duration::{format_duration_secs, parse_duration_secs, MAX_DURATION_SECS}
 pub use event::EventReason;
 pub use id::TenantId;
 pub use overrides::{find_expansion, grafana_env_name, ExpansionContext, Overrides};
+pub use spec::{check_display_name, Labels, Replicas, MAX_DISPLAY_NAME, MAX_REPLICAS};
 pub use tenant::{
     DashboardSpec, DatasourceSpec, DesiredState, Event, Phase, Tenant, TenantSpec, TenantStatus,
-    MAX_REPLICAS,
 };
 pub use version::GrafanaVersion;
 

@@ -3,10 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{GrafanaVersion, Overrides, TenantId};
-
-/// The most replicas one tenant may ask for.
-pub const MAX_REPLICAS: u32 = 16;
+use crate::{GrafanaVersion, Labels, Overrides, Replicas, TenantId};
 
 /// What a tenant should be: running, stopped with its data kept, or gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -20,16 +17,22 @@ pub enum DesiredState {
     Deleted,
 }
 
+// Its replicas, labels and display name are checked by their types (`crate::spec`), also when
+// a spec is read from JSON, so code holding one does not check them again. (Plain comments: the
+// `///` docs here are the OpenAPI document's.)
 /// What is asked of a tenant. Changing it bumps the tenant's generation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TenantSpec {
     /// A human name shown in listings.
+    // At most 200 bytes: `crate::check_display_name`.
+    #[serde(deserialize_with = "crate::spec::display_name")]
     pub display_name: String,
     /// The Grafana version the tenant runs.
     #[schema(value_type = String, example = "11.3.0")]
     pub version: GrafanaVersion,
     /// How many replicas (instances) serve the tenant.
-    pub replicas: u32,
+    #[schema(value_type = u32)]
+    pub replicas: Replicas,
     /// Running, suspended or deleted.
     pub desired_state: DesiredState,
     /// grafana.ini overrides, section → key → value.
@@ -37,7 +40,8 @@ pub struct TenantSpec {
     pub overrides: Overrides,
     /// Free-form labels for the operator's own bookkeeping.
     #[serde(default)]
-    pub labels: std::collections::BTreeMap<String, String>,
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
+    pub labels: Labels,
     /// Datasources provisioned into the tenant's Grafana.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub datasources: Vec<DatasourceSpec>,

@@ -9,27 +9,13 @@ use support::Pug;
 
 /// The PostgreSQL server the tests use (`.ci/run` starts one with a `pugtest` superuser).
 fn postgres_url() -> String {
-    let url = std::env::var("PUG_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://pugtest:pugtest@127.0.0.1:5432/postgres".into());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let reachable = rt.block_on(async {
-        use sqlx::Connection;
-        sqlx::PgConnection::connect(&url)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    });
-    if let Err(e) = reachable {
-        panic!(
-            "PostgreSQL is not reachable at {url} ({e}): install and start it \
-             (`apt-get install postgresql && service postgresql start`, then create the role \
-             as .ci/run does) or set PUG_TEST_POSTGRES_URL"
-        );
-    }
-    url
+    // Reachable, or fail with how to provide it.
+    rt.block_on(pug_test_support::postgres::admin());
+    pug_test_support::postgres::server_url()
 }
 
 fn database_exists(url: &str, name: &str) -> bool {

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{free_port, get, png_size, wait_for, Pug};
+use support::{get, png_size, wait_for, PortLease, Pug};
 
 const T: Duration = Duration::from_secs(90);
 
@@ -103,8 +103,9 @@ fn docker_tenants_render_through_the_embedded_renderer_and_only_their_own_pages(
         namespace: namespace.clone(),
         network: network.clone(),
     };
-    let rport = free_port();
-    let listen = format!("127.0.0.1:{rport}");
+    // Leased: pug writes the renderer's configured address into tenants' grafana.ini.
+    let rport = PortLease::new();
+    let listen = format!("127.0.0.1:{}", rport.port());
     let pug = Pug::start(
         (21600, 21619),
         &[
@@ -137,7 +138,7 @@ fn docker_tenants_render_through_the_embedded_renderer_and_only_their_own_pages(
     // container's own name on that network as its callback, and a token of its own.
     assert_eq!(
         container_env(&container, "GF_RENDERING_SERVER_URL"),
-        format!("http://{gateway}:{rport}/render")
+        format!("http://{gateway}:{}/render", rport.port())
     );
     assert_eq!(
         container_env(&container, "GF_RENDERING_CALLBACK_URL"),

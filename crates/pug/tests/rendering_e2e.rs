@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{free_port, get, png_size, wait_for, Pug};
+use support::{get, png_size, wait_for, PortLease, Pug};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -48,8 +48,9 @@ fn renderer_token(pug: &Pug, tenant: &str) -> String {
 #[test]
 fn tenants_render_through_the_embedded_renderer_and_only_their_own_pages() {
     chromium_installed();
-    let rport = free_port();
-    let listen = format!("127.0.0.1:{rport}");
+    // Leased: pug writes the renderer's configured address into tenants' grafana.ini.
+    let rport = PortLease::new();
+    let listen = format!("127.0.0.1:{}", rport.port());
     let pug = Pug::start(
         (21580, 21599),
         &[
@@ -177,7 +178,8 @@ fn running(pid: i32) -> bool {
 #[test]
 fn a_killed_renderer_leaves_no_chromium_behind() {
     chromium_installed();
-    let port = free_port();
+    let lease = PortLease::new();
+    let port = lease.port();
     let mut child = std::process::Command::new(support::pug_bin())
         .args(["render", "--addr", &format!("127.0.0.1:{port}")])
         .env("AUTH_TOKEN", "t")
@@ -225,7 +227,8 @@ fn a_killed_renderer_leaves_no_chromium_behind() {
 #[test]
 fn the_browser_gets_no_secrets_no_root_and_its_sandbox() {
     chromium_installed();
-    let port = free_port();
+    let lease = PortLease::new();
+    let port = lease.port();
     let canary = "pug-master-key-canary-0123456789";
     let mut child = std::process::Command::new(support::pug_bin())
         .args(["render", "--addr", &format!("127.0.0.1:{port}")])

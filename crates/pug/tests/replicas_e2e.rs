@@ -12,16 +12,17 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{free_port, pug_bin, set_cookie, wait_for, Pug};
+use support::{pug_bin, set_cookie, wait_for, Pug};
 
-/// Starts `pug serve` on `pug`'s data directory (and environment) on another port, and
+/// Starts `pug serve` on `pug`'s data directory (and environment) on a port of its own, and
 /// returns how it exited and its stderr; panics if it is still running after 30 s.
 fn second_serve(pug: &Pug, extra: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
     let mut child = Command::new(pug_bin())
         .args(["serve", "--data-dir"])
         .arg(&pug.data)
         .arg("--listen")
-        .arg(format!("127.0.0.1:{}", free_port()))
+        // Port 0: it is to refuse before it binds; if it ever did bind, no port is raced for.
+        .arg("127.0.0.1:0")
         .envs(pug.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .envs(extra.iter().copied())
         .stdout(Stdio::null())
@@ -63,33 +64,14 @@ fn a_second_pug_on_one_sqlite_store_refuses_to_start() {
     assert_eq!(pug.api("GET", "/api/v1/tenants", None).0, 200);
 }
 
+/// A fresh database for a pug store on the tests' PostgreSQL server; its URL.
 fn postgres_store(tag: &str) -> String {
-    let url = std::env::var("PUG_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://pugtest:pugtest@127.0.0.1:5432/postgres".into());
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let name = format!("pug_e2e_{tag}_{}", std::process::id());
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    let name = format!("pug_e2e_{tag}_{}", std::process::id());
-    rt.block_on(async {
-        use sqlx::Connection;
-        let mut admin = sqlx::PgConnection::connect(&url).await.unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL is not reachable at {url} ({e}): install and start it \
-                 (`apt-get install postgresql && service postgresql start`, then create the role \
-                 as .ci/run does) or set PUG_TEST_POSTGRES_URL"
-            )
-        });
-        for sql in [
-            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            format!("CREATE DATABASE {name}"),
-        ] {
-            sqlx::query(&sql).execute(&mut admin).await.unwrap();
-        }
-    });
-    let mut db = url::Url::parse(&url).unwrap();
-    db.set_path(&format!("/{name}"));
-    db.to_string()
+        .unwrap()
+        .block_on(pug_test_support::postgres::fresh_database(&name))
 }
 
 #[test]

@@ -255,7 +255,7 @@ async fn a_message_typed_in_one_browser_appears_in_the_other() {
             .await,
         ""
     );
-    wait_for("chat_messages_total 1", Duration::from_secs(10), || async {
+    wait_for(Duration::from_secs(10), "chat_messages_total 1", || async {
         (server.server.metrics().messages.get() == 1).then_some(())
     })
     .await;

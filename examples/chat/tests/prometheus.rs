@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{free_port, require_program, wait_for};
+use support::{require_program, wait_for};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// A child process killed (and reaped) when the test ends, however it ends.
@@ -70,7 +70,6 @@ async fn chaos_makes_the_prometheus_alert_fire() {
         ),
     )
     .unwrap();
-    let port = free_port();
     let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
     let _prometheus = Reaped(
         Command::new(prometheus)
@@ -79,20 +78,26 @@ async fn chaos_makes_the_prometheus_alert_fire() {
                 "--storage.tsdb.path={}",
                 dir.path().join("data").display()
             ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            // Port 0: Prometheus binds one of its own; the test reads it from the kernel.
+            .arg("--web.listen-address=127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap(),
     );
-    let base = format!("http://127.0.0.1:{port}");
     let log_path = dir.path().join("prometheus.log");
     let show_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let pid = _prometheus.0.id();
+    let addr = wait_for(Duration::from_secs(60), "Prometheus to listen", || async {
+        pug_test_support::net::listening_addrs(pid).first().copied()
+    })
+    .await;
+    let base = format!("http://{addr}");
 
     // Ready, and the chat target scraped successfully at least once.
     wait_for(
-        "Prometheus to scrape chat-server",
         Duration::from_secs(60),
+        "Prometheus to scrape chat-server",
         || async {
             let data = api(&base, "/api/v1/query?query=up%7Bjob%3D%22chat%22%7D").await?;
             (data["result"][0]["value"][1] == "1").then_some(())
@@ -125,8 +130,8 @@ async fn chaos_makes_the_prometheus_alert_fire() {
     let alert = tokio::time::timeout(
         Duration::from_secs(60),
         wait_for(
-            "ChatErrorsHigh to fire",
             Duration::from_secs(60),
+            "ChatErrorsHigh to fire",
             || async {
                 let data = api(&base, "/api/v1/alerts").await?;
                 data["alerts"]
@@ -151,8 +156,8 @@ async fn chaos_makes_the_prometheus_alert_fire() {
 
     // The scrapes saw all ten, under their reason.
     wait_for(
-        "chat_errors_total to reach 10",
         Duration::from_secs(30),
+        "chat_errors_total to reach 10",
         || async {
             let data = api(
                 &base,

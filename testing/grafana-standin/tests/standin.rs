@@ -3,7 +3,7 @@
 //! actual address, since tests use `http_port = 0`); no fixed sleeps.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -102,9 +102,8 @@ impl Standin {
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
                     self.log.push(line.clone());
-                    if line.contains("msg=\"HTTP Server Listen\"") {
-                        let addr = line.split("address=").nth(1)?.split(' ').next()?;
-                        return addr.parse().ok();
+                    if let Some(addr) = pug_test_support::standin::parse_listen_line(&line) {
+                        return Some(addr);
                     }
                 }
                 Err(_) => return None,
@@ -213,14 +212,6 @@ fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)])
 
 fn get(addr: SocketAddr, path: &str) -> Resp {
     request(addr, "GET", path, &[])
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 const SUBPATH: &str = "root_url = http://localhost:8080/t/acme/\nserve_from_sub_path = true\n";
@@ -469,14 +460,11 @@ fn mode_crash_exits_non_zero() {
 
 #[test]
 fn mode_hang_never_answers() {
-    let port = free_port();
-    let mut s = Opts::new("")
-        .env("GF_STANDIN_MODE", "hang")
-        .env("GF_SERVER_HTTP_PORT", port.to_string())
-        .spawn();
+    let mut s = Opts::new("").env("GF_STANDIN_MODE", "hang").spawn();
     assert_eq!(s.listen_addr(Duration::from_millis(1500)), None);
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    assert!(TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err());
+    // Not a port that refuses: no listening socket at all (as the kernel sees the process).
+    let listening = pug_test_support::net::listening_addrs(s.child.id());
+    assert!(listening.is_empty(), "hang listens on {listening:?}");
     assert!(s.child.try_wait().unwrap().is_none(), "hang must not exit");
     // still stops on SIGTERM
     s.signal("TERM");
@@ -501,14 +489,16 @@ fn mode_unhealthy_db_and_slow_start() {
 
 #[test]
 fn postgres_reachability_is_checked_per_request() {
-    let port = free_port();
+    // Held but closed: refused until the test opens it, and nobody else's meanwhile.
+    let db = pug_test_support::net::ClosedPort::new();
+    let port = db.port();
     let mut s = Opts::new(&format!(
         "[database]\ntype = postgres\nhost = 127.0.0.1:{port}\nname = g\nuser = u\npassword = \"\"\"p#w\"\"\"\n"
     ))
     .spawn();
     let addr = s.addr();
     assert_eq!(get(addr, "/api/health").status, 503);
-    let _db = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let _db = db.listen();
     let r = get(addr, "/api/health");
     assert_eq!((r.status, r.json()["database"].as_str()), (200, Some("ok")));
     let settings = get(addr, "/api/standin/settings").json();

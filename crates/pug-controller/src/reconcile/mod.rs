@@ -40,7 +40,7 @@ pub enum Outcome {
 }
 
 /// The label that asks a deletion to drop the tenant's database and role too.
-pub const PURGE_LABEL: &str = "pug.purge";
+pub const PURGE_LABEL: &str = pug_types::Labels::PURGE;
 
 /// Runs one pass for `id`. `attempts` is how many passes in a row ended in a retry.
 pub async fn reconcile(

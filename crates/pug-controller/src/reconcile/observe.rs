@@ -160,7 +160,7 @@ async fn desired(
     let root_url = config.tenant_url(id.as_str());
     let serve_from_sub_path = config.gateway.mode == pug_config::GatewayMode::Path;
     let mut specs = Vec::new();
-    for replica in 0..t.spec.replicas {
+    for replica in 0..t.spec.replicas.get() {
         let port = c
             .store
             .allocate_port(

@@ -247,7 +247,7 @@ pub fn rollout(
     policy: &Policy,
     now_ms: i64,
 ) -> Plan {
-    let desired = t.spec.replicas;
+    let desired = t.spec.replicas.get();
     // The replicas the first step restarted after a crash.
     let crashed: Vec<String> = self::replicas(o)
         .into_iter()
@@ -444,7 +444,7 @@ pub fn delete(t: &Tenant, instances: &[Instance], has_databases: bool, now_ms: i
     )))];
     actions.extend(stops(instances));
     actions.push(Action::Archive);
-    if has_databases && t.spec.labels.get(PURGE_LABEL).map(String::as_str) == Some("true") {
+    if has_databases && t.spec.labels.get(PURGE_LABEL) == Some("true") {
         actions.push(Action::DropDatabase);
         actions.push(Action::Record {
             reason: EventReason::DatabaseDropped,
@@ -514,7 +514,7 @@ pub fn status_change(
     now_ms: i64,
 ) -> StatusChange {
     let desired = match t.spec.desired_state {
-        DesiredState::Active => t.spec.replicas,
+        DesiredState::Active => t.spec.replicas.get(),
         _ => 0,
     };
     let status = TenantStatus {

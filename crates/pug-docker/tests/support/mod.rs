@@ -7,7 +7,6 @@
 
 pub mod overlay;
 
-use std::future::Future;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +17,8 @@ use pug_orchestrator::Orchestrator;
 use pug_store::{generate_secret, secret, Store};
 use pug_types::{DesiredState, GrafanaVersion, Phase, Tenant, TenantId, TenantSpec};
 use tokio_util::sync::CancellationToken;
+
+pub use pug_test_support::wait_for;
 
 pub const GOOD: &str = "11.3.0";
 pub const NEWER: &str = "11.4.0";
@@ -296,24 +297,6 @@ impl Drop for Pug {
 pub async fn store(dir: &tempfile::TempDir) -> Store {
     let url = format!("sqlite://{}", dir.path().join("pug.db").display());
     Store::open_data_dir(dir.path(), &url).await.unwrap()
-}
-
-/// Polls `f` every 200 ms until it returns `Some`, or panics after `timeout` with `what`.
-pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// GETs `http://<endpoint>/api/health` and returns the reported version.

@@ -3,11 +3,10 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pug_config::{Config, GatewayMode};
 use pug_gateway::{Gateway, GatewaySettings};
@@ -15,53 +14,8 @@ use pug_store::{MasterKey, Store};
 use pug_types::{Phase, TenantId, TenantSpec, TenantStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The grafana-standin binary, built on demand (another package's binary).
-pub fn standin_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_owned();
-    let bin = dir.join("grafana-standin");
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    BUILD.call_once(|| {
-        if bin.exists() {
-            return;
-        }
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "grafana-standin"])
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building grafana-standin failed");
-    });
-    assert!(
-        bin.exists(),
-        "grafana-standin not found at {}",
-        bin.display()
-    );
-    bin
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Polls `f` every 20 ms until it returns `Some`, or panics after `timeout`.
-pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use pug_test_support::http::{no_redirects, set_cookie};
+pub use pug_test_support::wait_for;
 
 /// One grafana-standin replica, configured as pug's orchestrator configures Grafana.
 pub struct Standin {
@@ -73,12 +27,12 @@ pub struct Standin {
 impl Standin {
     pub async fn start(root_url: &str, sub_path: bool) -> Self {
         let home = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new(standin_bin())
+        let mut child = Command::new(pug_test_support::standin::bin())
             .args(["server", "--homepath"])
             .arg(home.path())
             .env("GF_SERVER_HTTP_ADDR", "127.0.0.1")
-            .env("GF_SERVER_HTTP_PORT", port.to_string())
+            // It binds a port of its own and reports it (no port chosen here to race for).
+            .env("GF_SERVER_HTTP_PORT", "0")
             .env("GF_SERVER_ROOT_URL", root_url)
             .env("GF_SERVER_SERVE_FROM_SUB_PATH", sub_path.to_string())
             .env("GF_AUTH_PROXY_ENABLED", "true")
@@ -89,10 +43,13 @@ impl Standin {
             )
             .env("GF_AUTH_PROXY_WHITELIST", "127.0.0.1, ::1")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("grafana-standin starts");
-        let addr = format!("127.0.0.1:{port}");
+        let stderr = child.stderr.take().unwrap();
+        let addr = pug_test_support::standin::listen_addr(stderr, Duration::from_secs(20))
+            .expect("the stand-in reports its address")
+            .to_string();
         let url = format!("http://{addr}/api/health");
         wait_for(
             Duration::from_secs(20),
@@ -266,51 +223,15 @@ impl Env {
 
     /// One login attempt: (status, session cookie if set).
     pub async fn try_login(&self, name: &str, password: &str, next: &str) -> (u16, Option<String>) {
-        let client = no_redirects();
-        let page = client
-            .get(format!("{}/login", self.url))
-            .send()
-            .await
-            .unwrap();
-        let csrf = set_cookie(&page, "pug_csrf").expect("a CSRF cookie");
-        let value = csrf.split_once('=').unwrap().1.to_owned();
-        let resp = client
-            .post(format!("{}/login", self.url))
-            .header("cookie", &csrf)
-            .form(&[
-                ("user", name),
-                ("password", password),
-                ("csrf", value.as_str()),
-                ("next", next),
-            ])
-            .send()
-            .await
-            .unwrap();
+        let resp =
+            pug_test_support::http::sign_in(&format!("{}/login", self.url), name, password, next)
+                .await;
         (resp.status().as_u16(), set_cookie(&resp, "pug_session"))
     }
 
     pub async fn metrics(&self) -> String {
         pug_metrics::encode(&self.registry)
     }
-}
-
-/// A reqwest client that does not follow redirects.
-pub fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-/// `name=value` of the `Set-Cookie` for `name`, if the response sets it (to a non-empty value).
-pub fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| v.split(';').next())
-        .find(|pair| pair.starts_with(&format!("{name}=")) && pair.len() > name.len() + 1)
-        .map(str::to_owned)
 }
 
 /// Sends a raw HTTP/1.1 request (the target exactly as given: no client-side normalisation)
@@ -356,29 +277,8 @@ pub async fn sign_in_on_origin(
     password: &str,
     next: &str,
 ) -> (String, String) {
-    let client = no_redirects();
-    let page = client
-        .get(format!("{}/login?tenant={tenant}", env.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(page.status(), 200);
-    let csrf = set_cookie(&page, "pug_csrf").unwrap();
-    let value = csrf.split_once('=').unwrap().1.to_owned();
-    let body = page.text().await.unwrap();
-    assert!(body.contains("type=\"password\""), "{body}");
-    let r = client
-        .post(format!("{}/login?tenant={tenant}", env.url))
-        .header("cookie", &csrf)
-        .form(&[
-            ("user", user),
-            ("password", password),
-            ("csrf", value.as_str()),
-            ("next", next),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let login = format!("{}/login?tenant={tenant}", env.url);
+    let r = pug_test_support::http::sign_in(&login, user, password, next).await;
     assert_eq!(r.status(), 303, "{:?}", r.text().await);
     let origin = set_cookie(&r, "pug_session").expect("a session on pug's origin");
     let to = r.headers()["location"].to_str().unwrap().to_owned();

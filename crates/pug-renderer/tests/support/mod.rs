@@ -8,6 +8,7 @@ pub mod render_pages;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use pug_renderer::{Renderer, RendererConfig, StaticTokens, TokenScopes};
 
@@ -189,6 +190,22 @@ impl Image {
         let [r, g, b, _] = self.pixel(x, y);
         r.abs_diff(0xe0) < 8 && g.abs_diff(0x2f) < 8 && b.abs_diff(0x44) < 8
     }
+}
+
+/// Polls the harness's `/metrics` until a line satisfies `pred` (a readiness poll, not a
+/// timed assertion), for at most 30 s.
+pub async fn wait_for_metric(h: &Harness, pred: impl Fn(&str) -> bool, what: &str) {
+    let url = h.url("/metrics");
+    let pred = &pred;
+    let what = format!("{what} in /metrics");
+    pug_test_support::wait_for(Duration::from_secs(30), &what, || {
+        let url = url.clone();
+        async move {
+            let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+            text.lines().any(pred).then_some(())
+        }
+    })
+    .await
 }
 
 /// The standin's request log.

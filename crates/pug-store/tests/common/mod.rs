@@ -1,12 +1,10 @@
 //! What the store's integration tests share: a story run on a fresh SQLite file and on a
-//! fresh PostgreSQL database (`PUG_TEST_POSTGRES_URL`, default: the `pugtest` role `.ci/run`
-//! creates), so that every behaviour is checked on both dialects.
+//! fresh PostgreSQL database ([`pug_test_support::postgres`]), so that every behaviour is checked on both dialects.
 #![allow(dead_code)]
 
 use std::future::Future;
 
 use pug_store::{MasterKey, Store};
-use sqlx::Connection;
 
 /// Runs `story` on a store in a fresh temporary SQLite file.
 pub async fn on_sqlite<F, Fut>(story: F)
@@ -26,31 +24,10 @@ where
     F: FnOnce(Store) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let url = std::env::var("PUG_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://pugtest:pugtest@127.0.0.1:5432/postgres".into());
-    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap_or_else(|e| {
-        panic!(
-            "PostgreSQL is not reachable at {url} ({e}): apt-get install postgresql, start it and \
-             create the role as .ci/run does, or set PUG_TEST_POSTGRES_URL"
-        )
-    });
     let db = format!("pug_{name}_{}", std::process::id());
-    for sql in [
-        format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
-        format!("CREATE DATABASE {db}"),
-    ] {
-        sqlx::query(&sql).execute(&mut admin).await.unwrap();
-    }
-    let mut db_url = url::Url::parse(&url).unwrap();
-    db_url.set_path(&format!("/{db}"));
-    let store = Store::open(db_url.as_str(), MasterKey::generate())
-        .await
-        .unwrap();
+    let url = pug_test_support::postgres::fresh_database(&db).await;
+    let store = Store::open(&url, MasterKey::generate()).await.unwrap();
     story(store.clone()).await;
     store.close().await;
-    // FORCE: a pooled connection may still be closing.
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    pug_test_support::postgres::drop_database(&db).await;
 }

@@ -271,7 +271,8 @@ fn a_second_pug_cannot_give_out_the_uids_of_a_running_one() {
         .args(["serve", "--data-dir"])
         .arg(other.path().join("pug-data"))
         .arg("--listen")
-        .arg(format!("127.0.0.1:{}", crate::support::free_port()))
+        // Port 0: it is to refuse before it binds.
+        .arg("127.0.0.1:0")
         .env("PUG_PROCESS_ISOLATION", "required")
         .env("PUG_PROCESS_PORT_MIN", "23735")
         .env("PUG_PROCESS_PORT_MAX", "23739")

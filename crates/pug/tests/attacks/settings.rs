@@ -230,8 +230,7 @@ fn setting_values_cannot_read_pugs_files_or_environment() {
 /// Each incarnation gets its own database and role now.
 #[test]
 fn recreated_tenant_does_not_inherit_the_deleted_tenants_database() {
-    let url = std::env::var("PUG_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://pugtest:pugtest@127.0.0.1:5432/postgres".into());
+    let url = pug_test_support::postgres::server_url();
     let pug = Pug::start(PORTS_POSTGRES, &[("PUG_GRAFANA_DATABASE_URL", &url)]);
     let id = format!("reborn-{}", std::process::id());
     let database_of = |pug: &Pug| {

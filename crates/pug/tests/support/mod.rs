@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -12,27 +12,9 @@ pub fn pug_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_pug"))
 }
 
-/// The grafana-standin binary, built on demand (it is another package's binary, which cargo
-/// does not build for this package's tests by itself).
+/// The grafana-standin binary, in a place tenants' users can run it from.
 pub fn standin_bin() -> PathBuf {
-    let dir = pug_bin().parent().unwrap().to_owned();
-    let bin = dir.join("grafana-standin");
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    BUILD.call_once(|| {
-        if !bin.exists() {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "-p", "grafana-standin"])
-                .status()
-                .expect("cargo runs");
-            assert!(status.success(), "building grafana-standin failed");
-        }
-    });
-    assert!(
-        bin.exists(),
-        "grafana-standin not found at {}",
-        bin.display()
-    );
-    executable_by_tenant_users(&bin)
+    executable_by_tenant_users(&pug_test_support::standin::bin())
 }
 
 /// `bin` copied into a directory every user can traverse, 0755. With isolation on (tests run as
@@ -75,29 +57,10 @@ pub fn executable_by_tenant_users(bin: &Path) -> PathBuf {
     dst
 }
 
-/// A free TCP port on loopback (released before use; tests use distinct instance port ranges
-/// so that concurrent tests never race for the same port).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Polls `f` every 50 ms until it returns `Some`, or panics after `timeout` with `what`.
-pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+pub use pug_test_support::http::set_cookie;
+pub use pug_test_support::net::PortLease;
+/// The shared poll, blocking: these tests drive the binary through blocking calls.
+pub use pug_test_support::wait_for_blocking as wait_for;
 
 /// The first of 1,000 tenant uids of a test pug whose instance ports start at `ports.0`.
 pub fn tenant_uid_base(ports: (u16, u16)) -> u32 {
@@ -108,7 +71,10 @@ pub fn tenant_uid_base(ports: (u16, u16)) -> u32 {
 pub struct Pug {
     pub data: PathBuf,
     pub url: String,
+    /// pug's port: leased, not picked by pug, because pug derives the URLs it gives tenants'
+    /// Grafana (`root_url`) from the configured `listen`. A restart binds it again.
     pub listen: u16,
+    _listen: PortLease,
     pub env: Vec<(String, String)>,
     child: Option<Child>,
     _dir: Option<tempfile::TempDir>,
@@ -146,10 +112,12 @@ impl Pug {
             env.retain(|(key, _)| key != k);
             env.push((k.to_string(), v.to_string()));
         }
+        let lease = PortLease::new();
         let mut pug = Self {
             data,
             url: String::new(),
-            listen: free_port(),
+            listen: lease.port(),
+            _listen: lease,
             env,
             child: None,
             _dir: Some(dir),
@@ -454,38 +422,10 @@ pub fn png_size(png: &[u8]) -> (u32, u32) {
     (be(&png[16..20]), be(&png[20..24]))
 }
 
-/// The `name=value` of the cookie `resp` sets as `name` (not a deletion).
-pub fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| v.split(';').next())
-        .find(|p| p.starts_with(&format!("{name}=")) && p.len() > name.len() + 1)
-        .map(str::to_owned)
-}
-
 /// Signs `user` in through pug's login form at `url` (with its CSRF cookie): the session
 /// cookie, or `None` when refused.
 pub async fn login(url: &str, user: &str, password: &str) -> Option<String> {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let page = client.get(format!("{url}/login")).send().await.unwrap();
-    let csrf = set_cookie(&page, "pug_csrf").unwrap();
-    let value = csrf.split_once('=').unwrap().1.to_owned();
-    let r = client
-        .post(format!("{url}/login"))
-        .header("cookie", &csrf)
-        .form(&[
-            ("user", user),
-            ("password", password),
-            ("csrf", &value),
-            ("next", "/t/acme/"),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let r =
+        pug_test_support::http::sign_in(&format!("{url}/login"), user, password, "/t/acme/").await;
     set_cookie(&r, "pug_session")
 }

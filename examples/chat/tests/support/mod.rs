@@ -1,7 +1,6 @@
 //! Helpers shared by the chat's integration tests.
 #![allow(dead_code)] // Each test binary uses a different subset.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -76,7 +75,7 @@ impl TestServer {
     /// Waits until `n` connections are open, and so subscribed to broadcasts.
     pub async fn wait_for_connections(&self, n: i64) {
         let what = format!("{n} open connections");
-        wait_for(&what, Duration::from_secs(10), || async {
+        wait_for(Duration::from_secs(10), &what, || async {
             (self.server.metrics().connections.get() == n).then_some(())
         })
         .await;
@@ -121,37 +120,11 @@ pub async fn next_json(client: &mut Client) -> serde_json::Value {
     serde_json::from_str(&frame).expect("the server sends JSON")
 }
 
-/// Polls `check` every 50 ms until it returns `Some`, failing with `what` after `limit`.
-pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub use pug_test_support::wait_for;
 
 /// The value of the sample `name` (exact name and labels as written) in a text-format document.
 pub fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse().ok())
-}
-
-/// A free loopback port (bound and released; good enough for a child's listen address).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

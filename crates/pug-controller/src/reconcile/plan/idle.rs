@@ -172,7 +172,7 @@ mod tests {
             spec: TenantSpec {
                 display_name: "Acme".into(),
                 version: GrafanaVersion::parse("11.3.0").unwrap(),
-                replicas: 1,
+                replicas: pug_types::Replicas::ONE,
                 desired_state: DesiredState::Active,
                 overrides: Default::default(),
                 labels: Default::default(),

@@ -88,7 +88,7 @@ fn tenant(v: &str, replicas: u32, running: Option<&str>, state: DesiredState) ->
         spec: TenantSpec {
             display_name: "Acme".into(),
             version: version(v),
-            replicas,
+            replicas: pug_types::Replicas::new(replicas).unwrap(),
             desired_state: state,
             overrides: Overrides::default(),
             labels: Default::default(),
@@ -904,7 +904,7 @@ fn suspended_deleted_and_gone_tenants() {
     let suspended = tenant(V1, 2, Some(V1), DesiredState::Suspended);
     let deleted = tenant(V1, 2, Some(V1), DesiredState::Deleted);
     let mut purged = deleted.clone();
-    purged.spec.labels.insert(PURGE_LABEL.into(), "true".into());
+    purged.spec.labels.set_pug(PURGE_LABEL, "true");
     let table: Vec<(&str, Plan, &[&str])> = vec![
         (
             "suspend stops every instance and keeps the data",
