@@ -66,6 +66,7 @@ use prometheus_client::registry::Registry;
 use pug_auth::{GrafanaRole, Signer};
 use pug_store::{SessionRecord, Store, StoreError, SweepCounts};
 use pug_types::{ExposeSecret, TenantId};
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 pub use metrics::GatewayMetrics;
@@ -121,9 +122,21 @@ struct Inner {
 const AUTH_CACHE_MAX: usize = 100_000;
 
 impl Gateway {
-    /// Builds the gateway, registers its metrics on `registry`, reads the routing table and
-    /// starts re-reading it every `refresh_interval` (until the gateway is dropped).
+    /// [`Gateway::open`], with its [`Gateway::background`] loops spawned until the gateway is
+    /// dropped (for tests and benchmarks; `pug serve` runs them under its shutdown signal).
     pub async fn new(
+        store: Store,
+        settings: GatewaySettings,
+        registry: &mut Registry,
+    ) -> Result<Self, GatewayError> {
+        let gateway = Self::open(store, settings, registry).await?;
+        tokio::spawn(gateway.background(CancellationToken::new()));
+        Ok(gateway)
+    }
+
+    /// Builds the gateway, registers its metrics on `registry` and reads the routing table;
+    /// nothing re-reads it until [`Gateway::background`] runs.
+    pub async fn open(
         store: Store,
         settings: GatewaySettings,
         registry: &mut Registry,
@@ -159,18 +172,25 @@ impl Gateway {
         });
         let gateway = Self { inner };
         gateway.refresh().await?;
-        let weak = Arc::downgrade(&gateway.inner);
-        let period = gateway.inner.settings.refresh_interval;
-        tokio::spawn(refresh_loop(weak.clone(), period));
-        tokio::spawn(sweep_loop(
-            weak.clone(),
-            gateway.inner.settings.session_sweep_interval,
-        ));
-        tokio::spawn(activity_loop(
-            weak,
-            gateway.inner.settings.activity_flush_interval,
-        ));
         Ok(gateway)
+    }
+
+    /// The gateway's background loops: re-reading the routing table every
+    /// `refresh_interval`, sweeping sessions every `session_sweep_interval` and flushing
+    /// tenants' activity every `activity_flush_interval`. It ends when `shutdown` is cancelled
+    /// or the gateway is dropped.
+    pub fn background(
+        &self,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let weak = Arc::downgrade(&self.inner);
+        let s = &self.inner.settings;
+        let refresh = refresh_loop(weak.clone(), s.refresh_interval, shutdown.clone());
+        let sweep = sweep_loop(weak.clone(), s.session_sweep_interval, shutdown.clone());
+        let activity = activity_loop(weak, s.activity_flush_interval, shutdown);
+        async move {
+            tokio::join!(refresh, sweep, activity);
+        }
     }
 
     /// `status` is now `tenant`'s stored status (the controller in the same process says so
@@ -277,9 +297,19 @@ impl tower::Service<Request> for GatewayService {
     }
 }
 
-async fn refresh_loop(weak: Weak<Inner>, period: Duration) {
+/// Sleeps `period`; false when `shutdown` came first.
+async fn sleep_unless_shut_down(period: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(period) => true,
+    }
+}
+
+async fn refresh_loop(weak: Weak<Inner>, period: Duration, shutdown: CancellationToken) {
     loop {
-        tokio::time::sleep(period).await;
+        if !sleep_unless_shut_down(period, &shutdown).await {
+            return;
+        }
         let Some(inner) = weak.upgrade() else { return };
         if let Err(e) = inner.refresh().await {
             tracing::warn!(error = %e, "gateway: cannot refresh the routing table");
@@ -287,9 +317,11 @@ async fn refresh_loop(weak: Weak<Inner>, period: Duration) {
     }
 }
 
-async fn activity_loop(weak: Weak<Inner>, period: Duration) {
+async fn activity_loop(weak: Weak<Inner>, period: Duration, shutdown: CancellationToken) {
     loop {
-        tokio::time::sleep(period).await;
+        if !sleep_unless_shut_down(period, &shutdown).await {
+            return;
+        }
         let Some(inner) = weak.upgrade() else { return };
         if let Err(e) = inner.flush_activity(pug_store::now_ms()).await {
             tracing::warn!(error = %e, "gateway: cannot record tenants' activity");
@@ -297,9 +329,11 @@ async fn activity_loop(weak: Weak<Inner>, period: Duration) {
     }
 }
 
-async fn sweep_loop(weak: Weak<Inner>, period: Duration) {
+async fn sweep_loop(weak: Weak<Inner>, period: Duration, shutdown: CancellationToken) {
     loop {
-        tokio::time::sleep(period).await;
+        if !sleep_unless_shut_down(period, &shutdown).await {
+            return;
+        }
         let Some(inner) = weak.upgrade() else { return };
         match inner.sweep().await {
             Ok(c) => tracing::debug!(

@@ -1,4 +1,4 @@
-//! The seams of the library crates that `pug serve` fills: each adapter hands one library what
+//! The seams of the library crates that the server fills: each adapter hands one library what
 //! another one has.
 //!
 //! Owns: the process backend's tenant users (uids the store allocates), the embedded
@@ -48,28 +48,12 @@ pub struct StoreTenants {
 }
 
 /// The store or the orchestrator could not be read.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum TenantsError {
-    Store(StoreError),
-    Orchestrator(OrchestratorError),
-}
-
-impl std::fmt::Display for TenantsError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TenantsError::Store(_) => f.write_str("cannot read tenants from the store"),
-            TenantsError::Orchestrator(_) => f.write_str("cannot list instances"),
-        }
-    }
-}
-
-impl std::error::Error for TenantsError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            TenantsError::Store(e) => Some(e),
-            TenantsError::Orchestrator(e) => Some(e),
-        }
-    }
+    #[error("cannot read tenants from the store")]
+    Store(#[source] StoreError),
+    #[error("cannot list instances")]
+    Orchestrator(#[source] OrchestratorError),
 }
 
 impl TenantSource for StoreTenants {
