@@ -10,8 +10,8 @@
 //! tenant from the normalised path or the Host (`routing`) → take an embed token from
 //! `?pug_token=` → authenticate (session cookie or `Authorization: Bearer <embed token>`) →
 //! authorise (membership or the embed session's tenant) → route (ready endpoints from the
-//! store, refreshed every second) → forward with pug's own `X-WEBAUTH-*` headers (`pipeline`,
-//! each step a named function; [`proxy`] forwards). Sessions and cookies are `session`, the
+//! store every second, or from `pug serve`'s one status snapshot) → forward with pug's own
+//! `X-WEBAUTH-*` headers (`pipeline`, each step a named function; [`proxy`] forwards). Sessions and cookies are `session`, the
 //! sign-in and sign-out forms `login` (throttled by [`throttle`]), the gateway's own answers
 //! `responses`, per-tenant metrics `tracking`, settings `settings`. Who a person may be
 //! (logins, roles, passwords, signed values, embed tokens) is the `pug-auth` crate, shared
@@ -66,6 +66,7 @@ use prometheus_client::registry::Registry;
 use pug_auth::{GrafanaRole, Signer};
 use pug_store::{SessionRecord, Store, StoreError, SweepCounts};
 use pug_types::{ExposeSecret, TenantId};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
@@ -117,6 +118,10 @@ struct Inner {
     /// Who starts instances when a wake is asked for; set once by `pug serve`.
     wake_signal: std::sync::OnceLock<Arc<dyn WakeSignal>>,
 }
+
+/// Every tenant's status at one moment, as one poller of the store publishes it for the whole
+/// process ([`Gateway::background_on`]).
+pub type StatusSnapshot = Arc<Vec<(TenantId, pug_types::TenantStatus)>>;
 
 /// Entries kept in each auth cache before it is cleared.
 const AUTH_CACHE_MAX: usize = 100_000;
@@ -190,6 +195,25 @@ impl Gateway {
         let activity = activity_loop(weak, s.activity_flush_interval, shutdown);
         async move {
             tokio::join!(refresh, sweep, activity);
+        }
+    }
+
+    /// [`Gateway::background`], with the routing table taken from each new `statuses`
+    /// snapshot (published by one poller of the store for the whole process, which the
+    /// renderer reads too) instead of a store read of its own; the embed keys are re-read
+    /// from the store at each snapshot.
+    pub fn background_on(
+        &self,
+        statuses: watch::Receiver<StatusSnapshot>,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let weak = Arc::downgrade(&self.inner);
+        let s = &self.inner.settings;
+        let routes = snapshot_loop(weak.clone(), statuses, shutdown.clone());
+        let sweep = sweep_loop(weak.clone(), s.session_sweep_interval, shutdown.clone());
+        let activity = activity_loop(weak, s.activity_flush_interval, shutdown);
+        async move {
+            tokio::join!(routes, sweep, activity);
         }
     }
 
@@ -317,6 +341,25 @@ async fn refresh_loop(weak: Weak<Inner>, period: Duration, shutdown: Cancellatio
     }
 }
 
+async fn snapshot_loop(
+    weak: Weak<Inner>,
+    mut statuses: watch::Receiver<StatusSnapshot>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = statuses.changed() => if changed.is_err() { return },
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        let snapshot = statuses.borrow_and_update().clone();
+        inner.apply_statuses(&snapshot);
+        if let Err(e) = inner.keys.refresh().await {
+            tracing::warn!(error = %e, "gateway: cannot refresh the embed keys");
+        }
+    }
+}
+
 async fn activity_loop(weak: Weak<Inner>, period: Duration, shutdown: CancellationToken) {
     loop {
         if !sleep_unless_shut_down(period, &shutdown).await {
@@ -358,24 +401,30 @@ impl Inner {
 
     async fn refresh(&self) -> Result<(), StoreError> {
         let statuses = self.store.tenant_statuses().await?;
+        self.apply_statuses(&statuses);
+        self.keys.refresh().await
+    }
+
+    /// Makes the routing table `statuses` (every tenant's), keeping the routes (and their
+    /// activity) of tenants whose status did not change.
+    fn apply_statuses(&self, statuses: &[(TenantId, pug_types::TenantStatus)]) {
         let old = self
             .routes
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let routes: HashMap<TenantId, Arc<Route>> = statuses
-            .into_iter()
+            .iter()
             .map(|(id, status)| {
-                let route = match old.get(&id) {
-                    Some(r) if r.same_as(&status) => r.clone(),
-                    Some(r) => Arc::new(Route::new(&status, Some(r.activity.clone()))),
-                    None => Arc::new(Route::new(&status, None)),
+                let route = match old.get(id) {
+                    Some(r) if r.same_as(status) => r.clone(),
+                    Some(r) => Arc::new(Route::new(status, Some(r.activity.clone()))),
+                    None => Arc::new(Route::new(status, None)),
                 };
-                (id, route)
+                (id.clone(), route)
             })
             .collect();
         *self.routes.write().unwrap_or_else(|e| e.into_inner()) = routes;
         self.finish_ready_wakes();
-        self.keys.refresh().await
     }
 }

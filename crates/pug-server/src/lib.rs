@@ -4,8 +4,9 @@
 //!
 //! Owns: the order things start and stop in, the files the local CLI finds pug by
 //! (`pug_client::URL_FILE`, `pug_client::TOKEN_FILE`), the SQLite store's lock, the start-up
-//! banner ([`Banner`]), the roles a process runs ([`Roles`]), and every background loop under
-//! one shutdown signal ([`background::Background`]).
+//! banner ([`Banner`]), the roles a process runs ([`Roles`]), the one tenant-status snapshot
+//! the gateway and the renderer read ([`fleet::Fleet`]), and every background loop under one
+//! shutdown signal ([`background::Background`]).
 //!
 //! Must not: hold logic of a role (each comes from its library's constructor; what one library
 //! needs from another reaches it through [`adapters`]), parse flags, or print (the binary
@@ -16,6 +17,7 @@
 //! - `adapters`: the seams of one library that another fills.
 //! - `sharing`: whether this pug's controller may share its store with other pugs.
 //! - `background`: the loops `serve` starts, under one `CancellationToken`.
+//! - `fleet`: the one tenant-status snapshot the gateway and the renderer read.
 //! - `banner`: what `pug serve` prints once it listens.
 
 #![forbid(unsafe_code)]
@@ -24,6 +26,7 @@ pub mod adapters;
 mod backend;
 pub mod background;
 mod banner;
+pub mod fleet;
 pub mod sharing;
 
 use std::net::SocketAddr;
@@ -37,9 +40,10 @@ use pug_gateway::server::serve_with;
 use pug_store::{write_private, Role, Store, StoreError, LOCAL_TOKEN_NAME};
 use pug_types::ExposeSecret;
 
-use crate::adapters::{ControllerWake, GatewayRoutes, ObservedSwarm, StoreTenants};
+use crate::adapters::{ControllerWake, ObservedSwarm, StatusWritten, StoreTenants};
 use crate::background::Background;
 pub use crate::banner::Banner;
+use crate::fleet::Fleet;
 
 /// How often the swarm is observed for `/metrics` and `GET /api/v1/swarm`.
 const SWARM_OBSERVE_EVERY: Duration = Duration::from_secs(15);
@@ -209,17 +213,19 @@ impl Server {
             background.spawn_until_shutdown(observer.clone().observe_every(SWARM_OBSERVE_EVERY));
             observer
         });
-        let gateway = pug_gateway::Gateway::open(
-            store.clone(),
-            pug_gateway::GatewaySettings::from_config(&config),
-            &mut registry,
-        )
-        .await
-        .map_err(ServeError::Gateway)?;
-        background.spawn(gateway.background(background.token()));
+        // One poller of the tenants' statuses for the gateway's routes and the renderer.
+        let gateway_settings = pug_gateway::GatewaySettings::from_config(&config);
+        let every = gateway_settings.refresh_interval;
+        let fleet = Fleet::read(&store).await?;
+        background.spawn(fleet.clone().poll(store.clone(), every, background.token()));
+        let gateway = pug_gateway::Gateway::open(store.clone(), gateway_settings, &mut registry)
+            .await
+            .map_err(ServeError::Gateway)?;
+        background.spawn(gateway.background_on(fleet.subscribe(), background.token()));
         let renderer = if roles.runs("renderer") {
             let tenants = StoreTenants {
                 store: store.clone(),
+                fleet: fleet.clone(),
                 orchestrator: backend.orchestrator.clone(),
             };
             let for_instances = backend.orchestrator.host_address_for_instances();
@@ -241,7 +247,10 @@ impl Server {
         );
         // A wake: the gateway nudges the controller, and hears from it the moment the tenant
         // is ready (its route refresh from the store stays the fallback).
-        controller.set_status_listener(Arc::new(GatewayRoutes(gateway.clone())));
+        controller.set_status_listener(Arc::new(StatusWritten {
+            gateway: gateway.clone(),
+            fleet,
+        }));
         gateway.set_wake_signal(Arc::new(ControllerWake(controller.clone())));
 
         let listener = tokio::net::TcpListener::bind(config.listen)
