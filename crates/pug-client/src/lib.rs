@@ -211,7 +211,7 @@ impl Client {
             .await
             .map_err(|source| ClientError::Unreachable {
                 url: self.url.clone(),
-                reason: pug_orchestrator::error_chain(&source),
+                reason: causes(&source),
                 source,
             })?;
         let status = response.status();
@@ -378,6 +378,21 @@ impl Client {
     pub async fn swarm(&self) -> Result<SwarmStatus, ClientError> {
         self.call(Method::GET, &Self::path(&["swarm"]), None).await
     }
+}
+
+/// An error and its causes, as one line (a cause already in the text is not repeated).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 /// Request bodies behind one object-safe type, so `send` is not generic over each of them.
