@@ -53,6 +53,9 @@ pub struct ApiState {
     /// The roles this pug runs (`api`, `gateway`, `controller`, `renderer`), for `/readyz` and
     /// `/healthz/{role}`.
     pub roles: Vec<String>,
+    /// Where `GET /api/v1/swarm` reads the swarm (`pug serve` on the swarm backend: its
+    /// observer); `None` on the other backends.
+    pub swarm: Option<Arc<dyn swarm::SwarmSource>>,
 }
 
 /// The roles a pug can run.

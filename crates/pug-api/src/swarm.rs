@@ -1,17 +1,14 @@
 //! `GET /api/v1/swarm`: the swarm as pug's swarm backend observes it (nodes, roles, leader,
 //! manager reachability, tasks per node, tenants' running and desired tasks).
 //!
-//! The API does not know Docker: `pug serve` hands it a [`SwarmSource`] (as an axum
-//! `Extension<Arc<dyn SwarmSource>>`) when the backend is `swarm`; without one the endpoint says
-//! how to get one.
+//! The API does not know Docker: `pug serve` hands it a [`SwarmSource`] (`ApiState::swarm`)
+//! when the backend is `swarm`; without one the endpoint says how to get one.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-
-use axum::extract::{Extension, State};
+use axum::extract::State;
 use axum::Json;
 use serde_json::Value;
+use std::future::Future;
+use std::pin::Pin;
 
 use crate::{ApiError, ApiState};
 
@@ -36,11 +33,8 @@ pub trait SwarmSource: Send + Sync {
         (status = 400, description = "pug does not run the swarm backend", body = crate::ErrorBody),
         (status = 503, description = "the swarm manager cannot be read", body = crate::ErrorBody),
     ))]
-pub(crate) async fn status(
-    State(state): State<ApiState>,
-    source: Option<Extension<Arc<dyn SwarmSource>>>,
-) -> Result<Json<Value>, ApiError> {
-    let Some(Extension(source)) = source else {
+pub(crate) async fn status(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let Some(source) = &state.swarm else {
         return Err(ApiError::BadRequest(format!(
             "pug runs the {} backend; swarm status needs backend = \"swarm\" (pug serve --backend swarm)",
             state.config.backend.as_str()

@@ -402,18 +402,16 @@ impl SwarmObserver {
         Ok(status)
     }
 
-    /// Observes every `period` until the returned task is aborted.
-    pub fn spawn(self: &Arc<Self>, period: Duration) -> tokio::task::JoinHandle<()> {
-        let me = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                if let Err(e) = me.observe().await {
-                    tracing::warn!(error = %pug_orchestrator::error_chain(&e), "cannot observe the swarm");
-                }
+    /// Observes every `period`, for as long as the future runs (`pug serve` drops it on its
+    /// shutdown signal).
+    pub async fn observe_every(self: Arc<Self>, period: Duration) {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.observe().await {
+                tracing::warn!(error = %pug_orchestrator::error_chain(&e), "cannot observe the swarm");
             }
-        })
+        }
     }
 }

@@ -10,8 +10,8 @@
 //! tenant from the normalised path or the Host (`routing`) → take an embed token from
 //! `?pug_token=` → authenticate (session cookie or `Authorization: Bearer <embed token>`) →
 //! authorise (membership or the embed session's tenant) → route (ready endpoints from the
-//! store, refreshed every second) → forward with pug's own `X-WEBAUTH-*` headers (`pipeline`,
-//! each step a named function; [`proxy`] forwards). Sessions and cookies are `session`, the
+//! store every second, or from `pug serve`'s one status snapshot) → forward with pug's own
+//! `X-WEBAUTH-*` headers (`pipeline`, each step a named function; [`proxy`] forwards). Sessions and cookies are `session`, the
 //! sign-in and sign-out forms `login` (throttled by [`throttle`]), the gateway's own answers
 //! `responses`, per-tenant metrics `tracking`, settings `settings`. Who a person may be
 //! (logins, roles, passwords, signed values, embed tokens) is the `pug-auth` crate, shared
@@ -66,6 +66,8 @@ use prometheus_client::registry::Registry;
 use pug_auth::{GrafanaRole, Signer};
 use pug_store::{SessionRecord, Store, StoreError, SweepCounts};
 use pug_types::{ExposeSecret, TenantId};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 pub use metrics::GatewayMetrics;
@@ -117,13 +119,29 @@ struct Inner {
     wake_signal: std::sync::OnceLock<Arc<dyn WakeSignal>>,
 }
 
+/// Every tenant's status at one moment, as one poller of the store publishes it for the whole
+/// process ([`Gateway::background_on`]).
+pub type StatusSnapshot = Arc<Vec<(TenantId, pug_types::TenantStatus)>>;
+
 /// Entries kept in each auth cache before it is cleared.
 const AUTH_CACHE_MAX: usize = 100_000;
 
 impl Gateway {
-    /// Builds the gateway, registers its metrics on `registry`, reads the routing table and
-    /// starts re-reading it every `refresh_interval` (until the gateway is dropped).
+    /// [`Gateway::open`], with its [`Gateway::background`] loops spawned until the gateway is
+    /// dropped (for tests and benchmarks; `pug serve` runs them under its shutdown signal).
     pub async fn new(
+        store: Store,
+        settings: GatewaySettings,
+        registry: &mut Registry,
+    ) -> Result<Self, GatewayError> {
+        let gateway = Self::open(store, settings, registry).await?;
+        tokio::spawn(gateway.background(CancellationToken::new()));
+        Ok(gateway)
+    }
+
+    /// Builds the gateway, registers its metrics on `registry` and reads the routing table;
+    /// nothing re-reads it until [`Gateway::background`] runs.
+    pub async fn open(
         store: Store,
         settings: GatewaySettings,
         registry: &mut Registry,
@@ -159,18 +177,44 @@ impl Gateway {
         });
         let gateway = Self { inner };
         gateway.refresh().await?;
-        let weak = Arc::downgrade(&gateway.inner);
-        let period = gateway.inner.settings.refresh_interval;
-        tokio::spawn(refresh_loop(weak.clone(), period));
-        tokio::spawn(sweep_loop(
-            weak.clone(),
-            gateway.inner.settings.session_sweep_interval,
-        ));
-        tokio::spawn(activity_loop(
-            weak,
-            gateway.inner.settings.activity_flush_interval,
-        ));
         Ok(gateway)
+    }
+
+    /// The gateway's background loops: re-reading the routing table every
+    /// `refresh_interval`, sweeping sessions every `session_sweep_interval` and flushing
+    /// tenants' activity every `activity_flush_interval`. It ends when `shutdown` is cancelled
+    /// or the gateway is dropped.
+    pub fn background(
+        &self,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let weak = Arc::downgrade(&self.inner);
+        let s = &self.inner.settings;
+        let refresh = refresh_loop(weak.clone(), s.refresh_interval, shutdown.clone());
+        let sweep = sweep_loop(weak.clone(), s.session_sweep_interval, shutdown.clone());
+        let activity = activity_loop(weak, s.activity_flush_interval, shutdown);
+        async move {
+            tokio::join!(refresh, sweep, activity);
+        }
+    }
+
+    /// [`Gateway::background`], with the routing table taken from each new `statuses`
+    /// snapshot (published by one poller of the store for the whole process, which the
+    /// renderer reads too) instead of a store read of its own; the embed keys are re-read
+    /// from the store at each snapshot.
+    pub fn background_on(
+        &self,
+        statuses: watch::Receiver<StatusSnapshot>,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let weak = Arc::downgrade(&self.inner);
+        let s = &self.inner.settings;
+        let routes = snapshot_loop(weak.clone(), statuses, shutdown.clone());
+        let sweep = sweep_loop(weak.clone(), s.session_sweep_interval, shutdown.clone());
+        let activity = activity_loop(weak, s.activity_flush_interval, shutdown);
+        async move {
+            tokio::join!(routes, sweep, activity);
+        }
     }
 
     /// `status` is now `tenant`'s stored status (the controller in the same process says so
@@ -277,9 +321,19 @@ impl tower::Service<Request> for GatewayService {
     }
 }
 
-async fn refresh_loop(weak: Weak<Inner>, period: Duration) {
+/// Sleeps `period`; false when `shutdown` came first.
+async fn sleep_unless_shut_down(period: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(period) => true,
+    }
+}
+
+async fn refresh_loop(weak: Weak<Inner>, period: Duration, shutdown: CancellationToken) {
     loop {
-        tokio::time::sleep(period).await;
+        if !sleep_unless_shut_down(period, &shutdown).await {
+            return;
+        }
         let Some(inner) = weak.upgrade() else { return };
         if let Err(e) = inner.refresh().await {
             tracing::warn!(error = %e, "gateway: cannot refresh the routing table");
@@ -287,9 +341,30 @@ async fn refresh_loop(weak: Weak<Inner>, period: Duration) {
     }
 }
 
-async fn activity_loop(weak: Weak<Inner>, period: Duration) {
+async fn snapshot_loop(
+    weak: Weak<Inner>,
+    mut statuses: watch::Receiver<StatusSnapshot>,
+    shutdown: CancellationToken,
+) {
     loop {
-        tokio::time::sleep(period).await;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = statuses.changed() => if changed.is_err() { return },
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        let snapshot = statuses.borrow_and_update().clone();
+        inner.apply_statuses(&snapshot);
+        if let Err(e) = inner.keys.refresh().await {
+            tracing::warn!(error = %e, "gateway: cannot refresh the embed keys");
+        }
+    }
+}
+
+async fn activity_loop(weak: Weak<Inner>, period: Duration, shutdown: CancellationToken) {
+    loop {
+        if !sleep_unless_shut_down(period, &shutdown).await {
+            return;
+        }
         let Some(inner) = weak.upgrade() else { return };
         if let Err(e) = inner.flush_activity(pug_store::now_ms()).await {
             tracing::warn!(error = %e, "gateway: cannot record tenants' activity");
@@ -297,9 +372,11 @@ async fn activity_loop(weak: Weak<Inner>, period: Duration) {
     }
 }
 
-async fn sweep_loop(weak: Weak<Inner>, period: Duration) {
+async fn sweep_loop(weak: Weak<Inner>, period: Duration, shutdown: CancellationToken) {
     loop {
-        tokio::time::sleep(period).await;
+        if !sleep_unless_shut_down(period, &shutdown).await {
+            return;
+        }
         let Some(inner) = weak.upgrade() else { return };
         match inner.sweep().await {
             Ok(c) => tracing::debug!(
@@ -324,24 +401,30 @@ impl Inner {
 
     async fn refresh(&self) -> Result<(), StoreError> {
         let statuses = self.store.tenant_statuses().await?;
+        self.apply_statuses(&statuses);
+        self.keys.refresh().await
+    }
+
+    /// Makes the routing table `statuses` (every tenant's), keeping the routes (and their
+    /// activity) of tenants whose status did not change.
+    fn apply_statuses(&self, statuses: &[(TenantId, pug_types::TenantStatus)]) {
         let old = self
             .routes
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let routes: HashMap<TenantId, Arc<Route>> = statuses
-            .into_iter()
+            .iter()
             .map(|(id, status)| {
-                let route = match old.get(&id) {
-                    Some(r) if r.same_as(&status) => r.clone(),
-                    Some(r) => Arc::new(Route::new(&status, Some(r.activity.clone()))),
-                    None => Arc::new(Route::new(&status, None)),
+                let route = match old.get(id) {
+                    Some(r) if r.same_as(status) => r.clone(),
+                    Some(r) => Arc::new(Route::new(status, Some(r.activity.clone()))),
+                    None => Arc::new(Route::new(status, None)),
                 };
-                (id, route)
+                (id.clone(), route)
             })
             .collect();
         *self.routes.write().unwrap_or_else(|e| e.into_inner()) = routes;
         self.finish_ready_wakes();
-        self.keys.refresh().await
     }
 }

@@ -107,7 +107,8 @@ pub struct Embedded {
     pub url: String,
     /// `host:port` where the renderer answers on the host (for Prometheus).
     pub address: String,
-    servers: Vec<tokio::task::JoinHandle<()>>,
+    /// Its servers and its token table's refresh, which all end on the shutdown token.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Where instances reach the renderer: `renderer.listen` (loopback when it is unspecified);
@@ -197,7 +198,7 @@ async fn try_start<S: TenantSource>(
         .refresh(&table)
         .await
         .map_err(|e| EmbedError::Tokens(Box::new(e)))?;
-    tokens.spawn(Arc::downgrade(&table), REFRESH);
+    let refresh = tokens.spawn(Arc::downgrade(&table), REFRESH, shutdown.clone());
     let servers = listeners
         .into_iter()
         .map(|listener| {
@@ -212,12 +213,13 @@ async fn try_start<S: TenantSource>(
                 }
             })
         })
+        .chain([refresh])
         .collect();
     Ok(Embedded {
         renderer,
         address: address(&config.renderer_url()).to_owned(),
         url: tenant_url(config, for_instances),
-        servers,
+        tasks: servers,
     })
 }
 
@@ -239,10 +241,11 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 impl Embedded {
-    /// Waits for the server to stop (after the shutdown token), then stops Chromium.
+    /// Waits for the servers and the token refresh to stop (after the shutdown token), then
+    /// stops Chromium.
     pub async fn stop(self) {
-        for server in self.servers {
-            let _ = server.await;
+        for task in self.tasks {
+            let _ = task.await;
         }
         self.renderer.shutdown().await;
     }

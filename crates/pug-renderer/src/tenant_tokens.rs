@@ -13,6 +13,8 @@ use std::future::Future;
 use std::sync::Weak;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::security::{Scope, ScopedTokens};
 
 /// How often the table is rebuilt: a tenant that just became ready can be rendered within this.
@@ -112,17 +114,22 @@ impl<S: TenantSource> TenantTokens<S> {
         Ok(())
     }
 
-    /// Refreshes `table` every `every` until the table is dropped (with the renderer).
+    /// Refreshes `table` every `every` until `shutdown` is cancelled or the table is dropped
+    /// (with the renderer).
     pub fn spawn(
         mut self,
         table: Weak<ScopedTokens>,
         every: Duration,
+        shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
                 let Some(table) = table.upgrade() else {
                     return;
                 };
@@ -310,7 +317,9 @@ mod tests {
         let fake = Arc::new(Fake::default());
         fake.set(vec![tenant("a", &["127.0.0.1:3000"])], &[("a", "tok-a")]);
         let table = Arc::new(ScopedTokens::new());
-        let task = TenantTokens::new(fake).spawn(Arc::downgrade(&table), Duration::from_millis(10));
+        let every = Duration::from_millis(10);
+        let (never, shutdown) = (CancellationToken::new(), CancellationToken::new());
+        let task = TenantTokens::new(fake.clone()).spawn(Arc::downgrade(&table), every, never);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while table.scope("tok-a").is_none() {
             assert!(
@@ -323,6 +332,15 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), task)
             .await
             .expect("the loop ends once the table is dropped")
+            .unwrap();
+
+        // Or once pug shuts down, with the table still there.
+        let table = Arc::new(ScopedTokens::new());
+        let task = TenantTokens::new(fake).spawn(Arc::downgrade(&table), every, shutdown.clone());
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the loop ends on shutdown")
             .unwrap();
     }
 }

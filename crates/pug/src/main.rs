@@ -5,23 +5,21 @@
 //! other command). Errors end here as one line on stderr and a non-zero exit code.
 //!
 //! # Layout
-//! - `serve`: `pug serve`, wiring the library crates; `adapters`: the seams it fills.
-//! - `client`: the one typed client of the REST API every other command uses.
+//! - `serve`: `pug serve`'s flags, over `pug_server` (which wires the library crates).
+//! - [`ClientArgs`]: which pug the commands call, through `pug_client`, the one typed client of
+//!   the REST API.
 //! - `tenant`, `token`, `user`, `swarm`: the commands, each parsing its flags and printing.
-//! - `print`: tables, JSON and times.
+//! - `print`: views (`pug_client::view`) as borderless tables, and JSON.
 //!
-//! Must not: hold logic a library could own, or reach the API other than through `client`.
+//! Must not: hold logic a library could own, or reach the API other than through `pug_client`.
 
 #![forbid(unsafe_code)]
 // Doc comments here are clap's --help text, written for a terminal: `<data-dir>` is a
 // placeholder there, not an HTML tag.
 #![allow(rustdoc::invalid_html_tags)]
 
-mod adapters;
-mod client;
 mod print;
 mod serve;
-mod sharing;
 mod swarm;
 mod tenant;
 mod token;
@@ -89,6 +87,17 @@ pub struct ClientArgs {
     output: Output,
 }
 
+impl ClientArgs {
+    /// The client of the pug these flags name (see [`pug_client::Target`]).
+    fn client(&self) -> Result<pug_client::Client, pug_client::ClientError> {
+        pug_client::Client::new(&pug_client::Target {
+            url: self.url.clone(),
+            token: self.token.clone(),
+            data_dir: self.data_dir.clone(),
+        })
+    }
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Output {
     Table,
@@ -132,7 +141,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             .await
             .map(|()| std::process::ExitCode::SUCCESS),
         Command::Render(args) => {
-            serve::init_tracing();
+            pug_server::init_tracing();
             pug_renderer::run(args).await?;
             Ok(std::process::ExitCode::SUCCESS)
         }

@@ -1,19 +1,19 @@
 //! `pug tenant …` and `pug status`: tenants and the fleet, printed as tables or JSON; `--wait`
 //! follows a change until the tenant settles.
 //!
-//! Must not: call the API other than through [`Client`].
+//! Must not: call the API other than through [`pug_client::Client`].
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
-use pug_api::{CreateTenant, TenantDetail, UpdateTenant, UpgradeTenant};
+use pug_api::{CreateTenant, UpdateTenant, UpgradeTenant};
 use pug_types::{Phase, Tenant};
 
-use crate::client::{Action, Client};
-use crate::print::{self, table};
+use crate::print;
 use crate::{ClientArgs, Output};
+use pug_client::{view, Action, Client, Outcome};
 
 #[derive(Subcommand)]
 pub enum TenantCommand {
@@ -151,7 +151,7 @@ pub async fn run(cmd: TenantCommand) -> anyhow::Result<ExitCode> {
                 idle_timeout_secs: idle_timeout,
                 ..Default::default()
             };
-            let api = Client::new(&client)?;
+            let api = client.client()?;
             let t = api.create_tenant(&body).await?;
             after_change(&api, client.output, &id, t, wait, "created").await
         }
@@ -175,7 +175,7 @@ pub async fn run(cmd: TenantCommand) -> anyhow::Result<ExitCode> {
                 idle_timeout_secs: idle_timeout,
                 ..Default::default()
             };
-            let api = Client::new(&client)?;
+            let api = client.client()?;
             let t = api.update_tenant(&id, &body).await?;
             after_change(&api, client.output, &id, t, wait, "updated").await
         }
@@ -185,7 +185,7 @@ pub async fn run(cmd: TenantCommand) -> anyhow::Result<ExitCode> {
             wait,
             client,
         } => {
-            let api = Client::new(&client)?;
+            let api = client.client()?;
             let t = api.upgrade_tenant(&id, &UpgradeTenant { version }).await?;
             after_change(&api, client.output, &id, t, wait, "upgrade started").await
         }
@@ -193,7 +193,7 @@ pub async fn run(cmd: TenantCommand) -> anyhow::Result<ExitCode> {
         Resume { id, wait, client } => action(&client, &id, Action::Resume, wait).await,
         Wake { id, wait, client } => action(&client, &id, Action::Wake, wait).await,
         Delete { id, purge, client } => {
-            let t = Client::new(&client)?.delete_tenant(&id, purge).await?;
+            let t = client.client()?.delete_tenant(&id, purge).await?;
             print::out(client.output, &t, |_| {
                 println!("tenant {id}: deletion started; its data will be archived");
             })
@@ -203,120 +203,22 @@ pub async fn run(cmd: TenantCommand) -> anyhow::Result<ExitCode> {
 
 /// `pug status`.
 pub async fn status(args: &ClientArgs) -> anyhow::Result<ExitCode> {
-    let s = Client::new(args)?.status().await?;
-    print::out(args.output, &s, |s| {
-        println!(
-            "pug {} — backend {}, store {}",
-            s.version, s.backend, s.store
-        );
-        println!(
-            "tenants: {}   reconcile queue: {}",
-            s.tenants_total, s.queue_depth
-        );
-        let mut table = table(&["PHASE", "TENANTS"]);
-        for (phase, n) in s.tenants_by_phase.iter().filter(|(_, n)| **n > 0) {
-            table.add_row(vec![phase.clone(), n.to_string()]);
-        }
-        println!("{table}");
-    })
+    let s = args.client()?.status().await?;
+    print::out(args.output, &s, |s| print::view(&view::fleet(s)))
 }
 
 async fn list(args: &ClientArgs) -> anyhow::Result<ExitCode> {
-    let tenants = Client::new(args)?.tenants().await?;
-    print::out(args.output, &tenants, |tenants| {
-        let mut t = table(&["ID", "PHASE", "VERSION", "READY", "LAST ACTIVITY", "URL"]);
-        let now = pug_store::now_ms();
-        for detail in tenants {
-            let (tenant, status) = (&detail.tenant, &detail.tenant.status);
-            t.add_row(vec![
-                tenant.id.to_string(),
-                status.phase.to_string(),
-                tenant.spec.version.to_string(),
-                format!("{}/{}", status.ready_replicas, tenant.spec.replicas),
-                detail
-                    .last_activity_ms
-                    .map_or_else(|| "-".into(), |at| print::ago(now, at)),
-                detail.url.clone(),
-            ]);
-        }
-        println!("{t}");
+    let tenants = args.client()?.tenants().await?;
+    print::out(args.output, &tenants, |t| {
+        print::view(&view::tenants(t, pug_store::now_ms()));
     })
 }
 
 async fn show(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode> {
-    let d = Client::new(args)?.tenant(id).await?;
-    print::out(args.output, &d, print_detail)
-}
-
-/// A tenant as `pug tenant show` prints it: one row per fact, then its events.
-fn print_detail(d: &TenantDetail) {
-    let (t, s) = (&d.tenant, &d.tenant.status);
-    let running = s.running_version.as_deref().unwrap_or("-");
-    let mut rows = vec![
-        ("id", t.id.to_string()),
-        ("name", t.spec.display_name.clone()),
-        ("url", d.url.clone()),
-        ("phase", s.phase.to_string()),
-        (
-            "version",
-            format!("{} (running: {running})", t.spec.version),
-        ),
-        (
-            "replicas",
-            format!("{} ready of {}", s.ready_replicas, t.spec.replicas),
-        ),
-        (
-            "desired",
-            format!("{:?}", t.spec.desired_state).to_lowercase(),
-        ),
-        (
-            "generation",
-            format!("{} (observed {})", t.generation, s.observed_generation),
-        ),
-        (
-            "idle timeout",
-            match d.idle_timeout_secs {
-                0 => "never sleeps".into(),
-                secs => pug_types::format_duration_secs(secs),
-            },
-        ),
-        (
-            "last activity",
-            d.last_activity_ms.map_or_else(
-                || "never".into(),
-                |at| {
-                    format!(
-                        "{} ({})",
-                        print::time(at),
-                        print::ago(pug_store::now_ms(), at)
-                    )
-                },
-            ),
-        ),
-    ];
-    for (section, key, value) in t.spec.overrides.iter() {
-        rows.push(("override", format!("{section}.{key} = {value}")));
-    }
-    if let Some(e) = &s.last_error {
-        rows.push(("last error", e.clone()));
-    }
-    let mut table = table(&["", ""]);
-    for (name, value) in rows {
-        table.add_row(vec![name.to_owned(), value]);
-    }
-    println!("{table}");
-    if !d.events.is_empty() {
-        println!("\nEVENTS");
-        let mut ev = print::table(&[]);
-        for e in &d.events {
-            ev.add_row(vec![
-                print::clock(e.at_ms),
-                e.reason.clone(),
-                e.message.clone(),
-            ]);
-        }
-        println!("{ev}");
-    }
+    let d = args.client()?.tenant(id).await?;
+    print::out(args.output, &d, |d| {
+        print::view(&view::tenant(d, pug_store::now_ms()));
+    })
 }
 
 async fn action(
@@ -325,11 +227,11 @@ async fn action(
     action: Action,
     wait: WaitArgs,
 ) -> anyhow::Result<ExitCode> {
-    let api = Client::new(args)?;
+    let api = args.client()?;
     let t = api.tenant_action(id, action).await?;
     if action == Action::Wake && wait.wait {
         // Woken, it is settled only once awake (sleeping counts as settled for other changes).
-        return self::wait_until(&api, args.output, id, t, wait, |p| {
+        return wait_until(&api, args.output, id, t, wait, |p| {
             matches!(p, Phase::Ready | Phase::Failed)
         })
         .await;
@@ -348,7 +250,7 @@ async fn after_change(
     what: &str,
 ) -> anyhow::Result<ExitCode> {
     if wait.wait {
-        return self::wait(api, output, id, t, wait).await;
+        return wait_until(api, output, id, t, wait, Phase::is_settled).await;
     }
     print::out(output, &t, |t| {
         println!(
@@ -358,19 +260,8 @@ async fn after_change(
     })
 }
 
-/// Polls the tenant until the controller has acted on `submitted` and the tenant settled.
-async fn wait(
-    api: &Client,
-    output: Output,
-    id: &str,
-    submitted: Tenant,
-    wait: WaitArgs,
-) -> anyhow::Result<ExitCode> {
-    wait_until(api, output, id, submitted, wait, Phase::is_settled).await
-}
-
-/// Polls the tenant until the controller has acted on `submitted` and `settled` holds for its
-/// phase.
+/// Follows the tenant, with a spinner, until the controller has acted on `submitted` and
+/// `settled` holds for its phase.
 async fn wait_until(
     api: &Client,
     output: Output,
@@ -385,45 +276,37 @@ async fn wait_until(
             .expect("static template"),
     );
     bar.enable_steady_tick(Duration::from_millis(120));
-    let deadline = Instant::now() + Duration::from_secs(wait.timeout);
-    loop {
-        let d = api.tenant(id).await?;
-        let (t, s) = (&d.tenant, &d.tenant.status);
-        bar.set_message(format!(
-            "{id}: {} — {}/{} ready, Grafana {}",
-            s.phase, s.ready_replicas, t.spec.replicas, t.spec.version
-        ));
-        if s.observed_generation >= submitted.generation && settled(s.phase) {
-            bar.finish_and_clear();
-            let rolled_back = t.spec.version != submitted.spec.version;
-            if output == Output::Json {
-                print::json(&d)?;
-            }
-            if s.phase == Phase::Failed || rolled_back {
-                let on = if rolled_back {
-                    format!(" on Grafana {} (rolled back)", t.spec.version)
-                } else {
-                    String::new()
-                };
-                let why = s.last_error.as_deref().unwrap_or("no error recorded");
-                bail!("tenant {id} is {}{on}: {why}", s.phase);
-            }
-            if output == Output::Table {
-                println!(
-                    "tenant {id}: {} — {}/{} ready, Grafana {} at {}",
-                    s.phase, s.ready_replicas, t.spec.replicas, t.spec.version, d.url
-                );
-            }
-            return Ok(ExitCode::SUCCESS);
-        }
-        if Instant::now() > deadline {
-            bar.finish_and_clear();
-            bail!(
-                "tenant {id} did not settle within {}s (phase {}); see `pug tenant show {id}`",
-                wait.timeout,
-                s.phase
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    let timeout = Duration::from_secs(wait.timeout);
+    let followed = api
+        .follow(id, &submitted, settled, timeout, |d| {
+            let (t, s) = (&d.tenant, &d.tenant.status);
+            bar.set_message(format!(
+                "{id}: {} — {}/{} ready, Grafana {}",
+                s.phase, s.ready_replicas, t.spec.replicas, t.spec.version
+            ));
+        })
+        .await;
+    bar.finish_and_clear();
+    let (d, outcome) = followed?;
+    let (t, s) = (&d.tenant, &d.tenant.status);
+    if output == Output::Json {
+        print::json(&d)?;
     }
+    let why = s.last_error.as_deref().unwrap_or("no error recorded");
+    match outcome {
+        Outcome::RolledBack => bail!(
+            "tenant {id} is {} on Grafana {} (rolled back): {why}",
+            s.phase,
+            t.spec.version
+        ),
+        Outcome::Failed => bail!("tenant {id} is {}: {why}", s.phase),
+        Outcome::Settled => {}
+    }
+    if output == Output::Table {
+        println!(
+            "tenant {id}: {} — {}/{} ready, Grafana {} at {}",
+            s.phase, s.ready_replicas, t.spec.replicas, t.spec.version, d.url
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,15 +1,15 @@
 //! `pug token …`: API tokens, made (printed once), listed and revoked.
 //!
-//! Must not: call the API other than through [`Client`].
+//! Must not: call the API other than through [`pug_client::Client`].
 
 use std::process::ExitCode;
 
 use anyhow::anyhow;
 use clap::Subcommand;
 use pug_api::NewToken;
+use pug_client::view;
 
-use crate::client::Client;
-use crate::print::{self, table};
+use crate::print;
 use crate::ClientArgs;
 
 #[derive(Subcommand)]
@@ -55,11 +55,11 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 role,
                 expires_in: expires,
             };
-            let t = Client::new(&client)?.create_token(&body).await?;
+            let t = client.client()?.create_token(&body).await?;
             print::out(client.output, &t, |t| {
                 println!("{}", t.token);
                 let expiry = match t.expires_at_ms {
-                    Some(ms) => format!("expires {}", print::time(ms)),
+                    Some(ms) => format!("expires {}", view::time(ms)),
                     None => "works until revoked".to_owned(),
                 };
                 eprintln!(
@@ -69,29 +69,11 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             })
         }
         TokenCommand::List(client) => {
-            let tokens = Client::new(&client)?.tokens().await?;
-            print::out(client.output, &tokens, |tokens| {
-                let mut t = table(&["ID", "NAME", "ROLE", "CREATED", "EXPIRES", "LAST USED"]);
-                for token in tokens {
-                    let expires = match token.expires_at_ms {
-                        Some(ms) if token.expired => format!("{} (expired)", print::time(ms)),
-                        Some(ms) => print::time(ms),
-                        None => "never".to_owned(),
-                    };
-                    t.add_row(vec![
-                        token.id.clone(),
-                        token.name.clone(),
-                        token.role.clone(),
-                        print::time(token.created_at_ms),
-                        expires,
-                        token.last_used_at_ms.map_or("-".to_owned(), print::time),
-                    ]);
-                }
-                println!("{t}");
-            })
+            let tokens = client.client()?.tokens().await?;
+            print::out(client.output, &tokens, |t| print::view(&view::tokens(t)))
         }
         TokenCommand::Revoke { id, client } => {
-            let t = Client::new(&client)?.revoke_token(&id).await?;
+            let t = client.client()?.revoke_token(&id).await?;
             print::out(client.output, &t, |t| {
                 println!("token {:?} ({}, id {}) revoked", t.name, t.role, t.id);
             })

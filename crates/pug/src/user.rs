@@ -1,7 +1,7 @@
 //! `pug user …` and `pug embed-key …`: the people the gateway lets in and the keys customer
 //! webapps sign embed tokens with.
 //!
-//! Must not: call the API other than through [`Client`].
+//! Must not: call the API other than through [`pug_client::Client`].
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -9,9 +9,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use pug_api::{EmbedKey, Grant, NewEmbedKey, NewUser};
+use pug_client::view;
 
-use crate::client::Client;
-use crate::print::{self, table};
+use crate::print;
 use crate::ClientArgs;
 
 #[derive(Subcommand)]
@@ -111,7 +111,7 @@ pub async fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
                 password,
                 display_name,
             };
-            let u = Client::new(&client)?.create_user(&body).await?;
+            let u = client.client()?.create_user(&body).await?;
             print::out(client.output, &u, |u| {
                 println!(
                     "user {} created; give access with: pug user grant {} <tenant> --role Viewer",
@@ -125,7 +125,8 @@ pub async fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
             role,
             client,
         } => {
-            let u = Client::new(&client)?
+            let u = client
+                .client()?
                 .grant(&name, &tenant, &Grant { role })
                 .await?;
             print::out(client.output, &u, |u| {
@@ -138,27 +139,16 @@ pub async fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
             tenant,
             client,
         } => {
-            Client::new(&client)?.revoke_access(&name, &tenant).await?;
+            client.client()?.revoke_access(&name, &tenant).await?;
             println!("{name} no longer has access to {tenant}");
             Ok(ExitCode::SUCCESS)
         }
         UserCommand::List(client) => {
-            let users = Client::new(&client)?.users().await?;
-            print::out(client.output, &users, |users| {
-                let mut t = table(&["NAME", "EMAIL", "TENANTS"]);
-                for u in users {
-                    let tenants: Vec<String> = u
-                        .tenants
-                        .iter()
-                        .map(|(t, r)| format!("{t} ({r})"))
-                        .collect();
-                    t.add_row(vec![u.name.clone(), u.email.clone(), tenants.join(", ")]);
-                }
-                println!("{t}");
-            })
+            let users = client.client()?.users().await?;
+            print::out(client.output, &users, |u| print::view(&view::users(u)))
         }
         UserCommand::Delete { name, client } => {
-            Client::new(&client)?.delete_user(&name).await?;
+            client.client()?.delete_user(&name).await?;
             println!("user {name} deleted");
             Ok(ExitCode::SUCCESS)
         }
@@ -186,27 +176,15 @@ pub async fn embed_key(cmd: EmbedKeyCommand) -> anyhow::Result<ExitCode> {
                 algorithm: Some(algorithm),
                 public_key,
             };
-            let k = Client::new(&client)?.create_embed_key(&body).await?;
+            let k = client.client()?.create_embed_key(&body).await?;
             print::out(client.output, &k, print_new_key)
         }
         EmbedKeyCommand::List(client) => {
-            let keys = Client::new(&client)?.embed_keys().await?;
-            print::out(client.output, &keys, |keys| {
-                let mut t = table(&["ID", "NAME", "ALGORITHM", "TENANT"]);
-                for k in keys {
-                    let tenant = k.tenant.clone().unwrap_or_else(|| "(any)".into());
-                    t.add_row(vec![
-                        k.id.clone(),
-                        k.name.clone(),
-                        k.algorithm.clone(),
-                        tenant,
-                    ]);
-                }
-                println!("{t}");
-            })
+            let keys = client.client()?.embed_keys().await?;
+            print::out(client.output, &keys, |k| print::view(&view::embed_keys(k)))
         }
         EmbedKeyCommand::Delete { id, client } => {
-            Client::new(&client)?.delete_embed_key(&id).await?;
+            client.client()?.delete_embed_key(&id).await?;
             println!("embed key {id} deleted");
             Ok(ExitCode::SUCCESS)
         }

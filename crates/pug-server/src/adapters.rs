@@ -1,11 +1,11 @@
-//! The seams of the library crates that `pug serve` fills: each adapter hands one library what
+//! The seams of the library crates that the server fills: each adapter hands one library what
 //! another one has.
 //!
 //! Owns: the process backend's tenant users (uids the store allocates), the embedded
-//! renderer's tenants and tokens (from the store, with the orchestrator's names of
-//! instances), `GET /api/v1/swarm` (from the swarm backend's observer), and the wake path
+//! renderer's tenants and tokens (from the status snapshot and the store, with the
+//! orchestrator's names of instances), `GET /api/v1/swarm` (from the swarm backend's observer), and the wake path
 //! between the gateway and the controller of one process (the controller's written statuses
-//! reach the gateway's routes at once; the gateway's wakes nudge the controller's queue).
+//! reach the gateway's routes and the status snapshot at once; the gateway's wakes nudge the controller's queue).
 //!
 //! Must not: decide anything (the libraries do); each method is one call and a conversion.
 
@@ -17,6 +17,8 @@ use pug_orchestrator::{Orchestrator, OrchestratorError};
 use pug_renderer::{TenantEndpoints, TenantSource};
 use pug_store::{secret, Store, StoreError};
 use pug_types::{ExposeSecret, SecretString, TenantId};
+
+use crate::fleet::Fleet;
 
 /// The process backend's tenant users, allocated and kept by the store.
 #[derive(Debug)]
@@ -39,37 +41,22 @@ impl TenantUsers for StoreUsers {
     }
 }
 
-/// The renderer's tenants: their status' endpoints and their sealed `renderer_token`, and on a
-/// backend that names its instances in `callback_url` (docker: the container's name), each
-/// running instance's name and address.
+/// The renderer's tenants: their status' endpoints (from the process's status snapshot) and
+/// their sealed `renderer_token` (from the store), and on a backend that names its instances in
+/// `callback_url` (docker: the container's name), each running instance's name and address.
 pub struct StoreTenants {
     pub store: Store,
+    pub fleet: Fleet,
     pub orchestrator: Arc<dyn Orchestrator>,
 }
 
 /// The store or the orchestrator could not be read.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum TenantsError {
-    Store(StoreError),
-    Orchestrator(OrchestratorError),
-}
-
-impl std::fmt::Display for TenantsError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TenantsError::Store(_) => f.write_str("cannot read tenants from the store"),
-            TenantsError::Orchestrator(_) => f.write_str("cannot list instances"),
-        }
-    }
-}
-
-impl std::error::Error for TenantsError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            TenantsError::Store(e) => Some(e),
-            TenantsError::Orchestrator(e) => Some(e),
-        }
-    }
+    #[error("cannot read tenants from the store")]
+    Store(#[source] StoreError),
+    #[error("cannot list instances")]
+    Orchestrator(#[source] OrchestratorError),
 }
 
 impl TenantSource for StoreTenants {
@@ -77,11 +64,7 @@ impl TenantSource for StoreTenants {
     type Error = TenantsError;
 
     async fn tenants(&self) -> Result<Vec<TenantEndpoints>, TenantsError> {
-        let statuses = self
-            .store
-            .tenant_statuses()
-            .await
-            .map_err(TenantsError::Store)?;
+        let statuses = self.fleet.current();
         let mut names: HashMap<String, Vec<(String, String)>> = HashMap::new();
         if self.orchestrator.host_address_for_instances().is_some() {
             let instances = self
@@ -105,7 +88,7 @@ impl TenantSource for StoreTenants {
         // A backend that names the whole tenant rather than each replica (swarm: the
         // service) lets that name stand for every ready endpoint of the tenant.
         if self.orchestrator.host_address_for_instances().is_some() {
-            for (id, status) in &statuses {
+            for (id, status) in statuses.iter() {
                 let shared = self.orchestrator.callback_host(id, 0);
                 if shared.is_none() || shared != self.orchestrator.callback_host(id, 1) {
                     continue;
@@ -124,11 +107,11 @@ impl TenantSource for StoreTenants {
             }
         }
         Ok(statuses
-            .into_iter()
+            .iter()
             .map(|(id, status)| TenantEndpoints {
                 names: names.remove(id.as_str()).unwrap_or_default(),
                 tenant: id.to_string(),
-                endpoints: status.endpoints,
+                endpoints: status.endpoints.clone(),
             })
             .collect())
     }
@@ -156,12 +139,17 @@ impl pug_api::swarm::SwarmSource for ObservedSwarm {
     }
 }
 
-/// The gateway's routes, told of every status the controller writes.
-pub struct GatewayRoutes(pub pug_gateway::Gateway);
+/// The gateway's routes and the process's status snapshot, told of every status the
+/// controller writes.
+pub struct StatusWritten {
+    pub gateway: pug_gateway::Gateway,
+    pub fleet: Fleet,
+}
 
-impl pug_controller::StatusListener for GatewayRoutes {
+impl pug_controller::StatusListener for StatusWritten {
     fn status_written(&self, tenant: &TenantId, status: &pug_types::TenantStatus) {
-        self.0.status_written(tenant, status);
+        self.gateway.status_written(tenant, status);
+        self.fleet.written(tenant, status);
     }
 }
 

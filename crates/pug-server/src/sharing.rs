@@ -10,6 +10,8 @@ use std::path::Path;
 use pug_config::Backend;
 use pug_store::{Replica, Store};
 
+use crate::ServeError;
+
 /// Why this pug's controller must not start beside `others` (the pugs whose heartbeat is alive
 /// on the store, minus those of this host whose process is gone), or `None`.
 /// - process backend: its tenants are one host's processes, which no other pug sees;
@@ -38,7 +40,7 @@ pub fn refusal(backend: Backend, whitelist_set: bool, others: &[Replica]) -> Opt
 
 /// Refuses to start this pug's controller beside the other live pugs when [`refusal`] says so.
 /// A pug of this host whose process is gone (killed a moment ago) does not count.
-pub async fn check(store: &Store, backend: Backend, whitelist_set: bool) -> anyhow::Result<()> {
+pub async fn check(store: &Store, backend: Backend, whitelist_set: bool) -> Result<(), ServeError> {
     let host = pug_controller::lease::hostname();
     let others: Vec<Replica> = store
         .live_replicas("")
@@ -56,7 +58,7 @@ pub async fn check(store: &Store, backend: Backend, whitelist_set: bool) -> anyh
         })
         .collect();
     match refusal(backend, whitelist_set, &others) {
-        Some(reason) => anyhow::bail!(reason),
+        Some(reason) => Err(ServeError::Refused(reason)),
         None => Ok(()),
     }
 }

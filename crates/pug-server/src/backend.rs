@@ -1,0 +1,63 @@
+//! The orchestrator `config.backend` names, and what else the server needs from it: the
+//! process backend itself (to stop its processes at exit) and its isolation (for the banner),
+//! or the swarm's engine (to observe the swarm).
+//!
+//! Must not: decide anything a backend decides; each arm is one library constructor.
+
+use std::sync::Arc;
+
+use pug_config::{Backend, Config};
+use pug_orchestrator::process::ProcessBackend;
+use pug_orchestrator::process_setup::{self, IsolationState};
+use pug_orchestrator::Orchestrator;
+use pug_store::Store;
+
+use crate::adapters::StoreUsers;
+use crate::ServeError;
+
+/// The backend `config.backend` names, started.
+pub(crate) struct Started {
+    pub orchestrator: Arc<dyn Orchestrator>,
+    pub process: Option<Arc<ProcessBackend>>,
+    pub isolation: Option<IsolationState>,
+    pub swarm: Option<pug_docker::Engine>,
+}
+
+pub(crate) async fn start(config: &Config, store: &Store) -> Result<Started, ServeError> {
+    let none = |orchestrator| Started {
+        orchestrator,
+        process: None,
+        isolation: None,
+        swarm: None,
+    };
+    Ok(match config.backend {
+        Backend::Process => {
+            let p = &config.process;
+            let users = StoreUsers {
+                store: store.clone(),
+                base: p.tenant_uid_base,
+                count: p.tenant_uid_count,
+            };
+            let setup = process_setup::start(p, &config.data_dir, Arc::new(users))?;
+            Started {
+                process: Some(setup.backend.clone()),
+                isolation: Some(setup.isolation),
+                ..none(setup.backend)
+            }
+        }
+        Backend::Docker => none(
+            pug_docker::DockerBackend::new(config.docker.clone())
+                .await
+                .map_err(ServeError::DockerBackend)?,
+        ),
+        Backend::Swarm => {
+            let backend = pug_docker::SwarmBackend::new(config.docker.clone())
+                .await
+                .map_err(ServeError::SwarmBackend)?;
+            Started {
+                swarm: Some(backend.engine().clone()),
+                ..none(backend)
+            }
+        }
+    })
+}
