@@ -32,7 +32,7 @@ async fn get(url: &str, cookie: &str) -> (u16, Value) {
 
 #[test]
 fn people_reach_their_own_tenant_through_the_gateway() {
-    let pug = Pug::start((21400, 21499), &[]);
+    let pug = Pug::start((22000, 22099), &[]);
     pug.ok(&["tenant", "create", "acme", "--version", "11.3.0"]);
     pug.ok(&["tenant", "create", "bob", "--version", "11.3.0"]);
     pug.wait_phase("acme", "ready", T);

@@ -82,7 +82,7 @@ fn releases_are_downloaded_and_bad_upgrades_rolled_back() {
     }
     let base = serve(files);
     let pug = Pug::start(
-        (21450, 21499),
+        (22100, 22149),
         &[
             ("PUG_PROCESS_GRAFANA_BIN", ""),
             ("PUG_PROCESS_DOWNLOAD_BASE_URL", &base),

@@ -107,7 +107,7 @@ fn docker_tenants_render_through_the_embedded_renderer_and_only_their_own_pages(
     let rport = PortLease::new();
     let listen = format!("127.0.0.1:{}", rport.port());
     let pug = Pug::start(
-        (21600, 21619),
+        (22220, 22239),
         &[
             ("PUG_BACKEND", "docker"),
             ("PUG_DOCKER_IMAGE", "pug-test/grafana:{version}"),

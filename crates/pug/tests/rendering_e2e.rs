@@ -52,7 +52,7 @@ fn tenants_render_through_the_embedded_renderer_and_only_their_own_pages() {
     let rport = PortLease::new();
     let listen = format!("127.0.0.1:{}", rport.port());
     let pug = Pug::start(
-        (21580, 21599),
+        (22200, 22219),
         &[
             ("PUG_RENDERER_MODE", "on"),
             ("PUG_RENDERER_LISTEN", &listen),

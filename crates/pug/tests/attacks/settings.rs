@@ -14,10 +14,10 @@ use serde_json::{json, Value};
 use crate::support::{self, Pug};
 
 /// Instance ports of this module's pugs (one range per test, so tests run in parallel).
-const PORTS_OVERRIDES: (u16, u16) = (23700, 23709);
-const PORTS_ADMIN: (u16, u16) = (23710, 23719);
-const PORTS_EXPANSION: (u16, u16) = (23720, 23729);
-const PORTS_POSTGRES: (u16, u16) = (23730, 23749);
+const PORTS_OVERRIDES: (u16, u16) = (24000, 24009);
+const PORTS_ADMIN: (u16, u16) = (24010, 24019);
+const PORTS_EXPANSION: (u16, u16) = (24020, 24029);
+const PORTS_POSTGRES: (u16, u16) = (24030, 24049);
 
 fn create(pug: &Pug, body: Value) -> (u16, Value) {
     pug.api("POST", "/api/v1/tenants", Some(body))
