@@ -184,6 +184,23 @@ impl Server {
         let data_dir = config.data_dir.clone();
         // SQLite takes one pug.
         let sqlite_lock = lock_sqlite_store(&config.store_url())?;
+        // Bound first, so that `listen = "…:0"` (a port the kernel picks: tests, a second pug
+        // on a laptop) is the real port everywhere below: the public URL, tenants' `root_url`,
+        // `pug.url`.
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServeError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| ServeError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let config = Config {
+            listen: bound_listen(config.listen, local),
+            ..config
+        };
         let store = Store::open_data_dir(&data_dir, &config.store_url())
             .await
             .map_err(ServeError::OpenStore)?;
@@ -253,16 +270,6 @@ impl Server {
         }));
         gateway.set_wake_signal(Arc::new(ControllerWake(controller.clone())));
 
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServeError::Listen {
-                addr: config.listen,
-                source,
-            })?;
-        let local = listener.local_addr().map_err(|source| ServeError::Listen {
-            addr: config.listen,
-            source,
-        })?;
         let api_url = format!("http://{local}");
 
         // The CLI on this machine finds pug through these two files (both readable by pug's
@@ -430,6 +437,19 @@ fn lock_sqlite_store(url: &str) -> Result<Option<nix::fcntl::Flock<std::fs::File
 }
 
 /// Creates the data directory and makes its path absolute.
+/// The address to name pug by: the configured one, with the port the kernel picked when it
+/// was 0 (the configured host kept: `0.0.0.0:0` stays unspecified, as configured).
+fn bound_listen(
+    configured: std::net::SocketAddr,
+    bound: std::net::SocketAddr,
+) -> std::net::SocketAddr {
+    if configured.port() == 0 {
+        std::net::SocketAddr::new(configured.ip(), bound.port())
+    } else {
+        configured
+    }
+}
+
 fn data_dir(config: &Config) -> Result<PathBuf, ServeError> {
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir).map_err(|source| ServeError::CreateDataDir {

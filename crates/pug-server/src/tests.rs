@@ -5,7 +5,24 @@ use std::time::Duration;
 
 use pug_config::{Config, IsolationMode, RendererMode};
 
-use super::{lock_sqlite_store, Roles, ServeError, Server};
+use super::{bound_listen, lock_sqlite_store, Roles, ServeError, Server};
+
+#[test]
+fn port_zero_becomes_the_bound_port_and_the_host_stays_as_configured() {
+    let a = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+    for (configured, bound, want) in [
+        ("127.0.0.1:0", "127.0.0.1:40123", "127.0.0.1:40123"),
+        ("0.0.0.0:0", "0.0.0.0:40123", "0.0.0.0:40123"),
+        ("127.0.0.1:8080", "127.0.0.1:8080", "127.0.0.1:8080"),
+        ("[::]:0", "[::]:40124", "[::]:40124"),
+    ] {
+        assert_eq!(
+            bound_listen(a(configured), a(bound)),
+            a(want),
+            "{configured}"
+        );
+    }
+}
 
 fn strings(roles: &[&str]) -> Vec<String> {
     roles.iter().map(|r| (*r).to_owned()).collect()
@@ -85,6 +102,9 @@ async fn after_the_stop_signal_no_background_loop_remains() {
     let data = dir.path().join("data").canonicalize().unwrap();
     let url = std::fs::read_to_string(data.join(pug_client::URL_FILE)).unwrap();
     assert_eq!(url, server.banner().api_url);
+    // Listening on port 0 names the port the kernel picked, in tenants' URLs too.
+    assert_eq!(server.banner().public_url, url);
+    assert_eq!(server.banner().tenant_url, format!("{url}/t/<tenant>/"));
     assert!(data.join(pug_client::TOKEN_FILE).is_file());
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
