@@ -1,6 +1,7 @@
 //! Tenants' activity as the gateway sees it: a proxied request marks its tenant used, an open
-//! WebSocket keeps it used for as long as it is open, and every flush interval the tenants used
-//! since the last flush are written to the store in one batch.
+//! WebSocket keeps it used for as long as it is open, a use from elsewhere in the process (a
+//! render of its pages: [`Inner::mark_used`]) marks it too, and every flush interval the tenants
+//! used since the last flush are written to the store in one batch.
 //!
 //! Owns: [`Use`] (per tenant, kept across route changes: one relaxed atomic store per request,
 //! no clock read, no lock) and the flush ([`Inner::flush_activity`]).
@@ -57,6 +58,16 @@ impl Use {
 }
 
 impl Inner {
+    /// Marks `tenant` used by something other than a request through the gateway (the
+    /// embedded renderer rendering its pages). A tenant without a route (not known to the
+    /// gateway yet, or deleted) has nothing to keep awake: nothing is marked.
+    pub(crate) fn mark_used(&self, tenant: &TenantId) {
+        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = routes.get(tenant) {
+            r.activity.touch();
+        }
+    }
+
     /// Writes, in one batch, that every tenant used since the last flush was used at `now_ms`.
     /// Returns how many tenants it wrote.
     pub(crate) async fn flush_activity(&self, now_ms: i64) -> Result<usize, pug_store::StoreError> {

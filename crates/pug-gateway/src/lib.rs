@@ -230,6 +230,12 @@ impl Gateway {
         let _ = self.inner.wake_signal.set(signal);
     }
 
+    /// Marks `tenant` used, as a request through the gateway does, for the next batched
+    /// activity flush (`pug serve`: each render of its pages by the embedded renderer).
+    pub fn mark_used(&self, tenant: &TenantId) {
+        self.inner.mark_used(tenant);
+    }
+
     /// Writes tenants' activity since the last flush to the store now (what the background
     /// flush does every second). Returns how many tenants it wrote.
     pub async fn flush_activity(&self) -> Result<usize, StoreError> {

@@ -788,3 +788,27 @@ async fn metrics_are_registered_and_counted() {
         assert!(m.contains(needle), "{needle} missing:\n{m}");
     }
 }
+
+/// A use from elsewhere in the process (the embedded renderer's renders) is written with the
+/// gateway's batched activity flush, for that tenant only.
+#[tokio::test]
+async fn a_tenant_marked_used_outside_the_gateway_is_flushed_as_its_activity() {
+    let env = Env::start(GatewayMode::Path).await;
+    env.tenant("acme", Phase::Ready, &["127.0.0.1:9"]).await;
+    env.tenant("globex", Phase::Ready, &["127.0.0.1:9"]).await;
+    let (acme, globex) = (
+        TenantId::parse("acme").unwrap(),
+        TenantId::parse("globex").unwrap(),
+    );
+    env.gateway.mark_used(&acme);
+    env.gateway.mark_used(&TenantId::parse("nobody").unwrap());
+    // The background flush may have taken it first: either way it is in the store now.
+    env.gateway.flush_activity().await.unwrap();
+    let used = env.store.activity(&acme).await.unwrap();
+    assert!(used.last_activity_ms.is_some(), "acme was used: {used:?}");
+    assert_eq!(
+        env.store.activity(&globex).await.unwrap().last_activity_ms,
+        None,
+        "globex was not"
+    );
+}

@@ -1,7 +1,8 @@
 //! The HTTP API: Grafana's remote rendering protocol plus health, version and metrics.
 //!
 //! Owns: routes (`/`, `/healthz`, `/metrics`, `/version`, `/render/version`, `/render`,
-//! `/render/csv`), the `X-Auth-Token` check, the mapping of every [`RenderError`] to its status
+//! `/render/csv`), the `X-Auth-Token` check (a render admitted with a tenant's token is told
+//! to [`RenderActivity`] as that tenant's activity), the mapping of every [`RenderError`] to its status
 //! with a plain-text reason (and `Retry-After` on 429), and the request-duration histogram.
 //!
 //! Must not: drive the browser (it calls [`crate::engine::Engine`]) or decide policy itself (it
@@ -17,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+use crate::activity::RenderActivity;
 use crate::config::RendererConfig;
 use crate::engine::Engine;
 use crate::error::RenderError;
@@ -34,6 +36,8 @@ pub struct AppState {
     pub engine: Engine,
     /// Token → scope.
     pub scopes: Arc<dyn TokenScopes>,
+    /// Told of each render a tenant's token is accepted for.
+    pub activity: Arc<dyn RenderActivity>,
     /// Settings (defaults and bounds of parameters).
     pub config: Arc<RendererConfig>,
     /// Metrics, also served at `/metrics`.
@@ -117,17 +121,25 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
     res
 }
 
-/// The token's scope, or 401.
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Scope, RenderError> {
+/// The token's scope, or 401. A tenant's token makes the render that tenant's activity (its
+/// Grafana is at work, whether or not the page then renders); a refused one is nobody's.
+fn authenticate(
+    scopes: &dyn TokenScopes,
+    activity: &dyn RenderActivity,
+    headers: &HeaderMap,
+) -> Result<Scope, RenderError> {
     let token = headers
         .get("x-auth-token")
         .ok_or(RenderError::Unauthorized("Missing X-Auth-Token header"))?
         .to_str()
         .map_err(|_| RenderError::Unauthorized("Unauthorized"))?;
-    state
-        .scopes
-        .scope(token)
-        .ok_or(RenderError::Unauthorized("Unauthorized"))
+    let grant = scopes
+        .grant(token)
+        .ok_or(RenderError::Unauthorized("Unauthorized"))?;
+    if let Some(tenant) = &grant.tenant {
+        activity.rendered(tenant);
+    }
+    Ok(grant.scope)
 }
 
 /// The render URL against the policy, before the request takes a slot.
@@ -180,7 +192,7 @@ async fn render(
     headers: HeaderMap,
     req: Request,
 ) -> Result<Response, RenderError> {
-    let scope = authenticate(&state, &headers)?;
+    let scope = authenticate(&*state.scopes, &*state.activity, &headers)?;
     let query = params::query_map(req.uri().query());
     let mut request = params::parse_render(&query, accept_language(&headers), &state.config)
         .map_err(|e| RenderError::BadRequest(e.0))?;
@@ -205,7 +217,7 @@ async fn render_csv(
     headers: HeaderMap,
     req: Request,
 ) -> Result<Response, RenderError> {
-    let scope = authenticate(&state, &headers)?;
+    let scope = authenticate(&*state.scopes, &*state.activity, &headers)?;
     let query = params::query_map(req.uri().query());
     let mut request = params::parse_csv(&query, accept_language(&headers), &state.config)
         .map_err(|e| RenderError::BadRequest(e.0))?;
@@ -228,4 +240,78 @@ async fn render_csv(
         csv.bytes,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::security::{ScopedTokens, StaticTokens};
+    use std::sync::Mutex;
+
+    /// Remembers whose renders it was told of.
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<String>>);
+
+    impl RenderActivity for Seen {
+        fn rendered(&self, tenant: &str) {
+            self.0.lock().unwrap().push(tenant.to_owned());
+        }
+    }
+
+    fn with_token(token: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-auth-token", HeaderValue::from_str(token).unwrap());
+        h
+    }
+
+    #[test]
+    fn a_render_is_the_activity_of_the_tenant_whose_token_asked_for_it() {
+        let acme = Scope::Hosts(vec!["127.0.0.1:20001".into()]);
+        let globex = Scope::Hosts(vec!["127.0.0.1:20002".into()]);
+        let tokens = ScopedTokens::new();
+        tokens.replace_tenants([
+            ("tok-acme", acme.clone(), Some("acme".to_owned())),
+            ("tok-globex", globex, Some("globex".to_owned())),
+        ]);
+        let seen = Seen::default();
+
+        assert_eq!(
+            authenticate(&tokens, &seen, &with_token("tok-acme")).unwrap(),
+            acme
+        );
+        assert_eq!(*seen.0.lock().unwrap(), vec!["acme".to_owned()]);
+
+        // Refused: a wrong token, none at all, or one that is not text.
+        for headers in [with_token("tok-nobody"), HeaderMap::new()] {
+            assert!(matches!(
+                authenticate(&tokens, &seen, &headers),
+                Err(RenderError::Unauthorized(_))
+            ));
+        }
+        let mut binary = HeaderMap::new();
+        binary.insert("x-auth-token", HeaderValue::from_bytes(b"\xff").unwrap());
+        assert!(authenticate(&tokens, &seen, &binary).is_err());
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            vec!["acme".to_owned()],
+            "a refused token is nobody's activity"
+        );
+
+        authenticate(&tokens, &seen, &with_token("tok-globex")).unwrap();
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            vec!["acme".to_owned(), "globex".to_owned()]
+        );
+    }
+
+    #[test]
+    fn standalone_tokens_are_nobodys_activity() {
+        let seen = Seen::default();
+        let tokens = StaticTokens::new(["secret"]);
+        assert_eq!(
+            authenticate(&tokens, &seen, &with_token("secret")).unwrap(),
+            Scope::Any
+        );
+        assert!(seen.0.lock().unwrap().is_empty());
+    }
 }

@@ -3,7 +3,8 @@
 //! Owns: whether it runs ([`plan`]: `renderer.mode` and the backend; pure), its settings from
 //! pug's configuration ([`settings`]), its listeners and server, the URL tenants' Grafana
 //! calls it at ([`tenant_url`]), and its token table (each tenant's token renders only that
-//! tenant's ready instances: [`crate::tenant_tokens`]).
+//! tenant's ready instances: [`crate::tenant_tokens`]), whose renders it tells the
+//! [`RenderActivity`] it is given as those tenants' activity.
 //!
 //! On the docker backend it listens on `renderer.listen` and on the gateway address of pug's
 //! network (where containers reach the host), and Chromium, on the host, loads the containers'
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use pug_config::{Backend, Config, RendererMode};
 use tokio_util::sync::CancellationToken;
 
+use crate::activity::RenderActivity;
 use crate::config::{find_browser, find_executable, BROWSER_CANDIDATES};
 use crate::tenant_tokens::{TenantSource, TenantTokens, REFRESH};
 use crate::{Renderer, RendererConfig, RendererError, ScopedTokens};
@@ -140,10 +142,12 @@ fn gateway_listen(config: &Config, for_instances: Option<IpAddr>) -> Option<Sock
 /// is reported and pug runs without rendering; in `on` mode it is an error.
 ///
 /// `for_instances` is the address on this host that instances reach it at, when it is not
-/// loopback (the docker backend's network gateway).
+/// loopback (the docker backend's network gateway). `activity` is told of every render a
+/// tenant's token is accepted for.
 pub async fn start<S: TenantSource>(
     config: &Config,
     tenants: S,
+    activity: Arc<dyn RenderActivity>,
     for_instances: Option<IpAddr>,
     shutdown: CancellationToken,
 ) -> Result<Option<Embedded>, EmbedError> {
@@ -152,7 +156,7 @@ pub async fn start<S: TenantSource>(
         Plan::Off => return Ok(None),
         Plan::Start => {}
     }
-    match try_start(config, tenants, for_instances, shutdown).await {
+    match try_start(config, tenants, activity, for_instances, shutdown).await {
         Ok(embedded) => Ok(Some(embedded)),
         Err(e) if mode == RendererMode::Auto => {
             tracing::warn!(
@@ -168,6 +172,7 @@ pub async fn start<S: TenantSource>(
 async fn try_start<S: TenantSource>(
     config: &Config,
     tenants: S,
+    activity: Arc<dyn RenderActivity>,
     for_instances: Option<IpAddr>,
     shutdown: CancellationToken,
 ) -> Result<Embedded, EmbedError> {
@@ -190,9 +195,10 @@ async fn try_start<S: TenantSource>(
         find_executable(chrome).ok_or_else(|| EmbedError::BrowserMissing(chrome.clone()))?
     };
     let table = Arc::new(ScopedTokens::new());
-    let renderer = Renderer::start(settings(config, chrome_path), table.clone())
-        .await
-        .map_err(EmbedError::Start)?;
+    let renderer =
+        Renderer::start_recording(settings(config, chrome_path), table.clone(), activity)
+            .await
+            .map_err(EmbedError::Start)?;
     let mut tokens = TenantTokens::new(tenants);
     tokens
         .refresh(&table)

@@ -17,8 +17,10 @@
 //! - [`metrics`]: Prometheus families.
 //! - [`error`]: error types.
 //! - [`tenant_tokens`]: inside `pug serve`, which tenant's token may render which instances.
+//! - [`activity`]: the seam through which a tenant's renders count as its activity.
 //! - [`embedded`]: the renderer `pug serve` runs beside the process backend.
 
+pub mod activity;
 pub mod api;
 pub mod cli;
 pub mod config;
@@ -33,10 +35,11 @@ pub mod tenant_tokens;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::activity::{NoActivity, RenderActivity};
 pub use crate::cli::RenderArgs;
 pub use crate::config::{ConfigError, RendererConfig};
 pub use crate::error::{RenderError, RendererError};
-pub use crate::security::{Scope, ScopedTokens, StaticTokens, TokenScopes};
+pub use crate::security::{Grant, Scope, ScopedTokens, StaticTokens, TokenScopes};
 pub use crate::tenant_tokens::{TenantEndpoints, TenantSource, TenantTokens};
 
 /// The engine and its state: what `pug render` runs, and what `pug serve` embeds.
@@ -46,9 +49,19 @@ pub struct Renderer {
 
 impl Renderer {
     /// Validates `config`, starts Chromium and the supervisor. Fails if Chromium cannot start.
+    /// Renders are nobody's activity ([`Renderer::start_recording`] tells someone).
     pub async fn start(
         config: RendererConfig,
         scopes: Arc<dyn TokenScopes>,
+    ) -> Result<Renderer, RendererError> {
+        Self::start_recording(config, scopes, Arc::new(NoActivity)).await
+    }
+
+    /// [`Renderer::start`], telling `activity` of every render a tenant's token is accepted for.
+    pub async fn start_recording(
+        config: RendererConfig,
+        scopes: Arc<dyn TokenScopes>,
+        activity: Arc<dyn RenderActivity>,
     ) -> Result<Renderer, RendererError> {
         config.validate()?;
         if config.sandbox_disabled() {
@@ -63,6 +76,7 @@ impl Renderer {
             state: Arc::new(api::AppState {
                 engine,
                 scopes,
+                activity,
                 config,
                 metrics,
             }),

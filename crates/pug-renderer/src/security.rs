@@ -1,6 +1,7 @@
 //! Who may render what.
 //!
-//! Owns: token checking ([`TokenScopes`], [`StaticTokens`], compared in constant time), the URL
+//! Owns: token checking ([`TokenScopes`]: a token's [`Grant`], its scope and whose it is;
+//! [`StaticTokens`], [`ScopedTokens`]; compared in constant time), the URL
 //! policy ([`UrlPolicy`]: only http/https, the allow-list, a token's [`Scope`], and the addresses
 //! that are refused whatever the configuration: link-local and cloud metadata), and CSV file
 //! name sanitising.
@@ -20,6 +21,23 @@ use url::{Host, Url};
 pub trait TokenScopes: Send + Sync + 'static {
     /// The scope of `token`, or `None` when the token is not valid (401).
     fn scope(&self, token: &str) -> Option<Scope>;
+
+    /// The scope of `token` and the tenant whose token it is, if it is a tenant's (inside
+    /// `pug serve`); by default no tenant's.
+    fn grant(&self, token: &str) -> Option<Grant> {
+        self.scope(token).map(|scope| Grant {
+            scope,
+            tenant: None,
+        })
+    }
+}
+
+/// A valid token: what it may render, and whose it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub scope: Scope,
+    /// The tenant whose `renderer_token` it is (`None`: standalone `pug render`'s tokens).
+    pub tenant: Option<String>,
 }
 
 /// What a token may render.
@@ -147,23 +165,35 @@ impl TokenScopes for StaticTokens {
 /// so a tenant's Grafana can only have its own pages rendered.
 #[derive(Default)]
 pub struct ScopedTokens {
-    entries: std::sync::RwLock<Vec<([u8; 32], Scope)>>,
+    entries: std::sync::RwLock<Vec<Entry>>,
 }
+
+/// Digest of a token, its scope, and the tenant whose token it is.
+type Entry = ([u8; 32], Scope, Option<String>);
 
 impl ScopedTokens {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Replaces every token at once.
+    /// Replaces every token at once, each no tenant's.
     pub fn replace<I, S>(&self, tokens: I)
     where
         I: IntoIterator<Item = (S, Scope)>,
         S: AsRef<str>,
     {
+        self.replace_tenants(tokens.into_iter().map(|(t, scope)| (t, scope, None)));
+    }
+
+    /// Replaces every token at once, each with the tenant whose token it is.
+    pub fn replace_tenants<I, S>(&self, tokens: I)
+    where
+        I: IntoIterator<Item = (S, Scope, Option<String>)>,
+        S: AsRef<str>,
+    {
         let entries = tokens
             .into_iter()
-            .map(|(t, scope)| (digest(t.as_ref()), scope))
+            .map(|(t, scope, tenant)| (digest(t.as_ref()), scope, tenant))
             .collect();
         *self.entries.write().unwrap_or_else(|e| e.into_inner()) = entries;
     }
@@ -180,16 +210,23 @@ impl ScopedTokens {
 
 impl TokenScopes for ScopedTokens {
     fn scope(&self, token: &str) -> Option<Scope> {
+        self.grant(token).map(|g| g.scope)
+    }
+
+    fn grant(&self, token: &str) -> Option<Grant> {
         let presented = digest(token);
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         // Every digest is compared, with no early exit; only which entry matched is data-dependent.
         let mut found = None;
-        for (i, (d, _)) in entries.iter().enumerate() {
+        for (i, (d, _, _)) in entries.iter().enumerate() {
             if bool::from(d.ct_eq(&presented)) {
                 found = Some(i);
             }
         }
-        found.map(|i| entries[i].1.clone())
+        found.map(|i| Grant {
+            scope: entries[i].1.clone(),
+            tenant: entries[i].2.clone(),
+        })
     }
 }
 
@@ -542,9 +579,26 @@ mod tests {
         assert_eq!(t.scope("a"), Some(acme));
         assert_eq!(t.scope("g"), Some(globex.clone()));
         assert_eq!(t.scope("x"), None);
-        t.replace([("g", globex)]);
+        t.replace([("g", globex.clone())]);
         assert_eq!(t.scope("a"), None);
         assert_eq!(t.len(), 1);
+        assert_eq!(
+            t.grant("g"),
+            Some(Grant {
+                scope: globex.clone(),
+                tenant: None
+            })
+        );
+        t.replace_tenants([("g", globex.clone(), Some("globex".to_owned()))]);
+        assert_eq!(
+            t.grant("g"),
+            Some(Grant {
+                scope: globex,
+                tenant: Some("globex".into())
+            }),
+            "a tenant's token says whose it is"
+        );
+        assert_eq!(t.grant("a"), None);
     }
 
     #[test]

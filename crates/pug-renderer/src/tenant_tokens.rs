@@ -50,13 +50,14 @@ pub trait TenantSource: Send + Sync + 'static {
 }
 
 /// The table's entries: each tenant with ready instances and a known token → its token,
-/// scoped to exactly those instances (and to the names of those instances only). Tenants
-/// without ready instances or without a token get no entry, so their tokens render nothing.
+/// scoped to exactly those instances (and to the names of those instances only), and the
+/// tenant's id (whose activity its renders are). Tenants without ready instances or without a
+/// token get no entry, so their tokens render nothing.
 pub fn entries<'a, T>(
     tenants: &[TenantEndpoints],
     tokens: &'a HashMap<String, T>,
     expose: impl Fn(&'a T) -> &'a str,
-) -> Vec<(&'a str, Scope)> {
+) -> Vec<(&'a str, Scope, Option<String>)> {
     tenants
         .iter()
         .filter(|t| !t.endpoints.is_empty())
@@ -76,7 +77,7 @@ pub fn entries<'a, T>(
                     names,
                 }
             };
-            Some((expose(token), scope))
+            Some((expose(token), scope, Some(t.tenant.clone())))
         })
         .collect()
 }
@@ -110,7 +111,7 @@ impl<S: TenantSource> TenantTokens<S> {
                 }
             }
         }
-        table.replace(entries(&tenants, &self.cache, S::expose));
+        table.replace_tenants(entries(&tenants, &self.cache, S::expose));
         Ok(())
     }
 
@@ -172,13 +173,14 @@ mod tests {
                 Scope::Named {
                     hosts: vec!["172.18.0.5:20001".into()],
                     names: vec![("pug-a-0:20001".into(), "172.18.0.5:20001".into())],
-                }
+                },
+                Some("a".to_owned())
             )]
         );
         a.names.remove(0);
         assert_eq!(
             entries(&[a], &tokens, |t| t.as_str()),
-            vec![("tok-a", hosts(&["172.18.0.5:20001"]))],
+            vec![("tok-a", hosts(&["172.18.0.5:20001"]), Some("a".to_owned()))],
             "no name of a ready instance: a plain host scope"
         );
     }
@@ -201,21 +203,29 @@ mod tests {
         type Case = (
             &'static str,
             Vec<TenantEndpoints>,
-            Vec<(&'static str, Scope)>,
+            Vec<(&'static str, Scope, Option<String>)>,
         );
         let cases: &[Case] = &[
             ("no tenants", vec![], vec![]),
             (
                 "a ready tenant: its token, its instances",
                 vec![a.clone()],
-                vec![("tok-a", hosts(&["127.0.0.1:3000", "127.0.0.1:3001"]))],
+                vec![(
+                    "tok-a",
+                    hosts(&["127.0.0.1:3000", "127.0.0.1:3001"]),
+                    Some("a".to_owned()),
+                )],
             ),
             (
                 "two tenants: neither token reaches the other's instances",
                 vec![a.clone(), b.clone()],
                 vec![
-                    ("tok-a", hosts(&["127.0.0.1:3000", "127.0.0.1:3001"])),
-                    ("tok-b", hosts(&["127.0.0.1:3002"])),
+                    (
+                        "tok-a",
+                        hosts(&["127.0.0.1:3000", "127.0.0.1:3001"]),
+                        Some("a".to_owned()),
+                    ),
+                    ("tok-b", hosts(&["127.0.0.1:3002"]), Some("b".to_owned())),
                 ],
             ),
             (
@@ -288,6 +298,11 @@ mod tests {
         tokens.refresh(&table).await.unwrap();
         assert_eq!(table.scope("tok-a"), Some(hosts(&["127.0.0.1:3000"])));
         assert_eq!(table.scope("tok-unknown"), None);
+        assert_eq!(
+            table.grant("tok-a").and_then(|g| g.tenant).as_deref(),
+            Some("a"),
+            "its renders are a's"
+        );
 
         // The instance moved: the scope follows; the cached token is not read again.
         fake.set(vec![tenant("a", &["127.0.0.1:3005"])], &[("a", "tok-a")]);

@@ -3,7 +3,8 @@
 //!
 //! Owns: the process backend's tenant users (uids the store allocates), the embedded
 //! renderer's tenants and tokens (from the status snapshot and the store, with the
-//! orchestrator's names of instances), `GET /api/v1/swarm` (from the swarm backend's observer), and the wake path
+//! orchestrator's names of instances), its renders as their tenants' activity (in the
+//! gateway's batched activity table), `GET /api/v1/swarm` (from the swarm backend's observer), and the wake path
 //! between the gateway and the controller of one process (the controller's written statuses
 //! reach the gateway's routes and the status snapshot at once; the gateway's wakes nudge the controller's queue).
 //!
@@ -159,5 +160,18 @@ pub struct ControllerWake(pub pug_controller::Controller);
 impl pug_gateway::WakeSignal for ControllerWake {
     fn wake_requested(&self, _tenant: &TenantId) {
         self.0.wake();
+    }
+}
+
+/// The embedded renderer's renders, each marking its tenant used in the gateway's activity
+/// table: written with the gateway's own next batched flush, never one store write per render.
+pub struct RenderUse(pub pug_gateway::Gateway);
+
+impl pug_renderer::RenderActivity for RenderUse {
+    fn rendered(&self, tenant: &str) {
+        // The renderer's tenants are the store's ids: one that does not parse is no tenant.
+        if let Ok(id) = TenantId::parse(tenant) {
+            self.0.mark_used(&id);
+        }
     }
 }

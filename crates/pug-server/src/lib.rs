@@ -40,7 +40,7 @@ use pug_gateway::server::serve_with;
 use pug_store::{write_private, Role, Store, StoreError, LOCAL_TOKEN_NAME};
 use pug_types::ExposeSecret;
 
-use crate::adapters::{ControllerWake, ObservedSwarm, StatusWritten, StoreTenants};
+use crate::adapters::{ControllerWake, ObservedSwarm, RenderUse, StatusWritten, StoreTenants};
 use crate::background::Background;
 pub use crate::banner::Banner;
 use crate::fleet::Fleet;
@@ -246,8 +246,16 @@ impl Server {
                 orchestrator: backend.orchestrator.clone(),
             };
             let for_instances = backend.orchestrator.host_address_for_instances();
-            pug_renderer::embedded::start(&config, tenants, for_instances, background.token())
-                .await?
+            // A tenant's renders (alert screenshots, scheduled reports) are its activity.
+            let activity = Arc::new(RenderUse(gateway.clone()));
+            pug_renderer::embedded::start(
+                &config,
+                tenants,
+                activity,
+                for_instances,
+                background.token(),
+            )
+            .await?
         } else {
             None
         };
