@@ -159,7 +159,9 @@ if (style === 'legacy' || style === 'tz') window.panelsRendered = 0;
 (async () => {{
   if (style === 'never') return;
   if (style === 'scenes') window.__grafanaRunningQueryCount++;
-  await runQuery();
+  // As Grafana's query runner: a failed query ends too (the panel shows the error), it does
+  // not leave the running count up forever.
+  try {{ await runQuery(); }} catch (e) {{ console.error('query failed', e); }}
   await sleep(num('delay', 300));
   if (style === 'tz') {{
     const jan = new Date(Date.UTC(2024, 0, 15, 12)).getTimezoneOffset();

@@ -38,27 +38,36 @@ impl Default for Progress {
     }
 }
 
+/// How many of the requests in flight a message names.
+const SHOWN: usize = 3;
+
 /// "waiting for the page to be ready", with what the page itself still reports (`page`:
 /// "2 queries running") or else the requests that keep it from looking idle.
 pub fn readiness(in_flight: &[String], page: Option<&str>) -> String {
-    const SHOWN: usize = 3;
     if let Some(page) = page {
-        return format!("waiting for the page to be ready ({page})");
+        return match in_flight.len() {
+            0 => format!("waiting for the page to be ready ({page})"),
+            _ => format!(
+                "waiting for the page to be ready ({page}; {})",
+                requests(in_flight)
+            ),
+        };
     }
     match in_flight.len() {
         0 => "waiting for the page to be ready".to_owned(),
-        n => {
-            let mut urls: Vec<&str> = in_flight.iter().take(SHOWN).map(String::as_str).collect();
-            if n > SHOWN {
-                urls.push("…");
-            }
-            let noun = if n == 1 { "request" } else { "requests" };
-            format!(
-                "waiting for the page to be ready ({n} {noun} in flight: {})",
-                urls.join(", ")
-            )
-        }
+        _ => format!("waiting for the page to be ready ({})", requests(in_flight)),
     }
+}
+
+/// "2 requests in flight: http://…, http://…", at most [`SHOWN`] named.
+fn requests(in_flight: &[String]) -> String {
+    let n = in_flight.len();
+    let mut urls: Vec<&str> = in_flight.iter().take(SHOWN).map(String::as_str).collect();
+    if n > SHOWN {
+        urls.push("…");
+    }
+    let noun = if n == 1 { "request" } else { "requests" };
+    format!("{n} {noun} in flight: {}", urls.join(", "))
 }
 
 #[cfg(test)]
@@ -91,8 +100,12 @@ mod tests {
             assert_eq!(readiness(&urls(n), None), want, "{n}");
         }
         assert_eq!(
-            readiness(&urls(2), Some("Grafana reports 2 queries running")),
+            readiness(&[], Some("Grafana reports 2 queries running")),
             "waiting for the page to be ready (Grafana reports 2 queries running)"
+        );
+        assert_eq!(
+            readiness(&urls(1), Some("Grafana reports 1 queries running")),
+            "waiting for the page to be ready (Grafana reports 1 queries running; 1 request in flight: http://g/0)"
         );
     }
 }
