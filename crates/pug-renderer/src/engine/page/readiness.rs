@@ -33,6 +33,13 @@ const OBSERVE_JS: &str = r#"(() => {
   };
 })()"#;
 
+/// How long one readiness poll may go unanswered before it is asked again. A CDP command sent
+/// while the page swaps its document can be dropped with the old context and never answered
+/// (puppeteer rejects such calls itself when it sees the context destroyed); without a bound
+/// one lost poll would hold the render until its deadline and end it as a 408 with a stale
+/// reason.
+const OBSERVE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The element that scrolls: Grafana's `#page-scrollbar` (≥ 11.1), else the document.
 const SCROLLER_JS: &str =
     "(document.querySelector('#page-scrollbar') || document.scrollingElement || document.documentElement)";
@@ -91,8 +98,17 @@ impl PageSession {
             .return_by_value(true)
             .build()
             .ok()?;
-        // Fails while a navigation swaps the document: that poll simply does not count.
-        let res = self.page.execute(eval).await.ok()?;
+        // Fails (or goes unanswered) while a navigation swaps the document: that poll simply
+        // does not count, and the next one is asked.
+        let res = match tokio::time::timeout(OBSERVE_TIMEOUT, self.page.execute(eval)).await {
+            Ok(res) => res.ok()?,
+            Err(_) => {
+                tracing::warn!(
+                    "a readiness poll got no answer from the page in {OBSERVE_TIMEOUT:?}; asking again"
+                );
+                return None;
+            }
+        };
         serde_json::from_value(res.result.result.value?).ok()
     }
 

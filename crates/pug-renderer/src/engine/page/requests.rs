@@ -71,7 +71,12 @@ pub(super) async fn enforce_policy(
                         ));
                     }
                 }
-                tokio::spawn(async move { page.execute(next).await });
+                tokio::spawn(async move {
+                    // A request left paused never finishes: say so, the render's 408 names it.
+                    if let Err(e) = page.execute(next).await {
+                        tracing::warn!(error = %e, "continuing a paused request failed");
+                    }
+                });
             }
             Err(reason) => {
                 tracing::info!(url = %ev.request.url, %reason, "request refused");
@@ -82,8 +87,10 @@ pub(super) async fn enforce_policy(
                     shared.changed.notify_waiters();
                 }
                 tokio::spawn(async move {
-                    page.execute(FailRequestParams::new(id, ErrorReason::BlockedByClient))
-                        .await
+                    let fail = FailRequestParams::new(id, ErrorReason::BlockedByClient);
+                    if let Err(e) = page.execute(fail).await {
+                        tracing::warn!(error = %e, "failing a refused request failed");
+                    }
                 });
             }
         }
