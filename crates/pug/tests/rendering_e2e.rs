@@ -307,3 +307,60 @@ fn the_browser_gets_no_secrets_no_root_and_its_sandbox() {
     );
     drop(child);
 }
+
+/// Renders are activity (issue 16): a tenant whose only use is Grafana rendering its panels
+/// (alerts with images, reports: the instance calls the renderer, nobody comes through the
+/// gateway) stays awake past its idle timeout, and falls asleep once the renders stop.
+#[test]
+fn a_tenant_used_only_by_renders_stays_awake() {
+    chromium_installed();
+    let rport = PortLease::new();
+    let listen = format!("127.0.0.1:{}", rport.port());
+    let pug = Pug::start(
+        (22240, 22249),
+        &[
+            ("PUG_RENDERER_MODE", "on"),
+            ("PUG_RENDERER_LISTEN", &listen),
+        ],
+    );
+    pug.ok(&[
+        "tenant",
+        "create",
+        "acme",
+        "--version",
+        "11.3.0",
+        "--idle-timeout",
+        "1s",
+    ]);
+    let acme = pug.wait_phase("acme", "ready", T);
+    let at = acme["status"]["endpoints"][0].as_str().unwrap().to_owned();
+    // Grafana's own /render/… on the instance, not through the gateway: only the renderer
+    // sees this tenant used.
+    let panel = format!("http://{at}/t/acme/render/d-solo/binding/x?width=64&height=64&delay=0");
+    let phase = || pug.api("GET", "/api/v1/tenants/acme", None).1["status"]["phase"].clone();
+    wait_for(T, "acme's first panel to render", || {
+        (get(&panel, None).0 == 200).then_some(())
+    });
+    // Five times the timeout and its 2 s grace, a render about every second, checking all along.
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    let mut renders = 0;
+    while std::time::Instant::now() < until {
+        let (status, _, body) = get(&panel, None);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        renders += 1;
+        assert_eq!(phase(), "ready", "asleep while its panels render");
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    assert!(renders >= 5, "only {renders} renders in 15 s");
+    let (_, events) = pug.api("GET", "/api/v1/tenants/acme/events?limit=1000", None);
+    assert!(
+        !events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["reason"] == "Slept"),
+        "{events}"
+    );
+    // Renders stopped: the idle timeout applies again.
+    pug.wait_phase("acme", "sleeping", T);
+}
