@@ -112,6 +112,14 @@ pub trait Orchestrator: Send + Sync + 'static {
     /// Stops and removes one replica; its data stays. Absent already is success.
     async fn remove(&self, tenant: &TenantId, replica: u32) -> Result<(), OrchestratorError>;
 
+    /// Stops one replica of a tenant falling asleep; its data stays. A backend that can keep
+    /// a stopped instance to start again at wake (docker: the stopped container) does so, and
+    /// then lists it among [`Orchestrator::instances`] as exited until [`Orchestrator::ensure`]
+    /// starts it (or replaces it, when the spec changed meanwhile). The default removes it.
+    async fn park(&self, tenant: &TenantId, replica: u32) -> Result<(), OrchestratorError> {
+        self.remove(tenant, replica).await
+    }
+
     /// Moves a deleted tenant's data out of the way (into an archive); absent is success.
     async fn archive(&self, tenant: &TenantId) -> Result<(), OrchestratorError>;
 

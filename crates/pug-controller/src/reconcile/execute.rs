@@ -39,6 +39,10 @@ pub(super) async fn run(
                 let step = Step::Stop { replica: *replica };
                 c.orchestrator.remove(id, *replica).await.at(id, step)?;
             }
+            Action::Park { replica } => {
+                let step = Step::Stop { replica: *replica };
+                c.orchestrator.park(id, *replica).await.at(id, step)?;
+            }
             Action::ReleasePorts { from } => {
                 c.store
                     .release_ports(id, *from)

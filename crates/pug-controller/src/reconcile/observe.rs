@@ -44,6 +44,7 @@ pub(super) async fn active(
         instances,
         secrets,
         attempts,
+        waking: t.status.phase == pug_types::Phase::Sleeping,
     })
 }
 

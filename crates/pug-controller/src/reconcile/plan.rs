@@ -59,6 +59,9 @@ pub struct Observed {
     pub secrets: Vec<SecretString>,
     /// Passes in a row that ended in [`Outcome::Retry`].
     pub attempts: u32,
+    /// The tenant is waking (its stored phase is `sleeping`): an exited instance of the
+    /// current spec was parked by its sleep, not crashed.
+    pub waking: bool,
 }
 
 impl Observed {
@@ -97,6 +100,8 @@ pub enum StartReason {
     NewSpec,
     /// It exited by itself; `why` is how (exit code and last log line), redacted.
     Crashed { why: String },
+    /// It was parked when the tenant fell asleep, and the tenant wakes.
+    Woken,
 }
 
 impl StartReason {
@@ -118,6 +123,12 @@ impl StartReason {
                     "replica {replica} started with the new spec: Grafana {version} at {endpoint}"
                 ),
             ),
+            StartReason::Woken => (
+                EventReason::InstanceStarted,
+                format!(
+                    "replica {replica} started again after sleep: Grafana {version} at {endpoint}"
+                ),
+            ),
             StartReason::Crashed { why } => (
                 EventReason::InstanceRestarted,
                 format!("replica {replica} {why}; restarted"),
@@ -132,6 +143,9 @@ impl StartReason {
 pub enum Action {
     /// Stop and remove a replica; its data stays.
     Stop { replica: u32 },
+    /// Stop a replica of a tenant falling asleep (the backend may keep it stopped, to start
+    /// it again at wake); its data stays.
+    Park { replica: u32 },
     /// Give back the ports of the replicas from `from` on.
     ReleasePorts { from: u32 },
     /// Start a replica with its desired spec, then record [`StartReason::event`] (a crash
@@ -216,6 +230,7 @@ pub fn replicas(o: &Observed) -> Vec<Action> {
             Some(i) => match &i.state {
                 InstanceState::Running => continue,
                 InstanceState::Exited { .. } if i.spec_hash != spec.hash() => StartReason::NewSpec,
+                InstanceState::Exited { .. } if o.waking => StartReason::Woken,
                 InstanceState::Exited { reason } => StartReason::Crashed {
                     why: o.redact(reason),
                 },

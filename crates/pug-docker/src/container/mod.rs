@@ -149,7 +149,9 @@ impl DockerBackend {
             .await
     }
 
-    async fn remove_container(&self, id: &str) -> Result<(), DockerError> {
+    /// Stops a container as pug's own act (the watch for containers stopped by someone else
+    /// ignores it). `Ok(false)`: it is gone already.
+    async fn stop_container(&self, id: &str) -> Result<bool, DockerError> {
         {
             let mut removing = self.removing.lock().expect("removing");
             removing.retain(|_, since| since.elapsed() < std::time::Duration::from_secs(120));
@@ -168,11 +170,18 @@ impl DockerBackend {
             )
             .await
         {
-            Ok(()) => {}
-            Err(e) if is_not_found(&e) => return Ok(()),
-            // 304 (already stopped) and friends: removal below decides.
-            Err(_) => {}
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            // 304 (already stopped) and friends: the caller's next step decides.
+            Err(_) => Ok(true),
         }
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), DockerError> {
+        if !self.stop_container(id).await? {
+            return Ok(());
+        }
+        let _op = self.engine.op().await;
         match self
             .engine
             .docker
@@ -336,8 +345,27 @@ impl Orchestrator for DockerBackend {
                 .and_then(|l| l.get(LABEL_SPEC_HASH))
                 .is_some_and(|h| *h == hash);
             let running = c.state == Some(ContainerSummaryStateEnum::RUNNING);
+            // Stopped after it ran (parked by a sleep, or given up on by its restart policy):
+            // it has its files, so starting it again is enough. A container only created
+            // (pug stopped between create and start) may lack its secret files: replaced.
+            let exited = c.state == Some(ContainerSummaryStateEnum::EXITED);
             if current && running && keep.is_none() {
                 keep = self.instance(c);
+            } else if let (true, true, None, Some(id)) = (current, exited, &keep, &c.id) {
+                let started = {
+                    let _op = self.engine.op().await;
+                    self.engine.docker.start_container(id, None).await
+                };
+                match started {
+                    Ok(()) => {
+                        tracing::info!(tenant = %spec.tenant, replica = spec.replica, container = %id, "stopped container started again");
+                        keep = Some(self.as_instance(&spec.tenant, spec.replica).await?);
+                    }
+                    Err(e) => {
+                        tracing::info!(tenant = %spec.tenant, replica = spec.replica, container = %id, error = %e, "a stopped container did not start again; replacing it");
+                        self.remove_container(id).await?;
+                    }
+                }
             } else if let Some(id) = &c.id {
                 tracing::info!(tenant = %spec.tenant, replica = spec.replica, container = %id, "replacing a container that is stopped or runs an outdated spec");
                 self.remove_container(id).await?;
@@ -382,6 +410,17 @@ impl Orchestrator for DockerBackend {
         for c in self.find(tenant, replica).await? {
             if let Some(id) = &c.id {
                 self.remove_container(id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the container and keeps it (its layer holds the copied secret files): the wake
+    /// starts it again, which is quicker than creating it, unless the spec changed meanwhile.
+    async fn park(&self, tenant: &TenantId, replica: u32) -> Result<(), OrchestratorError> {
+        for c in self.find(tenant, replica).await? {
+            if let Some(id) = &c.id {
+                self.stop_container(id).await?;
             }
         }
         Ok(())

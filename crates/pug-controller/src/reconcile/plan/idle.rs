@@ -13,11 +13,11 @@
 
 use std::time::Duration;
 
-use pug_orchestrator::Instance;
+use pug_orchestrator::{Instance, InstanceState};
 use pug_store::Activity;
 use pug_types::{EventReason, Phase, Tenant};
 
-use super::{status_change, stops, Action, Plan};
+use super::{status_change, Action, Plan};
 use crate::reconcile::Outcome;
 
 /// An active tenant's idleness now.
@@ -70,15 +70,24 @@ pub fn sleep(
     timeout_secs: u64,
     now_ms: i64,
 ) -> Plan {
-    let mut actions = stops(instances);
-    if !instances.is_empty() || t.status.phase != Phase::Sleeping {
+    // A parked instance (kept stopped by the backend, to start again at wake) is asleep
+    // already; only running ones are stopped.
+    let running: Vec<&Instance> = instances
+        .iter()
+        .filter(|i| i.state == InstanceState::Running)
+        .collect();
+    let mut actions: Vec<Action> = running
+        .iter()
+        .map(|i| Action::Park { replica: i.replica })
+        .collect();
+    if !running.is_empty() || t.status.phase != Phase::Sleeping {
         actions.push(Action::Record {
             reason: EventReason::Slept,
             message: format!(
                 "idle for {}s (idle timeout {}): {} instance(s) stopped; data kept",
                 idle_ms / 1000,
                 pug_types::format_duration_secs(timeout_secs),
-                instances.len()
+                running.len()
             ),
         });
     }
@@ -258,6 +267,7 @@ mod tests {
             .iter()
             .map(|a| match a {
                 Action::Stop { replica } => format!("stop {replica}"),
+                Action::Park { replica } => format!("park {replica}"),
                 Action::Record { reason, .. } => format!("record {reason}"),
                 Action::WriteStatus(c) => match &c.write {
                     Some(s) => format!("status {}", s.phase),
@@ -274,21 +284,33 @@ mod tests {
     #[test]
     fn falling_asleep_stops_everything_and_records_slept_once() {
         // (phase before, instances, actions)
-        let table: [(Phase, Vec<Instance>, &[&str]); 4] = [
+        let parked = || Instance {
+            state: InstanceState::Exited {
+                reason: "container pug-acme-0 is Exited (0)".into(),
+            },
+            ..instance()
+        };
+        let table: [(Phase, Vec<Instance>, &[&str]); 6] = [
             (
                 Phase::Ready,
                 vec![instance()],
-                &["stop 0", "record Slept", "status sleeping"],
+                &["park 0", "record Slept", "status sleeping"],
             ),
             // Killed after the stop, before the status: converges, says it once.
             (Phase::Ready, vec![], &["record Slept", "status sleeping"]),
-            // Asleep already: nothing to do, nothing recorded.
+            (
+                Phase::Ready,
+                vec![parked()],
+                &["record Slept", "status sleeping"],
+            ),
+            // Asleep already: nothing to do, nothing recorded; a parked instance is asleep.
             (Phase::Sleeping, vec![], &["status unchanged"]),
+            (Phase::Sleeping, vec![parked()], &["status unchanged"]),
             // Something started it meanwhile (a pug that did not know): stopped again.
             (
                 Phase::Sleeping,
                 vec![instance()],
-                &["stop 0", "record Slept", "status unchanged"],
+                &["park 0", "record Slept", "status unchanged"],
             ),
         ];
         for (phase, instances, want) in table {

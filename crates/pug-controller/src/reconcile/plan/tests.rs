@@ -210,6 +210,7 @@ fn run(row: &Row) -> (Observed, Vec<Action>, Plan) {
         instances,
         secrets: vec![SecretString::from(SECRET)],
         attempts: row.attempts,
+        waking: false,
     };
     let first = replicas(&observed);
     let started: Vec<u32> = first
@@ -259,6 +260,7 @@ fn run(row: &Row) -> (Observed, Vec<Action>, Plan) {
 fn summary(a: &Action) -> String {
     match a {
         Action::Stop { replica } => format!("stop {replica}"),
+        Action::Park { replica } => format!("park {replica}"),
         Action::ReleasePorts { from } => format!("release {from}"),
         Action::Start { replica, reason } => format!(
             "start {replica} {}",
@@ -266,6 +268,7 @@ fn summary(a: &Action) -> String {
                 StartReason::Missing => "missing",
                 StartReason::NewSpec => "new-spec",
                 StartReason::Crashed { .. } => "crashed",
+                StartReason::Woken => "woken",
             }
         ),
         Action::Replace { replica } => format!("replace {replica}"),
@@ -988,4 +991,43 @@ fn suspended_deleted_and_gone_tenants() {
     let status = plan.status().unwrap().write.as_ref().unwrap();
     assert_eq!(status.running_version.as_deref(), Some(V1));
     assert_eq!(status.ready_replicas, 0);
+}
+
+#[test]
+fn an_exited_replica_of_a_waking_tenant_was_parked_not_crashed() {
+    let exited = |v: &str| {
+        instance(
+            0,
+            v,
+            InstanceState::Exited {
+                reason: "container pug-acme-0 is Exited (0)".into(),
+            },
+            NOW - 60_000,
+        )
+    };
+    // (waking, version it ran, what the replica step starts)
+    let table = [
+        (true, V1, "start 0 woken"),
+        // Upgraded while asleep: the wake is the update.
+        (true, V2, "start 0 new-spec"),
+        (false, V1, "start 0 crashed"),
+    ];
+    for (waking, ran, want) in table {
+        let observed = Observed {
+            specs: vec![spec(0, V1)],
+            instances: vec![exited(ran)],
+            secrets: vec![SecretString::from(SECRET)],
+            attempts: 0,
+            waking,
+        };
+        let got: Vec<String> = replicas(&observed).iter().map(summary).collect();
+        assert_eq!(got, [want], "waking {waking}, ran {ran}");
+    }
+    let (event, message) = StartReason::Woken.event(
+        0,
+        &pug_types::GrafanaVersion::parse(V1).unwrap(),
+        "10.0.0.5:3000",
+    );
+    assert_eq!(event, EventReason::InstanceStarted);
+    assert!(message.contains("started again after sleep"), "{message}");
 }
