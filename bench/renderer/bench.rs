@@ -472,7 +472,7 @@ async fn pug_renderer_rows(
         let router = renderer.router();
         async move { axum::serve(listener, router).await }
     });
-    let client = reqwest::Client::new();
+    let client = pug_test_support::http::client();
     let pug_render = {
         let client = client.clone();
         move |url: String| {

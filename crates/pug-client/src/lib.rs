@@ -168,7 +168,7 @@ impl Client {
             .or_else(|| read(URL_FILE))
             .unwrap_or_else(|| DEFAULT_URL.into());
         Ok(Self {
-            http: reqwest::Client::builder()
+            http: pug_http::builder()
                 .timeout(TIMEOUT)
                 .build()
                 .map_err(ClientError::Setup)?,

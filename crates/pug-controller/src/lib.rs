@@ -148,10 +148,10 @@ impl Controller {
             orchestrator,
             metrics,
             databases,
-            http: reqwest::Client::builder()
+            http: pug_http::builder()
                 .pool_max_idle_per_host(1)
                 .build()
-                .expect("an HTTP client with default TLS settings builds"),
+                .expect("an HTTP client on pug's preconfigured TLS builds"),
             wake: Arc::new(tokio::sync::Notify::new()),
             status_listener: Arc::default(),
             busy: Arc::default(),

@@ -78,7 +78,7 @@ async fn tenant_container_cannot_sign_in_to_another_tenants_grafana() {
     pug.wait_phase(&ida, Phase::Ready, READY).await;
     let tb = pug.wait_phase(&idb, Phase::Ready, READY).await;
     let url = format!("http://{}/t/{b}/api/user", tb.status.endpoints[0]);
-    let from_pug = reqwest::Client::new()
+    let from_pug = pug_test_support::http::client()
         .get(&url)
         .header("X-WEBAUTH-USER", "carol")
         .send()
@@ -186,7 +186,7 @@ async fn create_scale_upgrade_suspend_resume_delete() {
         .await
         .unwrap()
         .unwrap();
-    let user = reqwest::Client::new()
+    let user = pug_test_support::http::client()
         .get(format!(
             "http://{}/t/{tenant}/api/user",
             t.status.endpoints[0]

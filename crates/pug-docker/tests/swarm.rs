@@ -264,7 +264,7 @@ async fn scenarios(namespace: &str, a: &str, b: &str) {
     // the whitelist, is what decides).
     let endpoint = t.status.endpoints[0].clone();
     let url = format!("http://{endpoint}/t/{a}/api/user");
-    let from_pug: serde_json::Value = reqwest::Client::new()
+    let from_pug: serde_json::Value = pug_test_support::http::client()
         .get(&url)
         .header("X-WEBAUTH-USER", "alice")
         .send()
@@ -534,13 +534,14 @@ async fn scenarios(namespace: &str, a: &str, b: &str) {
             return None;
         }
         let endpoint = t.status.endpoints.first()?;
-        let report: serde_json::Value =
-            reqwest::get(format!("http://{endpoint}/t/{b}/api/standin/provisioning"))
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+        let report: serde_json::Value = pug_test_support::http::get(format!(
+            "http://{endpoint}/t/{b}/api/standin/provisioning"
+        ))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
         note(&last, report.to_string());
         (report["datasources"][0]["name"] == "prom").then_some(report)
     })

@@ -84,7 +84,7 @@ async fn main() {
         tokio_util::sync::CancellationToken::new(),
     ));
     // Sign in through the real login form, as a browser would.
-    let client = reqwest::Client::builder()
+    let client = pug_test_support::http::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();

@@ -318,7 +318,7 @@ async fn embed_tokens_sign_people_in_and_bad_ones_are_refused() {
     assert_eq!(s, 403);
 
     // API clients may send the token as a bearer token.
-    let r = reqwest::Client::new()
+    let r = pug_test_support::http::client()
         .get(format!("{}/t/acme/api/user", env.url))
         .bearer_auth(&token)
         .send()
@@ -435,7 +435,7 @@ async fn killing_one_of_two_replicas_loses_no_get() {
     env.user("alice", "password-alice", &[("duo", "Viewer")])
         .await;
     let alice = env.login("alice").await;
-    let client = reqwest::Client::new();
+    let client = pug_test_support::http::client();
     let url = format!("{}/t/duo/api/standin/settings", env.url);
 
     // Both replicas serve (round robin); each has a home of its own (they bind port 0, so the
@@ -578,7 +578,7 @@ async fn responses_and_requests_stream_without_buffering() {
         .await;
     let alice = env.login("alice").await;
 
-    let mut r = reqwest::Client::new()
+    let mut r = pug_test_support::http::client()
         .get(format!("{}/t/live/stream", env.url))
         .header("cookie", &alice)
         .send()
@@ -593,7 +593,7 @@ async fn responses_and_requests_stream_without_buffering() {
     // A 20 MB upload streams through.
     let chunks =
         futures::stream::iter((0..20).map(|_| Ok::<_, std::io::Error>(vec![7u8; 1 << 20])));
-    let r = reqwest::Client::new()
+    let r = pug_test_support::http::client()
         .post(format!("{}/t/live/upload", env.url))
         .header("cookie", &alice)
         .body(reqwest::Body::wrap_stream(chunks))

@@ -100,7 +100,8 @@ impl Installer {
                 attempt.follow()
             }
         });
-        let client = reqwest::Client::builder()
+        // pug's one TLS setup (ring, webpki roots): never the host's certificate store.
+        let client = pug_http::builder()
             .redirect(redirects)
             .build()
             .unwrap_or_default();

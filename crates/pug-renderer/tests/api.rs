@@ -42,7 +42,7 @@ async fn service_endpoints() {
     let h = Harness::start().await;
     let ok = render_query(format!("http://{pages}/d-solo/scenes/x?delay=0"));
     assert_eq!(h.get("/render", &ok).await.status(), 200);
-    let version: serde_json::Value = reqwest::get(h.url("/render/version"))
+    let version: serde_json::Value = pug_test_support::http::get(h.url("/render/version"))
         .await
         .unwrap()
         .json()
@@ -55,18 +55,22 @@ async fn service_endpoints() {
         "{v} must be ≥ 3.10.0 for Grafana to enable PDF"
     );
 
-    let root = reqwest::get(h.url("/"))
+    let root = pug_test_support::http::get(h.url("/"))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
     assert!(root.contains("pug renderer"), "{root}");
-    let health = reqwest::get(h.url("/healthz")).await.unwrap();
+    let health = pug_test_support::http::get(h.url("/healthz"))
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
     assert_eq!(health.text().await.unwrap(), "OK");
 
-    let metrics = reqwest::get(h.url("/metrics")).await.unwrap();
+    let metrics = pug_test_support::http::get(h.url("/metrics"))
+        .await
+        .unwrap();
     assert_eq!(metrics.headers()["content-type"], pug_metrics::CONTENT_TYPE);
     let text = metrics.text().await.unwrap();
     // promtool (Debian's `prometheus` package) judges the exposition by Prometheus' conventions.
@@ -115,7 +119,13 @@ async fn service_endpoints() {
 #[tokio::test]
 async fn metrics_can_be_disabled() {
     let h = Harness::start_with(|c| c.metrics_enabled = false).await;
-    assert_eq!(reqwest::get(h.url("/metrics")).await.unwrap().status(), 404);
+    assert_eq!(
+        pug_test_support::http::get(h.url("/metrics"))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
     h.shutdown().await;
 }
 

@@ -133,7 +133,7 @@ async fn two_hundred_renders_leave_no_process_or_temp_dir_behind() {
     // counted as a hang (a slow health ping) rather than as the render limit.
     let mut restarts = 0u32;
     for _ in 0..1200 {
-        let text = reqwest::get(h.url("/metrics"))
+        let text = pug_test_support::http::get(h.url("/metrics"))
             .await
             .unwrap()
             .text()

@@ -64,7 +64,7 @@ async fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
 }
 
 fn client(proxy: &Proxy) -> reqwest::Client {
-    reqwest::Client::builder()
+    pug_test_support::http::builder()
         .proxy(reqwest::Proxy::all(format!("http://{}", proxy.addr)).unwrap())
         .build()
         .unwrap()

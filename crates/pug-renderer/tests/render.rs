@@ -58,7 +58,7 @@ async fn png(h: &Harness, query: &[(&str, String)]) -> Image {
 }
 
 async fn metrics_text(h: &Harness) -> String {
-    reqwest::get(h.url("/metrics"))
+    pug_test_support::http::get(h.url("/metrics"))
         .await
         .unwrap()
         .text()

@@ -112,7 +112,9 @@ async fn after_the_stop_signal_no_background_loop_remains() {
         let _ = stopped.await;
     });
     let client = async {
-        let health = reqwest::get(format!("{url}/healthz")).await.unwrap();
+        let health = pug_test_support::http::get(format!("{url}/healthz"))
+            .await
+            .unwrap();
         assert!(health.status().is_success(), "{}", health.status());
         stop.send(()).unwrap();
     };
@@ -123,7 +125,9 @@ async fn after_the_stop_signal_no_background_loop_remains() {
     let stragglers = stragglers.unwrap();
     assert_eq!(stragglers, 0, "every loop ended on the signal by itself");
     assert!(
-        reqwest::get(format!("{url}/healthz")).await.is_err(),
+        pug_test_support::http::get(format!("{url}/healthz"))
+            .await
+            .is_err(),
         "nothing listens any more"
     );
 }

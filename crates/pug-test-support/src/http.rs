@@ -5,9 +5,27 @@
 //!
 //! Must not: assert what pug answers to the POST (the tests do; a refused login is a result).
 
+/// A reqwest client builder for a test: [`pug_http::builder`], pug's one TLS setup. Use it (or
+/// [`client`], [`get`]) instead of `reqwest::Client::builder()`, which would build a
+/// platform-verifier config needing a process-wide rustls provider and the host's
+/// certificate store.
+pub fn builder() -> reqwest::ClientBuilder {
+    pug_http::builder()
+}
+
+/// A reqwest client with reqwest's defaults (see [`builder`]).
+pub fn client() -> reqwest::Client {
+    builder().build().expect("a reqwest client")
+}
+
+/// `reqwest::get` through [`client`].
+pub async fn get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    client().get(url).send().await
+}
+
 /// A reqwest client that does not follow redirects (so a test sees each 303 and its cookies).
 pub fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
+    builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("a reqwest client")

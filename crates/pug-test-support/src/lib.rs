@@ -7,8 +7,9 @@
 //! cookies and pug's login form ([`http`]); the tests' PostgreSQL server and a fresh database on
 //! it ([`postgres`]).
 //!
-//! Must not: know pug's crates (no `pug-*` dependency: every crate's tests may use it, the
-//! store's and the types' too), or hold a crate's own harness (the renderer's `Harness`, the
+//! Must not: know pug's crates (no `pug-*` dependency but the leaf `pug-http`, whose client
+//! TLS the tests' clients share: every crate's tests may use it, the store's and the types'
+//! too), or hold a crate's own harness (the renderer's `Harness`, the
 //! docker images, the `pug` binary's `Pug` stay in that crate's `tests/support`). Never a
 //! fixed sleep: every wait polls a condition with a deadline and panics naming what it waited
 //! for.

@@ -13,7 +13,7 @@ use support::{login, set_cookie, Pug};
 const T: Duration = Duration::from_secs(60);
 
 async fn get(url: &str, cookie: &str) -> (u16, Value) {
-    let r = reqwest::Client::builder()
+    let r = pug_test_support::http::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
@@ -148,7 +148,7 @@ fn people_reach_their_own_tenant_through_the_gateway() {
             key["key"].as_str().unwrap(),
             &claims,
         );
-        let r = reqwest::Client::builder()
+        let r = pug_test_support::http::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap()
@@ -176,7 +176,7 @@ fn people_reach_their_own_tenant_through_the_gateway() {
             &dave,
         )
         .unwrap();
-        let r = reqwest::Client::builder()
+        let r = pug_test_support::http::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap()
@@ -208,7 +208,7 @@ fn people_reach_their_own_tenant_through_the_gateway() {
         assert_eq!(get(&format!("{url}/healthz"), "").await.0, 200);
         // /metrics takes an API token (issue 14, hole 10).
         assert_eq!(get(&format!("{url}/metrics"), "").await.0, 401);
-        let metrics = reqwest::Client::new()
+        let metrics = pug_test_support::http::client()
             .get(format!("{url}/metrics"))
             .bearer_auth(pug.token())
             .send()

@@ -148,7 +148,7 @@ fn roles_run_what_was_asked_and_say_so() {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    pug_test_support::http::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()

@@ -22,7 +22,7 @@ async fn login(url: &str, user: &str, password: &str) -> String {
 const T: Duration = Duration::from_secs(60);
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    pug_test_support::http::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()

@@ -24,7 +24,7 @@ impl Drop for Reaped {
 
 /// Queries `path` on Prometheus and returns the `data` of a successful answer.
 async fn api(base: &str, path: &str) -> Option<Value> {
-    let body: Value = reqwest::get(format!("{base}{path}"))
+    let body: Value = pug_test_support::http::get(format!("{base}{path}"))
         .await
         .ok()?
         .json()

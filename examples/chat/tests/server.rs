@@ -143,7 +143,7 @@ async fn a_frame_above_the_protocol_limit_closes_only_its_connection() {
 async fn metrics_and_the_browser_client_are_served() {
     let server = TestServer::start(config()).await;
 
-    let metrics = reqwest::get(format!("http://{}/metrics", server.metrics))
+    let metrics = pug_test_support::http::get(format!("http://{}/metrics", server.metrics))
         .await
         .unwrap();
     assert_eq!(metrics.status(), 200);
@@ -159,7 +159,7 @@ async fn metrics_and_the_browser_client_are_served() {
     assert!(text.contains("process_resident_memory_bytes "), "{text}");
 
     // The chat port serves the client but not the metrics.
-    let page = reqwest::get(format!("http://{}/", server.chat))
+    let page = pug_test_support::http::get(format!("http://{}/", server.chat))
         .await
         .unwrap();
     assert!(page.headers()["content-type"]
@@ -171,14 +171,14 @@ async fn metrics_and_the_browser_client_are_served() {
         .await
         .unwrap()
         .contains(r#"<script src="chat.js">"#));
-    let js = reqwest::get(format!("http://{}/chat.js", server.chat))
+    let js = pug_test_support::http::get(format!("http://{}/chat.js", server.chat))
         .await
         .unwrap();
     assert!(js.headers()["content-type"]
         .to_str()
         .unwrap()
         .starts_with("text/javascript"));
-    let missing = reqwest::get(format!("http://{}/metrics", server.chat))
+    let missing = pug_test_support::http::get(format!("http://{}/metrics", server.chat))
         .await
         .unwrap();
     assert_eq!(missing.status(), 404);
@@ -210,7 +210,12 @@ async fn the_binary_reports_its_ports_and_stops_on_sigterm() {
         .unwrap();
     send_text(&mut client, r#"{"name":"dee","message":"from the binary"}"#).await;
     assert_eq!(next_json(&mut client).await["message"], "from the binary");
-    let text = reqwest::get(metrics).await.unwrap().text().await.unwrap();
+    let text = pug_test_support::http::get(metrics)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(sample(&text, "chat_messages_total"), Some(1.0), "{text}");
 
     let pid = child.id().unwrap().to_string();

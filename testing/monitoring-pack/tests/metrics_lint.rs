@@ -25,7 +25,7 @@ async fn chat_server_metrics_pass_promtool_check_metrics() {
         let _ = stopped.await;
     }));
 
-    let text = reqwest::get(format!("http://{metrics_addr}/metrics"))
+    let text = pug_test_support::http::get(format!("http://{metrics_addr}/metrics"))
         .await
         .unwrap()
         .text()

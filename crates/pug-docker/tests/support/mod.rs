@@ -301,11 +301,12 @@ pub async fn store(dir: &tempfile::TempDir) -> Store {
 
 /// GETs `http://<endpoint>/api/health` and returns the reported version.
 pub async fn health_version(endpoint: &str) -> Option<String> {
-    let body: serde_json::Value = reqwest::get(format!("http://{endpoint}/api/health"))
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
+    let body: serde_json::Value =
+        pug_test_support::http::get(format!("http://{endpoint}/api/health"))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
     body.get("version")?.as_str().map(str::to_owned)
 }

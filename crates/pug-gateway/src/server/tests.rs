@@ -27,7 +27,7 @@ async fn serves_on_every_worker_with_peer_addresses_and_stops_gracefully() {
     let mut threads = std::collections::BTreeSet::new();
     for _ in 0..6 {
         // A new connection each time (no pooling), so each goes to the next worker.
-        let client = reqwest::Client::builder()
+        let client = pug_test_support::http::builder()
             .pool_max_idle_per_host(0)
             .build()
             .unwrap();

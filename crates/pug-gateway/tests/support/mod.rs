@@ -57,7 +57,7 @@ impl Standin {
             || {
                 let url = url.clone();
                 async move {
-                    let r = reqwest::get(&url).await.ok()?;
+                    let r = pug_test_support::http::get(&url).await.ok()?;
                     (r.status() == 200).then_some(())
                 }
             },

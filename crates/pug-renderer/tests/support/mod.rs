@@ -116,7 +116,7 @@ impl Harness {
         Self {
             renderer: Some(renderer),
             addr,
-            client: reqwest::Client::new(),
+            client: pug_test_support::http::client(),
             temp,
         }
     }
@@ -201,7 +201,12 @@ pub async fn wait_for_metric(h: &Harness, pred: impl Fn(&str) -> bool, what: &st
     pug_test_support::wait_for(Duration::from_secs(30), &what, || {
         let url = url.clone();
         async move {
-            let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+            let text = pug_test_support::http::get(url)
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
             text.lines().any(pred).then_some(())
         }
     })
@@ -210,7 +215,7 @@ pub async fn wait_for_metric(h: &Harness, pred: impl Fn(&str) -> bool, what: &st
 
 /// The standin's request log.
 pub async fn page_log(pages: SocketAddr) -> Vec<serde_json::Value> {
-    reqwest::get(format!("http://{pages}/render-test/log"))
+    pug_test_support::http::get(format!("http://{pages}/render-test/log"))
         .await
         .unwrap()
         .json()

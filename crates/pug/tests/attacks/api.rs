@@ -17,7 +17,7 @@ fn get_text(url: &str, token: Option<&str>) -> (u16, String) {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut req = reqwest::Client::new()
+        let mut req = pug_test_support::http::client()
             .get(url)
             .timeout(Duration::from_secs(10));
         if let Some(t) = token {

@@ -107,7 +107,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
+    pug_test_support::http::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
@@ -181,7 +181,7 @@ fn login_flood_of_2000_wrong_passwords_leaves_pug_responsive_and_small() {
     let url = pug.url.clone();
     let rt = runtime();
     let (statuses, flood_time) = rt.block_on(async {
-        let client = reqwest::Client::builder()
+        let client = pug_test_support::http::builder()
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(2000)
             .timeout(Duration::from_secs(120))
@@ -354,7 +354,7 @@ fn five_thousand_idle_connections_do_not_stop_new_requests() {
     // A new client (another loopback address) is served.
     let rt = runtime();
     let served = rt.block_on(async {
-        let client = reqwest::Client::builder()
+        let client = pug_test_support::http::builder()
             .local_address(Some("127.0.0.2".parse().unwrap()))
             .timeout(Duration::from_secs(3))
             .build()
@@ -458,7 +458,9 @@ fn login_page_refuses_to_be_framed() {
     let pug = Pug::start(ports(6), &[]);
     let rt = runtime();
     rt.block_on(async {
-        let r = reqwest::get(format!("{}/login", pug.url)).await.unwrap();
+        let r = pug_test_support::http::get(format!("{}/login", pug.url))
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         let h = r.headers();
         let csp = h

@@ -98,7 +98,7 @@ fn through_the_gateway(url: &str, tenant: &str, user: &str, password: &str) -> (
         .build()
         .unwrap();
     rt.block_on(async {
-        let client = reqwest::Client::builder()
+        let client = pug_test_support::http::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();

@@ -61,7 +61,7 @@ fn claims(sub: &str, email: &str, jti: Option<&str>) -> EmbedClaims {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    pug_test_support::http::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()

@@ -348,7 +348,7 @@ pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -
         .build()
         .unwrap();
     rt.block_on(async {
-        let client = reqwest::Client::new();
+        let client = pug_test_support::http::client();
         let mut req = client.request(method.parse().unwrap(), url);
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -372,7 +372,7 @@ pub fn http_get(url: &str) -> Result<(u16, String), String> {
         .build()
         .unwrap();
     rt.block_on(async {
-        let resp = reqwest::Client::new()
+        let resp = pug_test_support::http::client()
             .get(url)
             .timeout(Duration::from_secs(5))
             .send()
@@ -397,7 +397,7 @@ pub fn get(url: &str, token: Option<&str>) -> (u16, String, Vec<u8>) {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut req = reqwest::Client::new()
+        let mut req = pug_test_support::http::client()
             .get(url)
             .timeout(Duration::from_secs(60));
         if let Some(t) = token {

@@ -82,7 +82,7 @@ impl TestServer {
     }
 
     pub async fn metrics_text(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.metrics))
+        pug_test_support::http::get(format!("http://{}/metrics", self.metrics))
             .await
             .unwrap()
             .text()
