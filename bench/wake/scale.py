@@ -523,7 +523,7 @@ end
         if sleepers:
             print(f"| {len(sleepers)} idle tenants fall asleep (all `sleeping`, no process) | "
                   f"{res['c_from_first']:.1f} s from the first deadline, {res['c_from_last']:.1f} s from the last "
-                  f"(deadlines set over {res['c_set_s']:.1f} s; incl. pug's 2 s grace: no) |")
+                  f"(1 s timeouts set over {res['c_set_s']:.1f} s, each deadline incl. pug's 2 s grace already past) |")
             print(f"| {len(sleepers)} woken by the API, until ready | {res['c_wake_api_s']:.1f} s |")
         if wakers and res.get("d"):
             p50, p99, mx = res["d"]

@@ -27,7 +27,8 @@ pub(crate) struct Busy {
 /// then this pug's leases are given back. Dropped (its task aborted) instead, it gives nothing
 /// back: its leases run out, as a killed pug's do.
 pub async fn run(controller: Controller, shutdown: CancellationToken) {
-    if let Err(e) = controller.store.enqueue_all().await {
+    // At start, every tenant now: what runs has not been looked at yet.
+    if let Err(e) = controller.store.enqueue_all(Duration::ZERO).await {
         tracing::error!(error = %e, "cannot queue the start-up resync");
     }
     let c = &controller;
@@ -201,8 +202,8 @@ pub(crate) fn backoff(attempts: u32, base: Duration, max: Duration) -> Duration 
     base.saturating_mul(factor).min(max)
 }
 
-/// Every resync interval, on the pug holding the `fleet` lease: queue every tenant, and remove
-/// instances whose tenant is gone.
+/// Every resync interval, on the pug holding the `fleet` lease: queue every tenant (due times
+/// spread over the interval), and remove instances whose tenant is gone.
 async fn resync_loop(c: Controller, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(c.settings.resync_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -218,7 +219,8 @@ async fn resync_loop(c: Controller, shutdown: CancellationToken) {
         if let Err(e) = collect_garbage(&c).await {
             tracing::warn!(error = %error_line(&e), "garbage collection failed");
         }
-        if let Err(e) = c.store.enqueue_all().await {
+        // Spread over the interval, so a large fleet's resync is no burst.
+        if let Err(e) = c.store.enqueue_all(c.settings.resync_interval).await {
             tracing::warn!(error = %e, "resync could not queue tenants");
         }
         c.wake.notify_one();

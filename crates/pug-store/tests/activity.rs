@@ -91,3 +91,60 @@ async fn activity_and_wakes_on_postgres() {
     })
     .await;
 }
+
+/// A resync spreads the tenants' due times evenly over its interval (no burst of the whole
+/// fleet), and a tenant due sooner keeps its time.
+async fn the_resync_story(store: Store) {
+    let ids: Vec<TenantId> = (0..100)
+        .map(|i| TenantId::parse(&format!("r{i:03}")).unwrap())
+        .collect();
+    for id in &ids {
+        store.create_tenant(id, &spec(), &[]).await.unwrap();
+    }
+    let busy = std::collections::HashSet::new();
+    for item in store.due_work(i64::MAX, 1000, &busy).await.unwrap() {
+        store.finish_work(&item).await.unwrap();
+    }
+    store.enqueue(&ids[99], 0).await.unwrap();
+    let before = pug_store::now_ms();
+    store
+        .enqueue_all(std::time::Duration::from_secs(100))
+        .await
+        .unwrap();
+    let after = pug_store::now_ms();
+    // Due by now: the first tenant (offset 0) and the one due at 0 already.
+    let due_now = store.due_work(after, 1000, &busy).await.unwrap();
+    let mut now: Vec<&str> = due_now.iter().map(|w| w.tenant.as_str()).collect();
+    now.sort();
+    assert_eq!(now, ["r000", "r099"]);
+    // One tenant a second after that: the i-th is due i seconds after the resync.
+    for i in [1usize, 50, 98] {
+        let due = store
+            .due_work(before + i as i64 * 1000 - 1, 1000, &busy)
+            .await
+            .unwrap();
+        assert_eq!(due.len(), i + 1, "due within {i} s: {due:?}");
+        let all = store
+            .due_work(after + i as i64 * 1000, 1000, &busy)
+            .await
+            .unwrap();
+        assert_eq!(all.len(), i + 2, "due within {i} s");
+    }
+    // Zero spread: all at once.
+    store.enqueue_all(std::time::Duration::ZERO).await.unwrap();
+    let due = store
+        .due_work(pug_store::now_ms(), 1000, &busy)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 100);
+}
+
+#[tokio::test]
+async fn resync_is_spread_on_sqlite() {
+    common::on_sqlite(the_resync_story).await;
+}
+
+#[tokio::test]
+async fn resync_is_spread_on_postgres() {
+    common::on_postgres("resync", the_resync_story).await;
+}

@@ -242,6 +242,125 @@ fn swarm_tenants_render_through_the_embedded_renderer_on_the_overlay() {
         ["00", "00", "01", "40", "00", "00", "00", "c8"]
     );
 
+    // Tenant A's token cannot render tenant B's task, by its service's name or by its
+    // address. The token is read as the task's Grafana reads it: the Docker secret its
+    // `__FILE` variable names, inside acme's task.
+    let (created, out) = cli(&[
+        "tenant",
+        "create",
+        "globex",
+        "--version",
+        "11.3.0",
+        "--wait",
+    ]);
+    assert!(created, "{out}\n{}", logs());
+    let (_, shown) = cli(&["tenant", "show", "globex", "--output", "json"]);
+    let globex: Value = serde_json::from_str(&shown).unwrap_or_else(|e| panic!("{e}: {shown}"));
+    let globex_at = globex["status"]["endpoints"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token_file = spec
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(',')
+        .map(|e| e.trim().trim_matches('"'))
+        .find_map(|e| e.strip_prefix("GF_RENDERING_RENDERER_TOKEN__FILE="))
+        .unwrap_or_else(|| panic!("no renderer token file in {spec}"))
+        .to_owned();
+    let task = ok(&[
+        "ps",
+        "-q",
+        "--no-trunc",
+        "--filter",
+        &format!("label=com.docker.swarm.service.name={service}"),
+    ]);
+    let task = task
+        .lines()
+        .next()
+        .expect("acme's task container")
+        .to_owned();
+    // The task's image has no shell, and Docker never hands a secret's value out: read the
+    // file the engine mounts into the task, from the host (a one-node swarm, tests run as root).
+    let secrets: Value = serde_json::from_str(&ok(&[
+        "service",
+        "inspect",
+        "--format",
+        "{{json .Spec.TaskTemplate.ContainerSpec.Secrets}}",
+        &service,
+    ]))
+    .unwrap();
+    let secret_id = secrets
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| {
+            let name = s["File"]["Name"].as_str().unwrap_or_default();
+            name == token_file || format!("/run/secrets/{name}") == token_file
+        })
+        .and_then(|s| s["SecretID"].as_str())
+        .unwrap_or_else(|| panic!("no secret at {token_file} in {secrets}"))
+        .to_owned();
+    let acme_token = std::fs::read_to_string(format!(
+        "/var/lib/docker/containers/{task}/mounts/secrets/{secret_id}"
+    ))
+    .expect("the task's renderer token file")
+    .trim()
+    .to_owned();
+    assert!(acme_token.len() >= 32, "{acme_token:?}");
+    let render_as_acme = |url: &str, domain: &str| {
+        let q: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([
+                ("url", url),
+                ("width", "64"),
+                ("height", "64"),
+                ("encoding", "png"),
+                ("renderKey", "k"),
+                ("domain", domain),
+            ])
+            .finish();
+        docker(&[
+            "exec",
+            &pug,
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &format!("X-Auth-Token: {acme_token}"),
+            &format!("http://{own}:8081/render?{q}"),
+        ])
+        .1
+    };
+    let globex_service = format!("{namespace}-globex");
+    let globex_ip = globex_at.rsplit_once(':').unwrap().0;
+    for (url, domain) in [
+        (
+            format!("http://{globex_service}:3000/t/globex/d-solo/binding/x?delay=0"),
+            globex_service.as_str(),
+        ),
+        (
+            format!("http://{globex_at}/t/globex/d-solo/binding/x?delay=0"),
+            globex_ip,
+        ),
+    ] {
+        assert_eq!(
+            render_as_acme(&url, domain),
+            "403",
+            "acme's token must not render {url}"
+        );
+    }
+    // The same token still renders acme's own task.
+    let acme_ip = at.rsplit_once(':').unwrap().0;
+    assert_eq!(
+        render_as_acme(
+            &format!("http://{at}/t/acme/d-solo/binding/x?delay=0"),
+            acme_ip
+        ),
+        "200"
+    );
+
     // A token that is no tenant's renders nothing.
     let (_, out) = docker(&[
         "exec",
