@@ -34,7 +34,7 @@ impl Store {
         if used.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for chunk in used.chunks(BATCH_ROWS) {
             let values: Vec<String> = (0..chunk.len())
                 .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
@@ -60,7 +60,7 @@ impl Store {
     /// first unfinished one's time is kept) and the tenant is queued at once. Returns false
     /// when there is no such tenant (nothing is written then).
     pub async fn wake(&self, id: &TenantId, by: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // Write first (see `update_spec`): the upsert only runs for an existing tenant.
         let done = sqlx::query(
             "INSERT INTO tenant_activity (tenant_id, last_activity_ms, wake_requested_ms, woken_by) \

@@ -138,7 +138,7 @@ impl Store {
     /// Deletes an embed key with the sessions it minted and the token ids remembered for it,
     /// in one transaction; `false` if there was no such key.
     pub async fn delete_embed_key(&self, id: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM sessions WHERE key_id = $1")
             .bind(id)
             .execute(&mut *tx)

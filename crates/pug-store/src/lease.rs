@@ -72,7 +72,7 @@ impl Store {
         global_limit: usize,
         lease_ms: i64,
     ) -> Result<Vec<WorkItem>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // Locks the `queue` row: one claim at a time, on every pug.
         sqlx::query("UPDATE leases SET fence = fence WHERE name = 'queue'")
             .execute(&mut *tx)
@@ -158,7 +158,7 @@ impl Store {
         lease_ms: i64,
         fleet: bool,
     ) -> Result<Heartbeat, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let now = self.clock_ms(&mut tx).await?;
         sqlx::query(
             "INSERT INTO pug_replicas (owner, host, backend, roles, alive_until_ms) \
@@ -220,7 +220,7 @@ impl Store {
     /// A clean stop of `owner`: its work leases, its `fleet` lease and its `pug_replicas` row
     /// are given back at once, so other pugs take over without waiting for them to run out.
     pub async fn retire(&self, owner: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE work_queue SET owner = NULL, lease_until_ms = 0 WHERE owner = $1")
             .bind(owner)
             .execute(&mut *tx)

@@ -198,6 +198,22 @@ impl Store {
         }
     }
 
+    /// Begins a transaction that writes. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that reads first and then writes cannot
+    /// wait for another writer in WAL mode (SQLite fails the upgrade at once, "database is
+    /// locked", whatever the busy timeout), so concurrent API calls got 500s
+    /// (bench/wake/scale.py: 141 of 600 concurrent grants). Immediate, it waits its turn under
+    /// the busy timeout like any single write. PostgreSQL's `BEGIN` needs nothing more (its
+    /// row locks are taken where a transaction reads `FOR UPDATE`).
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.kind {
+            Kind::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Kind::Postgres => self.pool.begin().await,
+        }
+    }
+
     /// Whether this store is SQLite (one pug process) or PostgreSQL.
     pub fn backend_name(&self) -> &'static str {
         match self.kind {

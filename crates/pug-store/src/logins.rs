@@ -66,7 +66,7 @@ impl Store {
         tenant: &TenantId,
     ) -> Result<Option<SecretString>, StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(
             "DELETE FROM login_codes WHERE code_hash = $1 \
              RETURNING login_id, tenant_id, expires_at_ms",
@@ -115,7 +115,7 @@ impl Store {
     /// and every tenant host), with their unused codes. Returns how many sessions ended.
     pub async fn end_login(&self, session: &SecretString) -> Result<u64, StoreError> {
         let hash = token_hash(session);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let login: Option<Option<String>> =
             sqlx::query_scalar("SELECT login_id FROM sessions WHERE id_hash = $1")
                 .bind(&hash)

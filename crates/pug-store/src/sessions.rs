@@ -99,7 +99,7 @@ impl Store {
                 "an embed session needs a scope (tenant, role, key)".into(),
             ));
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let key: Option<String> = sqlx::query_scalar("SELECT id FROM embed_keys WHERE id = $1")
             .bind(&scope.key_id)
             .fetch_optional(&mut *tx)

@@ -20,7 +20,7 @@ impl Store {
         secrets: &[(&str, SecretString)],
     ) -> Result<Tenant, StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let inserted = sqlx::query(
             "INSERT INTO tenants (id, spec, generation, created_at_ms, updated_at_ms) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
@@ -116,7 +116,7 @@ impl Store {
         spec: &TenantSpec,
         event: (&str, &str),
     ) -> Result<Tenant, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // Write first: a SQLite transaction that reads and then writes fails at once (busy)
         // when another connection wrote in between; one that starts by writing waits its turn.
         let expected = expected_generation.unwrap_or(-1);
@@ -170,7 +170,7 @@ impl Store {
 
     /// Removes a tenant's record, secrets, ports and queue entry; its events stay.
     pub async fn remove_tenant(&self, id: &TenantId) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for sql in [
             "DELETE FROM secrets WHERE tenant_id = $1",
             "DELETE FROM tenant_status WHERE tenant_id = $1",

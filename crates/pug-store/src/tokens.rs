@@ -328,7 +328,7 @@ impl Store {
         // last two admin tokens cannot both succeed: SQLite has one writer at a time; on
         // PostgreSQL each statement would see the other token still there (read committed), so
         // the admin tokens are locked first and the second revocation waits, then sees the first.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if self.kind == Kind::Postgres {
             sqlx::query(
                 "SELECT hash FROM api_tokens WHERE role = 'admin' ORDER BY hash FOR UPDATE",

@@ -52,7 +52,7 @@ impl Store {
 
     /// Replaces a user's password hash and ends their sessions.
     pub async fn set_password(&self, name: &str, password_hash: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let updated = sqlx::query("UPDATE users SET password_hash = $1 WHERE name = $2")
             .bind(password_hash)
             .bind(name)
@@ -74,7 +74,7 @@ impl Store {
 
     /// Deletes a user, their memberships and their sessions.
     pub async fn delete_user(&self, name: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM sessions WHERE user_name = $1 AND tenant_id IS NULL")
             .bind(name)
             .execute(&mut *tx)
@@ -141,7 +141,7 @@ impl Store {
 
     /// Gives `user` `role` in `tenant` (replacing a previous role).
     pub async fn grant(&self, user: &str, tenant: &TenantId, role: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let user_exists: Option<String> =
             sqlx::query_scalar("SELECT name FROM users WHERE name = $1")
                 .bind(user)

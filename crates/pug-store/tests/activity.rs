@@ -148,3 +148,51 @@ async fn resync_is_spread_on_sqlite() {
 async fn resync_is_spread_on_postgres() {
     common::on_postgres("resync", the_resync_story).await;
 }
+
+/// Writes that read first (a grant checks its user and tenant) from many API calls at once:
+/// each waits its turn, none fails with "database is locked" (SQLite fails a deferred
+/// transaction's upgrade from reading to writing at once, whatever its busy timeout).
+async fn the_concurrent_writes_story(store: Store) {
+    let tenants: Vec<TenantId> = (0..40)
+        .map(|i| TenantId::parse(&format!("g{i:02}")).unwrap())
+        .collect();
+    for id in &tenants {
+        store.create_tenant(id, &spec(), &[]).await.unwrap();
+    }
+    for u in 0..8 {
+        store
+            .create_user(&format!("u{u}"), "", "", "x")
+            .await
+            .unwrap();
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for u in 0..8 {
+        let (store, tenants) = (store.clone(), tenants.clone());
+        tasks.spawn(async move {
+            for t in &tenants {
+                store.grant(&format!("u{u}"), t, "Viewer").await?;
+                store.wake(t, "request", pug_store::now_ms()).await?;
+            }
+            Ok::<(), pug_store::StoreError>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap().expect("a concurrent write failed");
+    }
+    for u in 0..8 {
+        assert_eq!(
+            store.memberships_of(&format!("u{u}")).await.unwrap().len(),
+            40
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_wait_their_turn_on_sqlite() {
+    common::on_sqlite(the_concurrent_writes_story).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_wait_their_turn_on_postgres() {
+    common::on_postgres("writes", the_concurrent_writes_story).await;
+}
