@@ -28,7 +28,7 @@ pub(crate) struct Busy {
 /// back: its leases run out, as a killed pug's do.
 pub async fn run(controller: Controller, shutdown: CancellationToken) {
     // At start, every tenant now: what runs has not been looked at yet.
-    if let Err(e) = controller.store.enqueue_all(Duration::ZERO).await {
+    if let Err(e) = controller.store.enqueue_all(Duration::ZERO, true).await {
         tracing::error!(error = %e, "cannot queue the start-up resync");
     }
     let c = &controller;
@@ -202,9 +202,15 @@ pub(crate) fn backoff(attempts: u32, base: Duration, max: Duration) -> Duration 
     base.saturating_mul(factor).min(max)
 }
 
+/// How many resyncs pass between two that include sleeping tenants (a sleeping tenant is also
+/// looked at whenever something changes it). With the default 30 s interval: every 5 minutes.
+const SLEEPING_RESYNC_EVERY: u32 = 10;
+
 /// Every resync interval, on the pug holding the `fleet` lease: queue every tenant (due times
-/// spread over the interval), and remove instances whose tenant is gone.
+/// spread over the interval; sleeping ones every [`SLEEPING_RESYNC_EVERY`]-th time), and remove
+/// instances whose tenant is gone.
 async fn resync_loop(c: Controller, shutdown: CancellationToken) {
+    let mut ticks: u32 = 0;
     let mut tick = tokio::time::interval(c.settings.resync_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -219,8 +225,15 @@ async fn resync_loop(c: Controller, shutdown: CancellationToken) {
         if let Err(e) = collect_garbage(&c).await {
             tracing::warn!(error = %error_line(&e), "garbage collection failed");
         }
-        // Spread over the interval, so a large fleet's resync is no burst.
-        if let Err(e) = c.store.enqueue_all(c.settings.resync_interval).await {
+        // Spread over the interval, so a large fleet's resync is no burst; sleeping tenants
+        // (most of a large fleet, nothing running) only every SLEEPING_RESYNC_EVERY-th time.
+        ticks = ticks.wrapping_add(1);
+        let sleeping = ticks % SLEEPING_RESYNC_EVERY == 0;
+        if let Err(e) = c
+            .store
+            .enqueue_all(c.settings.resync_interval, sleeping)
+            .await
+        {
             tracing::warn!(error = %e, "resync could not queue tenants");
         }
         c.wake.notify_one();

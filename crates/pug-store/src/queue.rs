@@ -10,7 +10,7 @@
 use pug_types::TenantId;
 use sqlx::Row;
 
-use crate::{now_ms, Store, StoreError};
+use crate::{now_ms, Kind, Store, StoreError};
 
 /// A queued reconcile, as handed to a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,20 +61,37 @@ impl Store {
     /// of a large fleet is a steady trickle of passes instead of a burst of every tenant at
     /// once, which held up requests and real work (bench/wake/scale.py: 10,000 tenants queued
     /// every 30 s took 1.2–1.5 of 2 cores for 4–6 s). A tenant already due sooner keeps its time.
-    pub async fn enqueue_all(&self, spread: std::time::Duration) -> Result<(), StoreError> {
-        sqlx::query(
+    /// Without `sleeping`, tenants whose stored phase is `sleeping` are left out: most of a
+    /// large fleet sleeps, has nothing running to look at, and is queued anyway by anything
+    /// that changes it (a request, a wake, a spec change).
+    pub async fn enqueue_all(
+        &self,
+        spread: std::time::Duration,
+        sleeping: bool,
+    ) -> Result<(), StoreError> {
+        let phase = match self.kind {
+            Kind::Sqlite => "json_extract(s.status, '$.phase')",
+            Kind::Postgres => "(s.status::json ->> 'phase')",
+        };
+        let which = if sleeping {
+            String::new()
+        } else {
+            format!(" AND (s.status IS NULL OR {phase} <> 'sleeping')")
+        };
+        let sql = format!(
             "INSERT INTO work_queue (tenant_id, due_at_ms, attempts, seq) \
-             SELECT id, $1 + (ROW_NUMBER() OVER (ORDER BY id) - 1) * $2 / COUNT(*) OVER (), 0, 1 \
-             FROM tenants WHERE true \
+             SELECT t.id, $1 + (ROW_NUMBER() OVER (ORDER BY t.id) - 1) * $2 / COUNT(*) OVER (), 0, 1 \
+             FROM tenants t LEFT JOIN tenant_status s ON s.tenant_id = t.id WHERE true{which} \
              ON CONFLICT (tenant_id) DO UPDATE SET \
                due_at_ms = CASE WHEN excluded.due_at_ms < work_queue.due_at_ms \
                                 THEN excluded.due_at_ms ELSE work_queue.due_at_ms END, \
-               seq = work_queue.seq + 1",
-        )
-        .bind(now_ms())
-        .bind(i64::try_from(spread.as_millis()).unwrap_or(i64::MAX / 2))
-        .execute(&self.pool)
-        .await?;
+               seq = work_queue.seq + 1"
+        );
+        sqlx::query(&sql)
+            .bind(now_ms())
+            .bind(i64::try_from(spread.as_millis()).unwrap_or(i64::MAX / 2))
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -108,7 +108,7 @@ async fn the_resync_story(store: Store) {
     store.enqueue(&ids[99], 0).await.unwrap();
     let before = pug_store::now_ms();
     store
-        .enqueue_all(std::time::Duration::from_secs(100))
+        .enqueue_all(std::time::Duration::from_secs(100), true)
         .await
         .unwrap();
     let after = pug_store::now_ms();
@@ -131,12 +131,42 @@ async fn the_resync_story(store: Store) {
         assert_eq!(all.len(), i + 2, "due within {i} s");
     }
     // Zero spread: all at once.
-    store.enqueue_all(std::time::Duration::ZERO).await.unwrap();
+    store
+        .enqueue_all(std::time::Duration::ZERO, true)
+        .await
+        .unwrap();
     let due = store
         .due_work(pug_store::now_ms(), 1000, &busy)
         .await
         .unwrap();
     assert_eq!(due.len(), 100);
+
+    // Without sleeping tenants: those whose stored phase is `sleeping` are left out.
+    for item in due {
+        store.finish_work(&item).await.unwrap();
+    }
+    let asleep = pug_types::TenantStatus {
+        phase: pug_types::Phase::Sleeping,
+        ..pug_types::TenantStatus::pending()
+    };
+    for id in &ids[..60] {
+        store.set_status(id, &asleep).await.unwrap();
+    }
+    for item in store.due_work(i64::MAX, 1000, &busy).await.unwrap() {
+        store.finish_work(&item).await.unwrap();
+    }
+    store
+        .enqueue_all(std::time::Duration::ZERO, false)
+        .await
+        .unwrap();
+    let due = store
+        .due_work(pug_store::now_ms(), 1000, &busy)
+        .await
+        .unwrap();
+    let mut queued: Vec<String> = due.iter().map(|w| w.tenant.to_string()).collect();
+    queued.sort();
+    let awake: Vec<String> = ids[60..].iter().map(|i| i.to_string()).collect();
+    assert_eq!(queued, awake);
 }
 
 #[tokio::test]
