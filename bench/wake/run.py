@@ -9,8 +9,12 @@ first-200 minus the direct cold start. Beside it, the Sablier default model on t
 starts: its blocking strategy re-inspects every 5 s, so the first 200 comes at the first 5 s tick
 after the instance is ready (ceil(cold / 5 s) * 5 s).
 
-Usage: python3 bench/wake/run.py [--tenants 4] [--rounds 5] [--bin-dir target/release]
-Needs: cargo build --release --workspace --bins (or --bin-dir target/debug).
+Usage: python3 bench/wake/run.py [--tenants 4] [--rounds 5] [--bin-dir target/release] [--backend docker]
+Needs: cargo build --release --workspace --bins (or --bin-dir target/debug). With --backend docker: a
+Docker engine and the test images (crates/pug-docker/tests/images/build.sh makes pug-test/grafana:*,
+grafana-standin laid out like grafana/grafana); a sleeping tenant's container is stopped and kept, so
+its direct cold start is `docker start` of that container until /api/health answers 200 (then it is
+stopped again), and the wake through the gateway is pug starting that same container.
 Bounded: tenants x rounds samples, each round waits at most 60 s for the tenants to sleep.
 """
 
@@ -131,12 +135,54 @@ def cold_start(inst, path):
             p.wait()
 
 
+def docker(*args):
+    out = subprocess.run(["docker", *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"docker {' '.join(args)}: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def container_of(namespace, tenant):
+    """The tenant's container (id), running or stopped, or None."""
+    ids = docker("ps", "-aq", "--filter", f"label=pug.namespace={namespace}",
+                 "--filter", f"label=pug.tenant={tenant}").split()
+    return ids[0] if ids else None
+
+
+def running(container):
+    return docker("inspect", "--format", "{{.State.Running}}", container) == "true"
+
+
+def docker_cold_start(container, network, path):
+    """`docker start` of the stopped container, polling /api/health every 2 ms: seconds to 200."""
+    start = time.perf_counter()
+    docker("start", container)
+    ip = docker("inspect", "--format",
+                f"{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}", container)
+    url = f"http://{ip}:3000{path}/api/health"
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=1) as r:
+                    if r.status == 200:
+                        return time.perf_counter() - start
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            if time.perf_counter() - start > 60:
+                raise SystemExit(f"{container} did not answer {url} within 60 s")
+            time.sleep(0.002)
+    finally:
+        docker("stop", "-t", "10", container)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tenants", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target/release"))
+    ap.add_argument("--backend", choices=["process", "docker"], default="process")
     args = ap.parse_args()
+    on_docker = args.backend == "docker"
     args.bin_dir = os.path.abspath(args.bin_dir)
     pug_bin = os.path.join(args.bin_dir, "pug")
     standin = os.path.join(args.bin_dir, "grafana-standin")
@@ -158,6 +204,17 @@ def main():
         "PUG_RENDERER_MODE": "off",
         "PUG_LOG": "warn",
     })
+    namespace = f"pugwake{os.getpid()}"
+    network = f"{namespace}-net"
+    if on_docker:
+        docker("image", "inspect", "pug-test/grafana:11.3.0")  # the test images (see the docstring)
+        env.update({
+            "PUG_BACKEND": "docker",
+            "PUG_DOCKER_NETWORK": network,
+            "PUG_DOCKER_NAMESPACE": namespace,
+            "PUG_DOCKER_IMAGE": "pug-test/grafana:{version}",
+            "PUG_DOCKER_HEALTHCHECK": '["CMD", "/usr/bin/healthcheck", "http://127.0.0.1:{port}{path}api/health"]',
+        })
     env.pop("PUG_URL", None)
     env.pop("PUG_TOKEN", None)
     log = open(os.path.join(work, "serve.log"), "w")
@@ -192,11 +249,11 @@ def main():
 
         # Each tenant's instance, captured while it runs (the first time it is ready).
         insts = {}
-        deadline = time.time() + 60
+        deadline = time.time() + 90
         while len(insts) < len(tenants) and time.time() < deadline:
             for t in tenants:
                 if t not in insts:
-                    i = instance_of(data, t)
+                    i = container_of(namespace, t) if on_docker else instance_of(data, t)
                     if i:
                         insts[t] = i
             time.sleep(0.05)
@@ -212,9 +269,15 @@ def main():
                 time.sleep(0.05)
             for t in tenants:
                 assert phase(t) == "sleeping", f"{t} did not fall asleep"
-                while instance_of(data, t):
-                    time.sleep(0.01)
-                cold = cold_start(insts[t], f"/t/{t}")
+                if on_docker:
+                    assert container_of(namespace, t) == insts[t], f"{t}'s container was not kept"
+                    while running(insts[t]):
+                        time.sleep(0.01)
+                    cold = docker_cold_start(insts[t], network, f"/t/{t}")
+                else:
+                    while instance_of(data, t):
+                        time.sleep(0.01)
+                    cold = cold_start(insts[t], f"/t/{t}")
                 start = time.perf_counter()
                 s, _, b = request(f"{url}/t/{t}/api/health", cookie=session)
                 wake = time.perf_counter() - start
@@ -229,7 +292,7 @@ def main():
         sab = [math.ceil(c / 5.0) * 5.0 for c in colds]
         sab_over = [s - c for s, c in zip(sab, colds)]
         ms = lambda v: f"{v * 1000:.0f} ms"
-        print(f"\nwake overhead, process backend, {len(samples)} wakes ({args.tenants} tenants x {args.rounds} rounds), "
+        print(f"\nwake overhead, {args.backend} backend, {len(samples)} wakes ({args.tenants} tenants x {args.rounds} rounds), "
               f"binaries {args.bin_dir}\n")
         print("| | p50 | p99 | max |")
         print("|---|---|---|---|")
@@ -245,8 +308,19 @@ def main():
             serve.wait(15)
         except subprocess.TimeoutExpired:
             serve.kill()
-        # The instances pug started (they outlive pug by design), by their pids.
-        for t in [f"w{i}" for i in range(args.tenants)]:
+        # The instances pug started (they outlive pug by design): containers, network, volumes
+        # on docker; processes, by their pids.
+        if on_docker:
+            ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=pug.namespace={namespace}"],
+                                 capture_output=True, text=True).stdout.split()
+            if ids:
+                subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+            vols = subprocess.run(["docker", "volume", "ls", "-q", "--filter", f"name={namespace}-"],
+                                  capture_output=True, text=True).stdout.split()
+            if vols:
+                subprocess.run(["docker", "volume", "rm", *vols], capture_output=True)
+            subprocess.run(["docker", "network", "rm", network], capture_output=True)
+        for t in [] if on_docker else [f"w{i}" for i in range(args.tenants)]:
             i = instance_of(data, t)
             if i:
                 try:
