@@ -22,6 +22,7 @@ use pug_api::{
     NewUser, TenantDetail, TokenInfo, UpdateTenant, UpgradeTenant, UserInfo,
 };
 use pug_docker::SwarmStatus;
+use pug_types::error_chain as causes;
 use pug_types::{Phase, Tenant};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -378,21 +379,6 @@ impl Client {
     pub async fn swarm(&self) -> Result<SwarmStatus, ClientError> {
         self.call(Method::GET, &Self::path(&["swarm"]), None).await
     }
-}
-
-/// An error and its causes, as one line (a cause already in the text is not repeated).
-fn causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// Request bodies behind one object-safe type, so `send` is not generic over each of them.

@@ -228,7 +228,7 @@ async fn resync_loop(c: Controller, shutdown: CancellationToken) {
         // Spread over the interval, so a large fleet's resync is no burst; sleeping tenants
         // (most of a large fleet, nothing running) only every SLEEPING_RESYNC_EVERY-th time.
         ticks = ticks.wrapping_add(1);
-        let sleeping = ticks % SLEEPING_RESYNC_EVERY == 0;
+        let sleeping = ticks.is_multiple_of(SLEEPING_RESYNC_EVERY);
         if let Err(e) = c
             .store
             .enqueue_all(c.settings.resync_interval, sleeping)

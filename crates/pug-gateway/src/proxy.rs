@@ -31,6 +31,7 @@ use pug_types::{Phase, TenantId, TenantStatus};
 
 use crate::pages;
 use pug_auth::GrafanaRole;
+use pug_types::error_chain;
 
 /// How long a replica that refused a connection is skipped.
 const COOL_DOWN_MS: u64 = 2_000;
@@ -511,20 +512,6 @@ pub(crate) fn unavailable(html: bool, tenant: &TenantId, phase: Phase) -> Respon
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     r
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let t = s.to_string();
-        if !out.contains(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

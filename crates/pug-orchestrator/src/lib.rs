@@ -186,20 +186,8 @@ pub async fn probe_health(client: &reqwest::Client, base: &str) -> Health {
     }
 }
 
-/// An error and its sources on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
+/// An error and its sources on one line (here too, for the backends that use it).
+pub use pug_types::error_chain;
 
 /// Secrets an instance needs, by Grafana setting.
 #[derive(Clone, Debug)]

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod duration;
+mod error_chain;
 mod event;
 mod id;
 mod overrides;
@@ -20,6 +21,7 @@ mod tenant;
 mod version;
 
 pub use duration::{format_duration_secs, parse_duration_secs, MAX_DURATION_SECS};
+pub use error_chain::error_chain;
 pub use event::EventReason;
 pub use id::TenantId;
 pub use overrides::{find_expansion, grafana_env_name, ExpansionContext, Overrides};
