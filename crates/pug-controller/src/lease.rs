@@ -104,6 +104,15 @@ impl Leases {
         self.held.lock().expect("leases").remove(tenant);
     }
 
+    /// The fencing token of this pug's lease of `tenant`, while it holds one.
+    pub(crate) fn fence(&self, tenant: &TenantId) -> Option<i64> {
+        self.held
+            .lock()
+            .expect("leases")
+            .get(tenant)
+            .map(|h| h.fence)
+    }
+
     /// How many work leases this pug holds.
     pub fn held(&self) -> usize {
         self.held.lock().expect("leases").len()

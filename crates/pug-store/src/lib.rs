@@ -92,6 +92,18 @@ pub enum StoreError {
     Migrate(#[source] sqlx::migrate::MigrateError),
     #[error("database error")]
     Db(#[from] sqlx::Error),
+    /// A write under a work lease that is no longer this pug's (another pug took the tenant
+    /// over): refused, so a pug that lost its lease cannot overwrite what the new owner wrote.
+    #[error("tenant {tenant}'s work lease is no longer this pug's (another pug took it over); the write was refused")]
+    Fenced { tenant: String },
+}
+
+/// A write made under a work lease ([`Store::claim_work`]): it applies only while the tenant's
+/// queue row still carries this owner and fencing token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence<'a> {
+    pub owner: &'a str,
+    pub token: i64,
 }
 
 /// The store. Cheap to clone (a connection pool and the master key).

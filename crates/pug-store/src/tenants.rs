@@ -6,7 +6,7 @@ use pug_types::{
 };
 use sqlx::Row;
 
-use crate::{now_ms, Store, StoreError};
+use crate::{now_ms, Fence, Store, StoreError};
 
 /// Longest event message kept; longer ones (a pasted log, say) are cut.
 const MAX_EVENT_MESSAGE: usize = 2000;
@@ -165,6 +165,63 @@ impl Store {
             .bind(id.as_str())
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    /// [`Store::set_status`] under a work lease: refused with [`StoreError::Fenced`] when the
+    /// tenant's queue row is no longer `fence`'s (a no-op, as there, when the tenant is gone).
+    pub async fn set_status_fenced(
+        &self,
+        id: &TenantId,
+        status: &TenantStatus,
+        fence: Fence<'_>,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE tenant_status SET status = $1 WHERE tenant_id = $2 AND EXISTS \
+             (SELECT 1 FROM work_queue w WHERE w.tenant_id = $2 AND w.owner = $3 AND w.fence = $4)",
+        )
+        .bind(status_json(status))
+        .bind(id.as_str())
+        .bind(fence.owner)
+        .bind(fence.token)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 && self.tenant(id).await?.is_some() {
+            return Err(StoreError::Fenced {
+                tenant: id.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// [`Store::add_event`] under a work lease: refused with [`StoreError::Fenced`] when the
+    /// tenant's queue row is no longer `fence`'s.
+    pub async fn add_event_fenced(
+        &self,
+        id: &TenantId,
+        reason: EventReason,
+        message: &str,
+        fence: Fence<'_>,
+    ) -> Result<(), StoreError> {
+        let message: String = message.chars().take(MAX_EVENT_MESSAGE).collect();
+        let done = sqlx::query(
+            "INSERT INTO events (tenant_id, at_ms, reason, message) SELECT $1, $2, $3, $4 \
+             WHERE EXISTS (SELECT 1 FROM work_queue w WHERE w.tenant_id = $1 AND w.owner = $5 \
+             AND w.fence = $6)",
+        )
+        .bind(id.as_str())
+        .bind(now_ms())
+        .bind(reason.as_str())
+        .bind(message)
+        .bind(fence.owner)
+        .bind(fence.token)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Fenced {
+                tenant: id.to_string(),
+            });
+        }
         Ok(())
     }
 

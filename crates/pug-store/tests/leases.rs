@@ -234,3 +234,78 @@ async fn leases_on_postgres() {
     })
     .await;
 }
+
+/// Status and event writes under a lease apply while the lease is the writer's, and are
+/// refused once another owner took the tenant over: a pug that lost its lease cannot write
+/// over the new owner's status nor add to its events.
+async fn the_fenced_writes_story(store: Store) {
+    use pug_store::{Fence, StoreError};
+    use pug_types::{EventReason, Phase, TenantStatus};
+    let id = TenantId::parse("fenced").unwrap();
+    store.create_tenant(&id, &spec(), &[]).await.unwrap();
+    let status = |phase| TenantStatus {
+        phase,
+        ..TenantStatus::pending()
+    };
+    let a = store.claim_work("a", now_ms(), 10, 10, 200).await.unwrap();
+    assert_eq!(a.len(), 1);
+    let fa = Fence {
+        owner: "a",
+        token: a[0].fence,
+    };
+    store
+        .set_status_fenced(&id, &status(Phase::Provisioning), fa)
+        .await
+        .unwrap();
+    store
+        .add_event_fenced(&id, EventReason::InstanceStarted, "by a", fa)
+        .await
+        .unwrap();
+
+    // a's lease runs out, b takes the tenant over and writes.
+    let b = claim_when_free(&store, "b", 60_000).await;
+    let fb = Fence {
+        owner: "b",
+        token: b[0].fence,
+    };
+    store
+        .set_status_fenced(&id, &status(Phase::Ready), fb)
+        .await
+        .unwrap();
+    // a, late: refused, b's status and events stand.
+    let late = store
+        .set_status_fenced(&id, &status(Phase::Failed), fa)
+        .await;
+    assert!(matches!(late, Err(StoreError::Fenced { .. })), "{late:?}");
+    let late = store
+        .add_event_fenced(&id, EventReason::InstanceRestarted, "by a, late", fa)
+        .await;
+    assert!(matches!(late, Err(StoreError::Fenced { .. })), "{late:?}");
+    let t = store.tenant(&id).await.unwrap().unwrap();
+    assert_eq!(t.status.phase, Phase::Ready);
+    let messages: Vec<String> = store
+        .events(&id, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.message)
+        .collect();
+    assert!(messages.contains(&"by a".to_owned()), "{messages:?}");
+    assert!(!messages.iter().any(|m| m == "by a, late"), "{messages:?}");
+    // A tenant gone meanwhile: its status write is a no-op, as without a lease.
+    store.remove_tenant(&id).await.unwrap();
+    store
+        .set_status_fenced(&id, &status(Phase::Ready), fb)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn fenced_writes_on_sqlite() {
+    common::on_sqlite(the_fenced_writes_story).await;
+}
+
+#[tokio::test]
+async fn fenced_writes_on_postgres() {
+    common::on_postgres("fenced_test", the_fenced_writes_story).await;
+}

@@ -130,10 +130,19 @@ async fn record(
     reason: EventReason,
     message: &str,
 ) -> Result<(), ReconcileError> {
-    c.store
-        .add_event(id, reason, message)
-        .await
-        .at(id, Step::RecordEvent(reason))
+    // Under a lease, only while the store still says it is this pug's: a pug that lost its
+    // lease (paused past its local deadline, say) cannot write over the new owner's record.
+    let written = match c.leases.fence(id) {
+        Some(token) => {
+            let fence = pug_store::Fence {
+                owner: c.leases.owner(),
+                token,
+            };
+            c.store.add_event_fenced(id, reason, message, fence).await
+        }
+        None => c.store.add_event(id, reason, message).await,
+    };
+    written.at(id, Step::RecordEvent(reason))
 }
 
 async fn write_status(
@@ -148,10 +157,17 @@ async fn write_status(
         record(c, id, EventReason::PhaseChanged, message).await?;
     }
     if let Some(status) = &change.write {
-        c.store
-            .set_status(id, status)
-            .await
-            .at(id, Step::WriteStatus)?;
+        let written = match c.leases.fence(id) {
+            Some(token) => {
+                let fence = pug_store::Fence {
+                    owner: c.leases.owner(),
+                    token,
+                };
+                c.store.set_status_fenced(id, status, fence).await
+            }
+            None => c.store.set_status(id, status).await,
+        };
+        written.at(id, Step::WriteStatus)?;
         // After the write: a listener (the gateway in `pug serve`) may re-read the store.
         if let Some(listener) = c.status_listener.get() {
             listener.status_written(id, status);
