@@ -1,8 +1,11 @@
-//! The renderer inside `pug serve` on the docker backend, with real Chromium and a real Docker
-//! engine: every tenant container's Grafana (the stand-in image of `pug-docker`'s tests) is
-//! wired to the renderer on pug's network's gateway, a panel renders through the tenant's
-//! Grafana the way Grafana's `/render/…` does, and one tenant's token cannot render another
-//! tenant's container.
+//! `pug serve` on the docker backend, end to end with a real Docker engine (tenants' Grafana is
+//! the stand-in image of `pug-docker`'s tests):
+//! - the renderer inside it, with real Chromium: every tenant container's Grafana is wired to
+//!   the renderer on pug's network's gateway, a panel renders through the tenant's Grafana the
+//!   way Grafana's `/render/…` does, and one tenant's token cannot render another tenant's
+//!   container;
+//! - sleep and wake through the gateway (issue 16): an idle tenant's container is stopped and
+//!   kept, and a signed-in request wakes that same container.
 
 mod support;
 
@@ -204,4 +207,89 @@ fn docker_tenants_render_through_the_embedded_renderer_and_only_their_own_pages(
     let (status, ctype, body) = render(&by_name, &globex_name, &globex_token);
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(ctype, "image/png");
+}
+
+#[test]
+fn a_sleeping_docker_tenant_wakes_through_the_gateway_in_its_kept_container() {
+    require_images();
+    let suffix = format!("{:x}", std::process::id());
+    let namespace = format!("pugsd{suffix}");
+    let network = format!("pug-sleep-{suffix}");
+    let _cleanup = Cleanup {
+        namespace: namespace.clone(),
+        network: network.clone(),
+    };
+    let pug = Pug::start(
+        (22250, 22259),
+        &[
+            ("PUG_BACKEND", "docker"),
+            ("PUG_DOCKER_IMAGE", "pug-test/grafana:{version}"),
+            ("PUG_DOCKER_NETWORK", &network),
+            ("PUG_DOCKER_NAMESPACE", &namespace),
+        ],
+    );
+    pug.ok(&[
+        "tenant",
+        "create",
+        "acme",
+        "--version",
+        "11.3.0",
+        "--idle-timeout",
+        "1s",
+    ]);
+    pug.create_user("alice", "alice-password");
+    pug.ok(&["user", "grant", "alice", "acme", "--role", "Viewer"]);
+    let container = format!("{namespace}-acme-0");
+    let state = || {
+        docker(&[
+            "inspect",
+            "--format",
+            "{{.Id}} {{.State.Running}}",
+            &container,
+        ])
+    };
+    // Ready once, then unused: asleep, its container stopped and kept.
+    wait_for(T, "acme's container to run", || {
+        state().ends_with(" true").then_some(())
+    });
+    let id = state().split(' ').next().unwrap_or_default().to_owned();
+    pug.wait_phase("acme", "sleeping", T);
+    wait_for(T, "acme's container to stop", || {
+        (state() == format!("{id} false")).then_some(())
+    });
+
+    // A signed-in API request wakes it: held until ready, answered by the same container.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, body) = rt.block_on(async {
+        let alice = support::login(&pug.url, "alice", "alice-password")
+            .await
+            .expect("signed in");
+        let r = pug_test_support::http::no_redirects()
+            .get(format!("{}/t/acme/api/health", pug.url))
+            .header("cookie", alice)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    });
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("11.3.0"), "{body}");
+    assert_eq!(state(), format!("{id} true"), "woken in its kept container");
+    // `Woke` is recorded right after the status the gateway waited for.
+    let reasons = wait_for(T, "a Woke event", || {
+        let (_, events) = pug.api("GET", "/api/v1/tenants/acme/events?limit=1000", None);
+        let reasons: Vec<String> = events
+            .as_array()?
+            .iter()
+            .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+            .collect();
+        reasons.iter().any(|r| r == "Woke").then_some(reasons)
+    });
+    assert!(
+        !reasons.iter().any(|r| r == "InstanceRestarted"),
+        "{reasons:?}"
+    );
 }
