@@ -8,6 +8,7 @@
 //!
 //! Must not: decide routes or token scopes (the gateway and the renderer do).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,22 +47,58 @@ impl Fleet {
             .send_modify(|s| *s = Arc::new(with_status(s, tenant, status)));
     }
 
-    /// Re-reads the store every `every` and publishes what it read, until `shutdown`. A failed
-    /// read keeps the last snapshot.
+    /// Re-reads the store every `every` and publishes what it read when it differs from the
+    /// snapshot, until `shutdown`. A failed read keeps the last snapshot.
+    ///
+    /// Only statuses whose stored text changed since the last read are parsed, and an unchanged
+    /// fleet publishes nothing (so the gateway's route table and the renderer's token table
+    /// are not rebuilt): with 10,000 tenants, parsing and publishing all of them every second
+    /// was a burst of work each second that showed in the gateway's tail latency
+    /// (bench/wake/scale.py).
     pub async fn poll(self, store: Store, every: Duration, shutdown: CancellationToken) {
+        let mut parsed: HashMap<TenantId, (String, TenantStatus)> = HashMap::new();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            match store.tenant_statuses().await {
-                Ok(statuses) => {
-                    self.tx.send_replace(Arc::new(statuses));
-                }
+            match store.tenant_status_texts().await {
+                Ok(texts) => match reparse(&mut parsed, texts) {
+                    Ok(statuses) => {
+                        self.tx.send_if_modified(|current| {
+                            if **current == statuses {
+                                return false;
+                            }
+                            *current = Arc::new(statuses);
+                            true
+                        });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot read tenants' statuses"),
+                },
                 Err(e) => tracing::warn!(error = %e, "cannot read tenants' statuses"),
             }
         }
     }
+}
+
+/// The statuses of `texts` (the store's, in its order), parsing only those whose text is not
+/// the one `cache` parsed last time; `cache` is left holding exactly the tenants of `texts`.
+fn reparse(
+    cache: &mut HashMap<TenantId, (String, TenantStatus)>,
+    texts: Vec<(TenantId, String)>,
+) -> Result<Vec<(TenantId, TenantStatus)>, StoreError> {
+    let mut next = HashMap::with_capacity(texts.len());
+    let mut out = Vec::with_capacity(texts.len());
+    for (id, text) in texts {
+        let status = match cache.remove(&id) {
+            Some((old, status)) if old == text => status,
+            _ => pug_store::parse_status(&id, &text)?,
+        };
+        out.push((id.clone(), status.clone()));
+        next.insert(id, (text, status));
+    }
+    *cache = next;
+    Ok(out)
 }
 
 /// `snapshot` with `tenant`'s status replaced by `status` (or added, for a tenant it does not
@@ -144,10 +181,49 @@ mod tests {
             seen.borrow().is_empty(),
             "the store's statuses (it has no tenant a) replace the snapshot"
         );
+        // Nothing changes in the store: nothing more is published (20 polls and more).
+        seen.borrow_and_update();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), seen.changed())
+                .await
+                .is_err(),
+            "an unchanged fleet was published again"
+        );
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(10), poller)
             .await
             .expect("the poller ends on shutdown")
             .unwrap();
+    }
+
+    #[test]
+    fn only_changed_statuses_are_parsed_again() {
+        let (a, b) = (TenantId::parse("a").unwrap(), TenantId::parse("b").unwrap());
+        let text = |s: &TenantStatus| serde_json::to_string(s).unwrap();
+        let ready = status(Phase::Ready, &["127.0.0.1:3000"]);
+        let mut cache = HashMap::new();
+        let first = reparse(
+            &mut cache,
+            vec![(a.clone(), text(&ready)), (b.clone(), text(&ready))],
+        )
+        .unwrap();
+        assert_eq!(
+            first,
+            vec![(a.clone(), ready.clone()), (b.clone(), ready.clone())]
+        );
+        // A cached text is not parsed again: a poisoned cache entry with the same text shows it.
+        let marker = status(Phase::Failed, &[]);
+        cache.insert(a.clone(), (text(&ready), marker.clone()));
+        let sleeping = status(Phase::Sleeping, &[]);
+        let second = reparse(
+            &mut cache,
+            vec![(a.clone(), text(&ready)), (b.clone(), text(&sleeping))],
+        )
+        .unwrap();
+        assert_eq!(second, vec![(a.clone(), marker), (b.clone(), sleeping)]);
+        // A tenant gone from the store leaves the cache too; a corrupt text is an error.
+        assert_eq!(reparse(&mut cache, vec![]).unwrap(), vec![]);
+        assert!(cache.is_empty());
+        assert!(reparse(&mut cache, vec![(a, "{".into())]).is_err());
     }
 }

@@ -35,6 +35,7 @@ pub use lease::{Heartbeat, Replica};
 pub use logins::LOGIN_CODE_TTL_MS;
 pub use queue::WorkItem;
 pub use sessions::{EmbedScope, EmbedSessionOutcome, SessionRecord, SweepCounts};
+pub use tenants::parse_status;
 pub use tokens::{
     choose_revocation, token_id, RevokeRefusal, Role, TokenCheck, TokenInfo, LOCAL_TOKEN_NAME,
 };

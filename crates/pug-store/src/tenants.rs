@@ -492,7 +492,17 @@ fn tenant_from_row(r: &sqlx::any::AnyRow) -> Result<Tenant, StoreError> {
 impl Store {
     /// Every tenant's status (phase and ready endpoints), for the gateway's routing table.
     pub async fn tenant_statuses(&self) -> Result<Vec<(TenantId, TenantStatus)>, StoreError> {
-        let rows = sqlx::query("SELECT tenant_id, status FROM tenant_status")
+        self.tenant_status_texts()
+            .await?
+            .iter()
+            .map(|(id, text)| Ok((id.clone(), parse_status(id, text)?)))
+            .collect()
+    }
+
+    /// Every tenant's status as stored, unparsed, in the order of their ids: for a poller
+    /// that parses only what changed since its last read ([`parse_status`]).
+    pub async fn tenant_status_texts(&self) -> Result<Vec<(TenantId, String)>, StoreError> {
+        let rows = sqlx::query("SELECT tenant_id, status FROM tenant_status ORDER BY tenant_id")
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
@@ -501,8 +511,7 @@ impl Store {
                 let status: String = r.try_get(1)?;
                 Ok((
                     TenantId::parse(&id).map_err(|e| StoreError::Corrupt(e.message))?,
-                    serde_json::from_str(&status)
-                        .map_err(|e| StoreError::Corrupt(format!("status of {id}: {e}")))?,
+                    status,
                 ))
             })
             .collect()
@@ -522,4 +531,9 @@ impl Store {
             })
             .transpose()
     }
+}
+
+/// A status as [`Store::tenant_status_texts`] returns it, parsed.
+pub fn parse_status(id: &TenantId, text: &str) -> Result<TenantStatus, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("status of {id}: {e}")))
 }
