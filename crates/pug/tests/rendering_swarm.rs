@@ -3,7 +3,9 @@
 //! network (an empty image with the host's `/usr` mounted read-only, the engine's socket and
 //! this build's `pug`), so the test drives it with `docker exec`. A tenant task's Grafana (the
 //! stand-in image of `pug-docker`'s tests) is wired to the renderer on pug's overlay address, and
-//! a panel renders through the task's Grafana the way Grafana's `/render/…` does.
+//! a panel renders through the task's Grafana the way Grafana's `/render/…` does; one tenant's
+//! token cannot render another's task; and (issue 16) an idle tenant's service scales to 0 and
+//! a signed-in request through pug's gateway wakes it.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -364,6 +366,59 @@ fn swarm_tenants_render_through_the_embedded_renderer_on_the_overlay() {
         ),
         "200"
     );
+
+    // Sleep and wake through the gateway (issue 16): idle, acme's service scales to 0; a
+    // signed-in request to pug's gateway (from inside pug's container) wakes it and is answered.
+    let sh = |script: &str| {
+        docker(&[
+            "exec",
+            "-e",
+            "PUG_DATA_DIR=/data",
+            &pug,
+            "bash",
+            "-c",
+            &format!("export PATH={bin_dir}:$PATH; {script}"),
+        ])
+    };
+    let (created, out) = sh(
+        "printf 'alice-password\\n' | pug user create alice --email alice@example.com --password-stdin \
+         && pug user grant alice acme --role Viewer",
+    );
+    assert!(created, "{out}");
+    let (updated, out) = cli(&["tenant", "update", "acme", "--idle-timeout", "1s"]);
+    assert!(updated, "{out}");
+    let replicas = || {
+        ok(&[
+            "service",
+            "inspect",
+            "--format",
+            "{{.Spec.Mode.Replicated.Replicas}}",
+            &service,
+        ])
+    };
+    let deadline = Instant::now() + T;
+    while replicas() != "0" {
+        assert!(
+            Instant::now() < deadline,
+            "acme's service never scaled to 0:\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (woke, answer) = sh(
+        "j=$(mktemp) && curl -sS -c $j -o /dev/null http://127.0.0.1:8080/login \
+         && csrf=$(sed -n 's/.*\\tpug_csrf\\t//p' $j) \
+         && curl -sS -b $j -c $j -o /dev/null --data-urlencode user=alice \
+              --data-urlencode password=alice-password --data-urlencode csrf=$csrf \
+              --data-urlencode next=/ http://127.0.0.1:8080/login \
+         && curl -sS -b $j --max-time 90 -w ' %{http_code}' http://127.0.0.1:8080/t/acme/api/health",
+    );
+    assert!(woke, "{answer}\n{}", logs());
+    assert!(answer.ends_with(" 200"), "{answer}\n{}", logs());
+    assert!(answer.contains("11.3.0"), "{answer}");
+    assert_eq!(replicas(), "1", "woken: the service is scaled back");
+    let (_, events) = cli(&["tenant", "show", "acme", "--output", "json"]);
+    assert!(events.contains("Slept"), "{events}");
 
     // A token that is no tenant's renders nothing.
     assert_eq!(
