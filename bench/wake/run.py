@@ -110,6 +110,22 @@ def instance_of(data, tenant):
     return None
 
 
+def healthy_after(url, start, failed):
+    """Polls `url` every 2 ms until it answers 200: seconds since `start`. `failed()` says why
+    to give up (or None to go on)."""
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return time.perf_counter() - start
+        except (urllib.error.URLError, ConnectionError, OSError):
+            pass
+        why = failed()
+        if why:
+            raise SystemExit(why)
+        time.sleep(0.002)
+
+
 def cold_start(inst, path):
     """Starts the instance's command directly and polls /api/health every 2 ms: seconds to 200."""
     argv, cwd, env, port, _ = inst
@@ -117,16 +133,8 @@ def cold_start(inst, path):
     p = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}{path}/api/health"
     try:
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=1) as r:
-                    if r.status == 200:
-                        return time.perf_counter() - start
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
-            if p.poll() is not None:
-                raise SystemExit(f"the instance exited during its direct start: {argv}")
-            time.sleep(0.002)
+        return healthy_after(url, start, lambda: p.poll() is not None
+                             and f"the instance exited during its direct start: {argv}")
     finally:
         p.send_signal(signal.SIGTERM)
         try:
@@ -185,16 +193,8 @@ def docker_cold_start(container, network, path):
     port = info["Config"]["Labels"]["pug.port"]
     url = f"http://{ip}:{port}{path}/api/health"
     try:
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=1) as r:
-                    if r.status == 200:
-                        return time.perf_counter() - start
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
-            if time.perf_counter() - start > 60:
-                raise SystemExit(f"{container} did not answer {url} within 60 s")
-            time.sleep(0.002)
+        return healthy_after(url, start, lambda: time.perf_counter() - start > 60
+                             and f"{container} did not answer {url} within 60 s")
     finally:
         api.close()
         docker("stop", "-t", "10", container)
