@@ -160,6 +160,11 @@ pub struct RendererConfig {
     /// Where the renderer's own API listens; tenants' Grafana reach it here. It has its own
     /// port because Grafana calls it directly, not through the gateway.
     pub listen: SocketAddr,
+    /// The URL tenants' Grafanas call the renderer at (`rendering.server_url`), when it is not
+    /// `listen`'s: with several pug replicas on swarm, a name that reaches every replica, the
+    /// same on each (`http://tasks.<stack>_pug:8081/render`), so that no replica gives tenants
+    /// an address of its own. Empty (the default): derived from `listen`.
+    pub tenant_url: String,
     /// The Chromium executable (a name on `PATH` or a path). Empty (the default): the first
     /// installed of the renderer's candidates, Chromium's headless shell before Chromium (see
     /// `pug_renderer::config::BROWSER_CANDIDATES`).
@@ -202,6 +207,7 @@ impl Default for RendererConfig {
         Self {
             mode: RendererMode::Auto,
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            tenant_url: String::new(),
             chrome_path: String::new(),
             max_concurrency: 5,
             max_queue: 50,

@@ -9,7 +9,9 @@
 //! serialized spec cannot match by accident.
 
 use pug_orchestrator::settings::RenderingSettings;
-use pug_orchestrator::{DatabaseSettings, InstanceSecrets, InstanceSpec, Provisioning};
+use pug_orchestrator::{
+    DatabaseSettings, GatewayTrust, InstanceSecrets, InstanceSpec, Provisioning,
+};
 use pug_types::{
     DashboardSpec, DatasourceSpec, ExposeSecret, GrafanaVersion, Overrides, SecretString, TenantId,
 };
@@ -33,7 +35,7 @@ pub(crate) fn instance_spec(tenant: Tenant) -> InstanceSpec {
             version: GrafanaVersion::parse("11.3.0").unwrap(),
             root_url: "http://127.0.0.1:8080/t/acme/".into(),
             serve_from_sub_path: true,
-            proxy_whitelist: vec!["172.18.0.1".into()],
+            gateway: GatewayTrust::Addresses(vec!["172.18.0.1".into()]),
             port: 20001,
             secrets: InstanceSecrets {
                 admin_password: SecretString::from("ADMIN-PASSWORD-VALUE-acme"),
@@ -69,7 +71,7 @@ pub(crate) fn instance_spec(tenant: Tenant) -> InstanceSpec {
                 version: GrafanaVersion::parse("12.1.0").unwrap(),
                 root_url: "https://bobs-shop.grafana.example/".into(),
                 serve_from_sub_path: false,
-                proxy_whitelist: vec!["10.0.0.0/8".into()],
+                gateway: GatewayTrust::Addresses(vec!["10.0.0.0/8".into()]),
                 port: 20002,
                 secrets: InstanceSecrets {
                     admin_password: SecretString::from("ADMIN-PASSWORD-VALUE-bob"),

@@ -48,6 +48,14 @@ fn inspect(namespace: &str, tenant: &str, format: &str) -> String {
     ])
 }
 
+/// The gateway's identity-token signer of this test's pug (as `pug serve` derives it from its
+/// store's secret).
+fn signer() -> pug_auth::IdentitySigner {
+    pug_auth::IdentitySigner::from_secret(&pug_types::SecretString::from(
+        "swarm test gateway key".to_owned(),
+    ))
+}
+
 /// Set (to `<namespace> <tenant a> <tenant b>`) when this test runs inside the overlay.
 const INSIDE: &str = "PUG_SWARM_TEST_INSIDE";
 
@@ -90,7 +98,7 @@ async fn from_outside() {
     );
 
     // Outside the overlay there is no pug: the backend refuses to start and says why.
-    let err = SwarmBackend::new(docker_config(&network))
+    let err = SwarmBackend::new(docker_config(&network), signer().public_key_pem())
         .await
         .expect_err("the swarm backend must refuse to run outside the overlay");
     assert!(err.to_string().contains("must run in a container"), "{err}");
@@ -165,7 +173,9 @@ async fn scenarios(namespace: &str, a: &str, b: &str) {
     let (namespace, a, b) = (namespace.to_owned(), a.to_owned(), b.to_owned());
     let mut config = docker_config(&format!("{namespace}-net"));
     config.namespace = namespace.clone();
-    let backend = SwarmBackend::new(config.clone()).await.unwrap();
+    let backend = SwarmBackend::new(config.clone(), signer().public_key_pem())
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = store(&dir).await;
     let pug = Pug::start(store.clone(), backend.clone());
@@ -258,62 +268,112 @@ async fn scenarios(namespace: &str, a: &str, b: &str) {
         ),
         "[\"CAP_NET_RAW\"]"
     );
-    // Attack: another container on the overlay (what a tenant's own Grafana is) sends the
-    // auth-proxy header to a tenant's task: Grafana refuses it, because it trusts pug's own
-    // address only. The same request from pug signs in as that user (so the source address,
-    // the whitelist, is what decides).
+    // Attack: another container on the overlay (what a tenant's own Grafana is) tries to sign
+    // in at a tenant's task. The task trusts no address, only the gateway's signature
+    // (`[auth.jwt]`): the gateway's token signs in as its person; an auth-proxy header (from
+    // anywhere, pug's own address included), a token signed with another key, and a token the
+    // gateway signed for another tenant (what tenant B's Grafana sees of its own users) are
+    // all refused, from pug's container and from another container on the overlay alike.
     let endpoint = t.status.endpoints[0].clone();
     let url = format!("http://{endpoint}/t/{a}/api/user");
-    let from_pug: serde_json::Value = pug_test_support::http::client()
-        .get(&url)
-        .header("X-WEBAUTH-USER", "alice")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tenant_a = pug_types::TenantId::parse(&a).unwrap();
+    let tenant_b = pug_types::TenantId::parse(&b).unwrap();
+    let now = pug_store::now_ms() / 1000;
+    let role = pug_auth::GrafanaRole::Viewer;
+    let good = signer().sign(&tenant_a, "alice", "alice@example.com", "Alice", role, now);
+    let for_b = signer().sign(&tenant_b, "alice", "alice@example.com", "Alice", role, now);
+    let forged = pug_auth::IdentitySigner::from_secret(&pug_types::SecretString::from(
+        "an attacker's key".to_owned(),
+    ))
+    .sign(
+        &tenant_a,
+        "admin",
+        "admin@localhost",
+        "x",
+        pug_auth::GrafanaRole::Admin,
+        now,
+    );
+    let get = |header: &'static str, value: String| {
+        let url = url.clone();
+        async move {
+            let r = pug_test_support::http::client()
+                .get(&url)
+                .header(header, value)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, body) = get("X-Pug-Identity", good.clone()).await;
+    let user: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     assert_eq!(
-        (&from_pug["login"], &from_pug["authenticatedBy"]),
+        (status, &user["login"], &user["authenticatedBy"]),
+        (200, &serde_json::json!("alice"), &serde_json::json!("jwt")),
+        "the gateway's token: {body}"
+    );
+    for (what, header, value) in [
         (
-            &serde_json::json!("alice"),
-            &serde_json::json!("auth.proxy")
+            "an auth-proxy header from pug's address",
+            "X-WEBAUTH-USER",
+            "alice".to_owned(),
         ),
-        "{from_pug}"
-    );
-    let attacker = std::process::Command::new("docker")
-        .args([
-            "run",
-            "--rm",
-            "--network",
-            &config.network,
-            "-v",
-            "/usr:/usr:ro",
-            "-v",
-            "/lib:/lib:ro",
-            "-v",
-            "/lib64:/lib64:ro",
-            RUNNER_IMAGE,
-            "/usr/bin/curl",
-            "-sS",
-            "--max-time",
-            "10",
-            "-H",
-            "X-WEBAUTH-USER: admin",
-            "-o",
-            "/dev/stdout",
-            "-w",
-            "\nstatus=%{http_code}",
-            &url,
-        ])
-        .output()
-        .expect("docker runs");
-    let seen = String::from_utf8_lossy(&attacker.stdout);
-    assert!(
-        seen.contains("not from the authentication proxy") && !seen.contains("\"login\""),
-        "a container on the overlay was signed in through the auth proxy: {seen} {}",
-        String::from_utf8_lossy(&attacker.stderr)
-    );
+        (
+            "a token signed with another key",
+            "X-Pug-Identity",
+            forged.clone(),
+        ),
+        (
+            "the gateway's token for another tenant",
+            "X-Pug-Identity",
+            for_b.clone(),
+        ),
+    ] {
+        let (status, body) = get(header, value).await;
+        assert!(
+            status == 401 && !body.contains("\"login\""),
+            "{what} signed in: {status} {body}"
+        );
+    }
+    for (what, header) in [
+        ("an auth-proxy header", "X-WEBAUTH-USER: admin".to_owned()),
+        ("a forged token", format!("X-Pug-Identity: {forged}")),
+        ("another tenant's token", format!("X-Pug-Identity: {for_b}")),
+    ] {
+        let attacker = std::process::Command::new("docker")
+            .args([
+                "run",
+                "--rm",
+                "--network",
+                &config.network,
+                "-v",
+                "/usr:/usr:ro",
+                "-v",
+                "/lib:/lib:ro",
+                "-v",
+                "/lib64:/lib64:ro",
+                RUNNER_IMAGE,
+                "/usr/bin/curl",
+                "-sS",
+                "--max-time",
+                "10",
+                "-H",
+                &header,
+                "-o",
+                "/dev/stdout",
+                "-w",
+                "\nstatus=%{http_code}",
+                &url,
+            ])
+            .output()
+            .expect("docker runs");
+        let seen = String::from_utf8_lossy(&attacker.stdout);
+        assert!(
+            seen.contains("status=401") && !seen.contains("\"login\""),
+            "a container on the overlay signed in with {what}: {seen} {}",
+            String::from_utf8_lossy(&attacker.stderr)
+        );
+    }
 
     // Observation: nodes, leader, tasks.
     let mut registry = pug_metrics::new_registry();
@@ -370,7 +430,9 @@ async fn scenarios(namespace: &str, a: &str, b: &str) {
     .await;
     let store = pug.kill().await;
     drop(backend);
-    let backend = SwarmBackend::new(config.clone()).await.unwrap();
+    let backend = SwarmBackend::new(config.clone(), signer().public_key_pem())
+        .await
+        .unwrap();
     let pug = Pug::start(store.clone(), backend.clone());
     let t = wait_for(READY, "the upgrade to converge", || async {
         let t = pug.tenant(&id).await?;

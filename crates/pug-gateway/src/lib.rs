@@ -36,6 +36,7 @@
 
 mod activity;
 mod cache;
+mod identity;
 mod login;
 mod metrics;
 pub mod pages;
@@ -117,6 +118,8 @@ struct Inner {
     wakes: Arc<wake::Wakes>,
     /// Who starts instances when a wake is asked for; set once by `pug serve`.
     wake_signal: std::sync::OnceLock<Arc<dyn WakeSignal>>,
+    /// Signed identity tokens, when tenants trust a signature ([`GatewaySettings::signed_identity`]).
+    identity: Option<identity::IdentityTokens>,
 }
 
 /// Every tenant's status at one moment, as one poller of the store publishes it for the whole
@@ -147,6 +150,12 @@ impl Gateway {
         registry: &mut Registry,
     ) -> Result<Self, GatewayError> {
         let key = store.gateway_cookie_key().await?;
+        let identity = match settings.signed_identity {
+            true => Some(identity::IdentityTokens::new(
+                pug_auth::IdentitySigner::from_secret(&store.gateway_identity_secret().await?),
+            )),
+            false => None,
+        };
         let ttl = settings.auth_cache_ttl;
         let metrics = Arc::new(GatewayMetrics::register(registry));
         let keys = KeyRing::new(
@@ -174,6 +183,7 @@ impl Gateway {
             dummy_hash: pug_auth::hash_password("pug-dummy-password"),
             wakes: Arc::default(),
             wake_signal: std::sync::OnceLock::new(),
+            identity,
         });
         let gateway = Self { inner };
         gateway.refresh().await?;

@@ -189,7 +189,8 @@ impl Inner {
         })
     }
 
-    /// Step 5: the request to a ready replica, with pug's identity headers for `principal`.
+    /// Step 5: the request to a ready replica, with pug's identity headers for `principal` (or
+    /// its signed identity token, when tenants trust a signature).
     async fn forward(
         &self,
         id: &TenantId,
@@ -212,12 +213,18 @@ impl Inner {
                 })
                 .inc();
         };
+        // Signed only now: the request has passed authorisation.
+        let identity_token = self
+            .identity
+            .as_ref()
+            .map(|t| t.token(id, principal, role, pug_store::now_ms() / 1000));
         proxy::forward(
             proxy::Forward {
                 connect_timeout: self.settings.connect_timeout,
                 tenant: id,
                 route,
                 identity: principal,
+                identity_token,
                 role,
                 peer,
                 proto: self.settings.proto(),

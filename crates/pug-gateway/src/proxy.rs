@@ -124,6 +124,9 @@ pub(crate) struct Forward<'a> {
     pub route: &'a Route,
     /// Who the request is from, as the tenant's Grafana is told.
     pub identity: &'a SessionRecord,
+    /// The gateway's signed token saying so, sent instead of the auth-proxy headers when the
+    /// tenant's Grafana trusts a signature (`[auth.jwt]`).
+    pub identity_token: Option<HeaderValue>,
     pub role: GrafanaRole,
     pub peer: SocketAddr,
     /// `http` or `https`: the scheme people use to reach pug.
@@ -253,6 +256,8 @@ const X_WEBAUTH_USER: HeaderName = HeaderName::from_static("x-webauth-user");
 const X_WEBAUTH_EMAIL: HeaderName = HeaderName::from_static("x-webauth-email");
 const X_WEBAUTH_NAME: HeaderName = HeaderName::from_static("x-webauth-name");
 const X_WEBAUTH_ROLE: HeaderName = HeaderName::from_static("x-webauth-role");
+/// `pug_auth::gateway_token::HEADER`, lower case.
+const X_PUG_IDENTITY: HeaderName = HeaderName::from_static("x-pug-identity");
 
 /// The request headers the tenant's Grafana gets.
 fn upstream_headers(mut h: HeaderMap, f: &Forward<'_>, upgrade: Option<&HeaderValue>) -> HeaderMap {
@@ -268,6 +273,7 @@ fn upstream_headers(mut h: HeaderMap, f: &Forward<'_>, upgrade: Option<&HeaderVa
             **k == header::AUTHORIZATION
                 || **k == header::FORWARDED
                 || k.as_str().starts_with("x-webauth-")
+                || **k == X_PUG_IDENTITY
                 || k.as_str() == "x-real-ip"
         })
         .cloned()
@@ -295,10 +301,17 @@ fn upstream_headers(mut h: HeaderMap, f: &Forward<'_>, upgrade: Option<&HeaderVa
     if let Some(host) = forwarded_host {
         h.insert(X_FORWARDED_HOST, host);
     }
-    h.insert(X_WEBAUTH_USER, value(&f.identity.user));
-    h.insert(X_WEBAUTH_EMAIL, value(&f.identity.email));
-    h.insert(X_WEBAUTH_NAME, value(&f.identity.display_name));
-    h.insert(X_WEBAUTH_ROLE, HeaderValue::from_static(f.role.as_str()));
+    match &f.identity_token {
+        Some(token) => {
+            h.insert(X_PUG_IDENTITY, token.clone());
+        }
+        None => {
+            h.insert(X_WEBAUTH_USER, value(&f.identity.user));
+            h.insert(X_WEBAUTH_EMAIL, value(&f.identity.email));
+            h.insert(X_WEBAUTH_NAME, value(&f.identity.display_name));
+            h.insert(X_WEBAUTH_ROLE, HeaderValue::from_static(f.role.as_str()));
+        }
+    }
     if let Some(up) = upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, up.clone());

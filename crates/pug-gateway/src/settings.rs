@@ -60,6 +60,11 @@ pub struct GatewaySettings {
     pub wake_timeout: Duration,
     /// How often tenants' activity is written to the store (one batched write).
     pub activity_flush_interval: Duration,
+    /// Tell tenants' Grafanas who a request is from with a signed identity token
+    /// (`pug_auth::gateway_token`, Grafana's `[auth.jwt]`) instead of auth-proxy headers. The
+    /// swarm backend's tenants trust a signature, because pug's replicas there have no fixed
+    /// address (see `pug_orchestrator::GatewayTrust`); the others trust the gateway's address.
+    pub signed_identity: bool,
 }
 
 impl GatewaySettings {
@@ -93,6 +98,7 @@ impl GatewaySettings {
             tunnel_idle_timeout: Duration::from_secs(g.tunnel_idle_timeout_secs),
             wake_timeout: Duration::from_secs(g.wake_timeout_secs.max(1)),
             activity_flush_interval: Duration::from_secs(1),
+            signed_identity: config.backend == pug_config::Backend::Swarm,
         }
     }
 

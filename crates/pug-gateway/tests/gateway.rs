@@ -10,7 +10,7 @@ use futures::{SinkExt, StreamExt};
 use pug_auth::EmbedClaims;
 use pug_config::GatewayMode;
 use pug_types::{Phase, TenantId};
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::{no_redirects, raw_get, set_cookie, sign_in_on_host, Env, Standin, Trap};
 
 /// acme (alice, Editor) and bob (bob, Viewer), each with one stand-in replica.
@@ -194,6 +194,111 @@ async fn spoofed_identity_headers_never_arrive() {
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], env.addr.to_string());
     assert_eq!(report["uri"], "/t/acme/api/standin/headers");
+}
+
+/// Tenants that trust the gateway's signature (`[auth.jwt]`, the swarm backend): the gateway
+/// sends its signed token instead of auth-proxy headers; a token is good only at its own
+/// tenant's Grafana; a client's own token or header never arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_identity_signs_in_at_its_tenant_only_and_cannot_be_forged() {
+    let env = Env::start_with(GatewayMode::Path, |s| s.signed_identity = true).await;
+    let secret = env.store.gateway_identity_secret().await.unwrap();
+    let key = pug_auth::IdentitySigner::from_secret(&secret).public_key_pem();
+    let acme = Standin::start_jwt(&env.root_url("acme"), "acme", &key).await;
+    let bob = Standin::start_jwt(&env.root_url("bob"), "bob", &key).await;
+    env.tenant("acme", Phase::Ready, &[&acme.addr]).await;
+    env.tenant("bob", Phase::Ready, &[&bob.addr]).await;
+    env.user("alice", "password-alice", &[("acme", "Editor")])
+        .await;
+    let alice = env.login("alice").await;
+    let forged = pug_auth::IdentitySigner::from_secret(&pug_types::SecretString::from(
+        "not the store's".to_owned(),
+    ))
+    .sign(
+        &pug_types::TenantId::parse("acme").unwrap(),
+        "admin",
+        "admin@localhost",
+        "x",
+        pug_auth::GrafanaRole::Admin,
+        pug_store::now_ms() / 1000,
+    );
+    let r = no_redirects()
+        .get(format!("{}/t/acme/api/standin/headers", env.url))
+        .header("cookie", &alice)
+        .header("X-Pug-Identity", &forged)
+        .header("X-WEBAUTH-USER", "admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let report: Value = r.json().await.unwrap();
+    let h = &report["headers"];
+    assert_eq!(report["identity"]["user"], "alice", "{report}");
+    assert!(h.get("x-webauth-user").is_none(), "{report}");
+    let token = h["x-pug-identity"]
+        .as_str()
+        .expect("the gateway's token")
+        .to_owned();
+    assert_ne!(token, forged, "the client's token reached the instance");
+    let (status, user) = get_json(&format!("{}/t/acme/api/user", env.url), &alice).await;
+    assert_eq!(
+        (
+            status,
+            &user["login"],
+            &user["role"],
+            &user["authenticatedBy"]
+        ),
+        (200, &json!("alice"), &json!("Editor"), &json!("jwt")),
+        "{user}"
+    );
+
+    // At the instances directly (what another tenant's Grafana on the same network can do).
+    let direct = |addr: &str, tenant: &str, header: &'static str, value: String| {
+        let url = format!("http://{addr}/t/{tenant}/api/user");
+        async move {
+            let r = pug_test_support::http::client()
+                .get(url)
+                .header(header, value)
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }
+    };
+    assert_eq!(
+        direct(&acme.addr, "acme", "X-Pug-Identity", token.clone()).await,
+        200,
+        "the gateway's token is good at its own tenant (so the refusals below can fail)"
+    );
+    for (what, addr, tenant, header, value) in [
+        (
+            "acme's token at bob's Grafana",
+            &bob.addr,
+            "bob",
+            "X-Pug-Identity",
+            token.clone(),
+        ),
+        (
+            "a token signed with another key",
+            &acme.addr,
+            "acme",
+            "X-Pug-Identity",
+            forged.clone(),
+        ),
+        (
+            "an auth-proxy header",
+            &acme.addr,
+            "acme",
+            "X-WEBAUTH-USER",
+            "alice".to_owned(),
+        ),
+    ] {
+        assert_eq!(
+            direct(addr, tenant, header, value).await,
+            401,
+            "{what} signed in"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use pug_types::{GrafanaVersion, SecretString, TenantId};
 
 pub use provisioning::Provisioning;
-pub use settings::{DatabaseSettings, InstanceSpec};
+pub use settings::{DatabaseSettings, GatewayTrust, InstanceSpec};
 
 /// One replica of one tenant, as the engine reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,9 +138,10 @@ pub trait Orchestrator: Send + Sync + 'static {
         None
     }
 
-    /// The address Grafana sees gateway requests coming from, for `auth.proxy.whitelist`.
-    fn gateway_source_addresses(&self) -> Vec<String> {
-        vec!["127.0.0.1".into(), "::1".into()]
+    /// How the tenant's Grafana knows a request comes from pug's gateway: by default, the
+    /// addresses Grafana sees gateway requests coming from (`auth.proxy.whitelist`).
+    fn gateway_trust(&self) -> GatewayTrust {
+        GatewayTrust::Addresses(vec!["127.0.0.1".into(), "::1".into()])
     }
 
     /// The host name a replica is known by in its `rendering.callback_url`, when it is not the

@@ -549,7 +549,7 @@ impl Orchestrator for ProcessBackend {
     /// pug connects to its instances at `process.bind_address`, and a connection to a local
     /// address comes from that address: loopback's, or the network address instances listen
     /// on. (Only pug's user may connect, and other machines not at all: see `isolation`.)
-    fn gateway_source_addresses(&self) -> Vec<String> {
+    fn gateway_trust(&self) -> crate::GatewayTrust {
         let mut out = vec!["127.0.0.1".to_owned(), "::1".to_owned()];
         let bind = &self.settings.bind_address;
         if bind
@@ -558,7 +558,7 @@ impl Orchestrator for ProcessBackend {
         {
             out.push(bind.clone());
         }
-        out
+        crate::GatewayTrust::Addresses(out)
     }
 }
 

@@ -3,7 +3,8 @@
 //! Owns: [`InstanceSpec`] and its translation into `grafana.ini` settings (see
 //! `research/multitenant.md` §2), in three layers: pug's defaults (sign-up off, update checks
 //! off), then the tenant's own overrides, then what pug enforces: `root_url` and
-//! `serve_from_sub_path`, `auth.proxy` with the gateway as the only whitelisted sender, a
+//! `serve_from_sub_path`, how Grafana knows the gateway ([`GatewayTrust`]: `auth.proxy` with the
+//! gateway as the only whitelisted sender, or `auth.jwt` with the gateway's public key), a
 //! server admin whose login and email nobody signed in through the gateway can have
 //! ([`InstanceSpec::ADMIN_LOGIN`], [`InstanceSpec::admin_email`]), `csrf_always_check`, the
 //! operator's datasource proxy whitelist, plugin preinstall off unless allowed, the database,
@@ -18,6 +19,12 @@ use std::collections::BTreeMap;
 use pug_types::{ExposeSecret, GrafanaVersion, Overrides, SecretString, TenantId};
 use sha2::{Digest, Sha256};
 
+/// The header the gateway's identity token comes in (`pug_auth::gateway_token::HEADER`).
+pub const JWT_HEADER: &str = "X-Pug-Identity";
+/// The issuer the tenant's Grafana expects (`pug_auth::gateway_token::ISSUER`); the audience
+/// is `pug:<tenant>` (`pug_auth::gateway_token::audience`).
+pub const JWT_ISSUER: &str = "pug";
+
 use crate::InstanceSecrets;
 
 /// Everything one replica of a tenant must be.
@@ -30,8 +37,8 @@ pub struct InstanceSpec {
     pub root_url: String,
     /// Whether Grafana serves under `root_url`'s path (path routing).
     pub serve_from_sub_path: bool,
-    /// Addresses allowed to send auth-proxy headers: the gateway's.
-    pub proxy_whitelist: Vec<String>,
+    /// How the tenant's Grafana knows that a request comes from pug's gateway.
+    pub gateway: GatewayTrust,
     /// The port this replica listens on (allocated by the controller; unique on the machine).
     pub port: u16,
     pub secrets: InstanceSecrets,
@@ -46,6 +53,23 @@ pub struct InstanceSpec {
     pub overrides: Overrides,
     /// Datasources and dashboards provisioned into this Grafana.
     pub provisioning: crate::Provisioning,
+}
+
+/// How a tenant's Grafana knows who a request through pug's gateway is from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GatewayTrust {
+    /// `[auth.proxy]`: the identity headers count only from these addresses (the gateway's).
+    /// Sound where the gateway's address is fixed and nobody else can take it (loopback with
+    /// the process backend's firewall rule, pug's address on a docker bridge).
+    Addresses(Vec<String>),
+    /// `[auth.jwt]`: the identity is a token the gateway signed
+    /// (`pug_auth::gateway_token`), verified with `public_key_pem`, which the backend delivers
+    /// at `key_file`; `auth.proxy` is off. For the swarm backend, where pug's replicas have no
+    /// fixed addresses and every tenant's task shares the overlay.
+    Signature {
+        public_key_pem: String,
+        key_file: String,
+    },
 }
 
 /// Where the tenant's Grafana keeps its database.
@@ -169,16 +193,43 @@ impl InstanceSpec {
                 "false"
             },
         );
-        plain("auth.proxy", "enabled", "true");
-        plain("auth.proxy", "header_name", "X-WEBAUTH-USER");
-        plain("auth.proxy", "header_property", "username");
-        plain("auth.proxy", "auto_sign_up", "true");
-        plain(
-            "auth.proxy",
-            "headers",
-            "Email:X-WEBAUTH-EMAIL Role:X-WEBAUTH-ROLE Name:X-WEBAUTH-NAME",
-        );
-        plain("auth.proxy", "whitelist", &self.proxy_whitelist.join(", "));
+        match &self.gateway {
+            GatewayTrust::Addresses(whitelist) => {
+                plain("auth.proxy", "enabled", "true");
+                plain("auth.proxy", "header_name", "X-WEBAUTH-USER");
+                plain("auth.proxy", "header_property", "username");
+                plain("auth.proxy", "auto_sign_up", "true");
+                plain(
+                    "auth.proxy",
+                    "headers",
+                    "Email:X-WEBAUTH-EMAIL Role:X-WEBAUTH-ROLE Name:X-WEBAUTH-NAME",
+                );
+                plain("auth.proxy", "whitelist", &whitelist.join(", "));
+            }
+            GatewayTrust::Signature { key_file, .. } => {
+                // Grafana's `[auth.jwt]` (`pkg/services/auth/jwt`, `authn/clients/jwt.go`):
+                // the token in `header_name`, verified with the PEM in `key_file`, `iss` and
+                // `aud` as `expect_claims` say, the org role from the `role` claim (strict: a
+                // token without a valid role signs nobody in).
+                plain("auth.proxy", "enabled", "false");
+                plain("auth.jwt", "enabled", "true");
+                plain("auth.jwt", "header_name", JWT_HEADER);
+                plain("auth.jwt", "username_claim", "sub");
+                plain("auth.jwt", "email_claim", "email");
+                plain("auth.jwt", "key_file", key_file);
+                plain(
+                    "auth.jwt",
+                    "expect_claims",
+                    &serde_json::json!({"iss": JWT_ISSUER, "aud": format!("pug:{}", self.tenant)})
+                        .to_string(),
+                );
+                plain("auth.jwt", "role_attribute_path", "role");
+                plain("auth.jwt", "role_attribute_strict", "true");
+                plain("auth.jwt", "allow_assign_grafana_admin", "false");
+                plain("auth.jwt", "auto_sign_up", "true");
+                plain("auth.jwt", "url_login", "false");
+            }
+        }
         // A per-tenant cookie name, so tenants that share a host (path mode) never read each
         // other's Grafana session cookie.
         plain(
@@ -273,6 +324,11 @@ impl InstanceSpec {
             }
         }
         self.provisioning.hash_into(&mut h);
+        // The key itself reaches Grafana as a file, not a setting: a new key rolls too.
+        if let GatewayTrust::Signature { public_key_pem, .. } = &self.gateway {
+            h.update([1]);
+            h.update(public_key_pem);
+        }
         hex::encode(&h.finalize()[..8])
     }
 }
@@ -322,7 +378,7 @@ mod tests {
             version: GrafanaVersion::parse("11.3.0").unwrap(),
             root_url: "http://127.0.0.1:8080/t/acme/".into(),
             serve_from_sub_path: true,
-            proxy_whitelist: vec!["127.0.0.1".into()],
+            gateway: GatewayTrust::Addresses(vec!["127.0.0.1".into()]),
             port: 20001,
             secrets: InstanceSecrets {
                 admin_password: SecretString::from("pw#1"),
@@ -350,6 +406,36 @@ mod tests {
         assert!(ini.contains("enable_gzip = true\n"));
         assert!(ini.contains("[paths]\ndata = /d\n"));
         assert_eq!(s.root_path(), "/t/acme/");
+        assert!(!ini.contains("[auth.jwt]"), "{ini}");
+    }
+
+    #[test]
+    fn a_grafana_that_trusts_a_signature_takes_no_auth_proxy_header() {
+        let mut s = spec();
+        s.gateway = GatewayTrust::Signature {
+            public_key_pem: "-----BEGIN PUBLIC KEY-----\n...".into(),
+            key_file: "/etc/grafana/pug-gateway.pem".into(),
+        };
+        let ini = render_ini(&s.settings(), &[]);
+        assert!(ini.contains("[auth.proxy]\nenabled = false\n"), "{ini}");
+        assert!(!ini.contains("\nwhitelist ="), "{ini}");
+        for line in [
+            "[auth.jwt]\nenabled = true\n",
+            "header_name = X-Pug-Identity\n",
+            "username_claim = sub\n",
+            "key_file = /etc/grafana/pug-gateway.pem\n",
+            "expect_claims = {\"aud\":\"pug:acme\",\"iss\":\"pug\"}\n",
+            "role_attribute_path = role\n",
+            "role_attribute_strict = true\n",
+            "allow_assign_grafana_admin = false\n",
+        ] {
+            assert!(ini.contains(line), "{line:?} missing from {ini}");
+        }
+        assert_ne!(
+            s.hash(),
+            spec().hash(),
+            "a change of trust rolls the instance"
+        );
     }
 
     #[test]

@@ -54,7 +54,7 @@ fn spec(tenant: &str, port: u16) -> InstanceSpec {
         version: GrafanaVersion::parse("11.3.0").unwrap(),
         root_url: format!("http://127.0.0.1/t/{tenant}/"),
         serve_from_sub_path: true,
-        proxy_whitelist: vec!["127.0.0.1".into()],
+        gateway: pug_orchestrator::GatewayTrust::Addresses(vec!["127.0.0.1".into()]),
         port,
         secrets: InstanceSecrets {
             admin_password: SecretString::from("pw".to_owned()),

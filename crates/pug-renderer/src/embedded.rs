@@ -116,8 +116,12 @@ pub struct Embedded {
 /// Where instances reach the renderer: `renderer.listen` (loopback when it is unspecified);
 /// with `for_instances` (the docker network's gateway) and a loopback or unspecified
 /// `renderer.listen`, that address and `renderer.listen`'s port. (pug itself in a container
-/// on pug's network sets `renderer.listen` to its own address there.)
+/// on pug's network sets `renderer.listen` to its own address there.) `renderer.tenant_url`,
+/// when set, wins over all of these.
 pub fn tenant_url(config: &Config, for_instances: Option<IpAddr>) -> String {
+    if !config.renderer.tenant_url.trim().is_empty() {
+        return config.renderer.tenant_url.trim().to_owned();
+    }
     let listen = config.renderer.listen;
     match for_instances {
         Some(ip) if listen.ip().is_loopback() || listen.ip().is_unspecified() => {
@@ -337,6 +341,13 @@ mod tests {
             "http://172.29.0.2:9000/render",
             "pug in a container on the network: its own address"
         );
+        config.renderer.tenant_url = "http://tasks.pug_pug:8081/render".into();
+        assert_eq!(
+            tenant_url(&config, Some(gw)),
+            "http://tasks.pug_pug:8081/render",
+            "several pugs: the one name the operator gives"
+        );
+        config.renderer.tenant_url = String::new();
 
         config.backend = Backend::Docker;
         let s = settings(&config, PathBuf::from("/usr/bin/chromium"));

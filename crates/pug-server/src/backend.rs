@@ -51,7 +51,12 @@ pub(crate) async fn start(config: &Config, store: &Store) -> Result<Started, Ser
                 .map_err(ServeError::DockerBackend)?,
         ),
         Backend::Swarm => {
-            let backend = pug_docker::SwarmBackend::new(config.docker.clone())
+            // Tasks verify the gateway's identity tokens with this key (the same for every pug
+            // on this store; see `pug_auth::gateway_token`).
+            let key =
+                pug_auth::IdentitySigner::from_secret(&store.gateway_identity_secret().await?)
+                    .public_key_pem();
+            let backend = pug_docker::SwarmBackend::new(config.docker.clone(), key)
                 .await
                 .map_err(ServeError::SwarmBackend)?;
             Started {

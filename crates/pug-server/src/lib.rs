@@ -205,8 +205,7 @@ impl Server {
             .await
             .map_err(ServeError::OpenStore)?;
         if roles.runs("controller") {
-            let whitelist_set = !config.docker.proxy_whitelist.is_empty();
-            sharing::check(&store, config.backend, whitelist_set).await?;
+            sharing::check(&store, config.backend).await?;
         }
         let first_admin_token = if store.has_tokens().await? {
             None

@@ -14,11 +14,12 @@ use crate::ServeError;
 
 /// Why this pug's controller must not start beside `others` (the pugs whose heartbeat is alive
 /// on the store, minus those of this host whose process is gone), or `None`.
-/// - process backend: its tenants are one host's processes, which no other pug sees;
-/// - swarm with no `docker.proxy_whitelist`: every pug would whitelist its own overlay address
-///   in the tenants' services (each pug's spec differs: they would replace them in turn, and a
-///   tenant would trust only one pug's gateway).
-pub fn refusal(backend: Backend, whitelist_set: bool, others: &[Replica]) -> Option<String> {
+/// - process backend: its tenants are one host's processes, which no other pug sees.
+///
+/// Docker and swarm share: their tenants are the engine's, and tenants trust every pug's
+/// gateway alike (docker: the network's gateway address, the same for every pug of one host;
+/// swarm: the identity tokens signed with the store's key, whichever replica signs them).
+pub fn refusal(backend: Backend, others: &[Replica]) -> Option<String> {
     let other = others.first()?;
     let who = format!(
         "another pug ({} on {}) is running on this store",
@@ -29,18 +30,13 @@ pub fn refusal(backend: Backend, whitelist_set: bool, others: &[Replica]) -> Opt
             "{who}; the process backend runs tenants on one machine and cannot be shared: use \
              backend = \"docker\" or \"swarm\" for several pugs, or stop the other one"
         )),
-        Backend::Swarm if !whitelist_set => Some(format!(
-            "{who}; with several pugs on swarm, set docker.proxy_whitelist \
-             (PUG_DOCKER_PROXY_WHITELIST) to the overlay addresses of all of them, the same on \
-             each (by default each pug whitelists only its own)"
-        )),
         Backend::Swarm | Backend::Docker => None,
     }
 }
 
 /// Refuses to start this pug's controller beside the other live pugs when [`refusal`] says so.
 /// A pug of this host whose process is gone (killed a moment ago) does not count.
-pub async fn check(store: &Store, backend: Backend, whitelist_set: bool) -> Result<(), ServeError> {
+pub async fn check(store: &Store, backend: Backend) -> Result<(), ServeError> {
     let host = pug_controller::lease::hostname();
     let others: Vec<Replica> = store
         .live_replicas("")
@@ -57,7 +53,7 @@ pub async fn check(store: &Store, backend: Backend, whitelist_set: bool) -> Resu
             }
         })
         .collect();
-    match refusal(backend, whitelist_set, &others) {
+    match refusal(backend, &others) {
         Some(reason) => Err(ServeError::Refused(reason)),
         None => Ok(()),
     }
@@ -77,16 +73,14 @@ mod tests {
         };
         let one = std::slice::from_ref(&other);
         let table = [
-            (Backend::Process, false, &[][..], None),
-            (Backend::Process, false, one, Some("cannot be shared")),
-            (Backend::Process, true, one, Some("cannot be shared")),
-            (Backend::Swarm, false, &[][..], None),
-            (Backend::Swarm, false, one, Some("docker.proxy_whitelist")),
-            (Backend::Swarm, true, one, None),
-            (Backend::Docker, false, one, None),
+            (Backend::Process, &[][..], None),
+            (Backend::Process, one, Some("cannot be shared")),
+            (Backend::Swarm, &[][..], None),
+            (Backend::Swarm, one, None),
+            (Backend::Docker, one, None),
         ];
-        for (backend, whitelist, others, want) in table {
-            let got = refusal(backend, whitelist, others);
+        for (backend, others, want) in table {
+            let got = refusal(backend, others);
             match (want, &got) {
                 (None, None) => {}
                 (Some(part), Some(reason)) => {
@@ -95,7 +89,7 @@ mod tests {
                         "{reason}"
                     )
                 }
-                _ => panic!("{backend:?} {whitelist} {}: {got:?}", others.len()),
+                _ => panic!("{backend:?} {}: {got:?}", others.len()),
             }
         }
     }

@@ -156,6 +156,22 @@ async fn authenticate(
             )
                 .into_response();
         }
+        Identity::InvalidJwt(why) => {
+            logging::warn(
+                "auth.jwt",
+                "Failed to verify JWT",
+                &[("error", why), ("remote_addr", &peer.to_string())],
+            );
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({
+                    "message": "Failed to verify JWT",
+                    "messageId": "jwt.invalid",
+                    "statusCode": 401,
+                })),
+            )
+                .into_response();
+        }
         Identity::BadCredentials => {
             return (
                 StatusCode::UNAUTHORIZED,
@@ -373,6 +389,7 @@ async fn standin_headers(
         Identity::User(u) => json!({"user": u.login}),
         Identity::Refused(m) => json!({"refused": m}),
         Identity::BadCredentials => json!({"refused": "Invalid username or password"}),
+        Identity::InvalidJwt(why) => json!({"refused": format!("Failed to verify JWT: {why}")}),
         Identity::Anonymous => Value::Null,
     };
     Json(json!({

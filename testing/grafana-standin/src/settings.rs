@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{Map, Value};
 
 /// Section name go-ini gives to keys that appear before any `[section]`.
 pub const DEFAULT_SECTION: &str = "DEFAULT";
@@ -109,6 +110,19 @@ whitelist =
 headers =
 headers_encoded = false
 enable_login_token = false
+
+[auth.jwt]
+enabled = false
+header_name =
+email_claim =
+username_claim =
+key_file =
+expect_claims = {}
+role_attribute_path =
+role_attribute_strict = false
+auto_sign_up = false
+url_login = false
+allow_assign_grafana_admin = false
 
 [analytics]
 reporting_enabled = true
@@ -577,6 +591,92 @@ pub struct AuthProxy {
     pub auto_assign_org_role: String,
 }
 
+/// `[auth.jwt]` (Grafana's `pkg/services/auth/jwt` and `authn/clients/jwt.go`), as far as pug
+/// uses it: a PEM `key_file` (the stand-in verifies Ed25519 keys only, `alg: EdDSA`; Grafana
+/// also takes RSA and ECDSA), `expect_claims` (string values compared exactly; `exp` is always
+/// required and checked, and a token issued in the future is refused, as go-jose does),
+/// `username_claim` / `email_claim`, and the org role from a top-level claim named by
+/// `role_attribute_path` (a JMESPath in Grafana; a plain claim name here).
+#[derive(Debug, Clone)]
+pub struct AuthJwt {
+    pub enabled: bool,
+    pub header_name: String,
+    pub username_claim: String,
+    pub email_claim: String,
+    /// The verifying key read from `key_file` (raw Ed25519 public key bytes).
+    pub key: Option<[u8; 32]>,
+    pub key_file: String,
+    pub expect_claims: Map<String, Value>,
+    pub role_attribute_path: String,
+    pub role_attribute_strict: bool,
+    pub allow_assign_grafana_admin: bool,
+    pub auto_sign_up: bool,
+}
+
+impl AuthJwt {
+    fn load(ini: &Ini) -> Result<Self> {
+        let enabled = get_bool(ini, "auth.jwt", "enabled");
+        let key_file = get(ini, "auth.jwt", "key_file").trim().to_string();
+        let key = if enabled {
+            if key_file.is_empty() {
+                bail!("key set for jwt verification is not configured");
+            }
+            let pem = std::fs::read_to_string(&key_file)
+                .with_context(|| format!("[auth.jwt] key_file {key_file}"))?;
+            Some(
+                ed25519_public_key(&pem)
+                    .with_context(|| format!("[auth.jwt] key_file {key_file}"))?,
+            )
+        } else {
+            None
+        };
+        let expect_raw = get(ini, "auth.jwt", "expect_claims").trim();
+        let expect_claims = if expect_raw.is_empty() {
+            Map::new()
+        } else {
+            serde_json::from_str(expect_raw)
+                .context("[auth.jwt] expect_claims is not a JSON object")?
+        };
+        Ok(Self {
+            enabled,
+            header_name: get(ini, "auth.jwt", "header_name").trim().to_string(),
+            username_claim: get(ini, "auth.jwt", "username_claim").trim().to_string(),
+            email_claim: get(ini, "auth.jwt", "email_claim").trim().to_string(),
+            key,
+            key_file,
+            expect_claims,
+            role_attribute_path: get(ini, "auth.jwt", "role_attribute_path")
+                .trim()
+                .to_string(),
+            role_attribute_strict: get_bool(ini, "auth.jwt", "role_attribute_strict"),
+            allow_assign_grafana_admin: get_bool(ini, "auth.jwt", "allow_assign_grafana_admin"),
+            auto_sign_up: get_bool(ini, "auth.jwt", "auto_sign_up"),
+        })
+    }
+}
+
+/// The raw key of an Ed25519 `PUBLIC KEY` PEM (SubjectPublicKeyInfo: the 12-byte algorithm
+/// prefix of id-Ed25519, then the 32 key bytes), as `x509.ParsePKIXPublicKey` reads it.
+fn ed25519_public_key(pem: &str) -> Result<[u8; 32]> {
+    const SPKI_PREFIX: [u8; 12] = [
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    let body: String = pem
+        .lines()
+        .skip_while(|l| l.trim() != "-----BEGIN PUBLIC KEY-----")
+        .skip(1)
+        .take_while(|l| l.trim() != "-----END PUBLIC KEY-----")
+        .collect();
+    use base64::Engine as _;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .map_err(|_| anyhow!("failed to parse PEM file"))?;
+    match der.strip_prefix(&SPKI_PREFIX[..]) {
+        Some(key) if key.len() == 32 => Ok(key.try_into().expect("32 bytes")),
+        _ => bail!("not an Ed25519 PUBLIC KEY (the stand-in verifies EdDSA only)"),
+    }
+}
+
 /// `[database]`, resolved.
 #[derive(Debug, Clone)]
 pub enum Database {
@@ -631,6 +731,7 @@ pub struct Settings {
     pub serve_from_sub_path: bool,
     pub hide_version: bool,
     pub auth_proxy: AuthProxy,
+    pub auth_jwt: AuthJwt,
     pub basic_auth: bool,
     pub admin_user: String,
     /// `[security] admin_email`: the admin account's email.
@@ -792,6 +893,7 @@ impl Settings {
             serve_from_sub_path: get_bool(&ini, "server", "serve_from_sub_path"),
             hide_version: get_bool(&ini, "auth.anonymous", "hide_version"),
             auth_proxy,
+            auth_jwt: AuthJwt::load(&ini)?,
             basic_auth: get_bool(&ini, "auth.basic", "enabled"),
             admin_user: get(&ini, "security", "admin_user").to_string(),
             admin_email: get(&ini, "security", "admin_email").to_string(),
@@ -862,7 +964,7 @@ impl Settings {
     /// The settings report served at `/api/standin/settings`: every effective value, except
     /// that secrets are replaced by whether they are set and a sha256 prefix.
     pub fn report(&self) -> serde_json::Value {
-        use serde_json::{json, Map, Value};
+        use serde_json::json;
         let mut sections = Map::new();
         for (section, keys) in &self.ini {
             let mut m = Map::new();
@@ -905,6 +1007,14 @@ impl Settings {
                 "headers": self.auth_proxy.headers.iter()
                     .map(|(k, v)| (k.clone(), Value::String(v.clone())))
                     .collect::<Map<_, _>>(),
+            },
+            "auth_jwt": {
+                "enabled": self.auth_jwt.enabled,
+                "header_name": self.auth_jwt.header_name,
+                "key_file": self.auth_jwt.key_file,
+                "expect_claims": self.auth_jwt.expect_claims,
+                "role_attribute_path": self.auth_jwt.role_attribute_path,
+                "role_attribute_strict": self.auth_jwt.role_attribute_strict,
             },
             "admin_user": self.admin_user,
             "admin_password": secret_summary(&self.admin_password),

@@ -199,7 +199,7 @@ async fn desired(
             version: t.spec.version.clone(),
             root_url: root_url.clone(),
             serve_from_sub_path,
-            proxy_whitelist: c.orchestrator.gateway_source_addresses(),
+            gateway: c.orchestrator.gateway_trust(),
             port,
             secrets: InstanceSecrets {
                 admin_password: admin_password.clone(),

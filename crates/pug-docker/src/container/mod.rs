@@ -44,7 +44,7 @@ use bollard::query_parameters::{
 };
 use futures::StreamExt;
 use pug_config::DockerConfig;
-use pug_orchestrator::{Instance, InstanceSpec, Orchestrator, OrchestratorError};
+use pug_orchestrator::{GatewayTrust, Instance, InstanceSpec, Orchestrator, OrchestratorError};
 use pug_types::{GrafanaVersion, TenantId};
 use tokio::sync::mpsc;
 
@@ -449,8 +449,8 @@ impl Orchestrator for DockerBackend {
         self.changes_rx.lock().expect("changes").take()
     }
 
-    fn gateway_source_addresses(&self) -> Vec<String> {
-        self.whitelist.clone()
+    fn gateway_trust(&self) -> GatewayTrust {
+        GatewayTrust::Addresses(self.whitelist.clone())
     }
 
     /// The container's name: Docker's name for it on pug's network, and the renderer's (which

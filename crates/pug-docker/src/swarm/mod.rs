@@ -16,8 +16,10 @@
 //!   a failed update is rolled back by Swarm (`FailureAction = rollback`).
 //! - `instances` reports one instance per active task slot, in slot order; its endpoint is the
 //!   task's address on the overlay network. Nothing is published on the nodes: pug runs in a
-//!   container attached to the overlay and Grafana trusts auth-proxy headers from pug's own
-//!   address there only (`overlay.rs`).
+//!   container attached to the overlay (`overlay.rs`). Grafana trusts no address: each task
+//!   verifies the gateway's signed identity token (`[auth.jwt]`, the public key mounted as a
+//!   config at [`GATEWAY_KEY_FILE`]), so any number of pug replicas can serve its gateway, and
+//!   another tenant's task on the same overlay cannot sign anyone in.
 //! - `remove(replica r)` scales the service down to `r` replicas; suspending a tenant is
 //!   replicas 0 (the service, its secrets and its volume stay). Removing replica 0 of a service
 //!   already at 0 deletes it: that is how orphans go.
@@ -62,7 +64,9 @@ use async_trait::async_trait;
 use bollard::models::{Service, ServiceSpec, Task};
 use bollard::query_parameters::{InspectServiceOptions, ListServicesOptions, ListTasksOptions};
 use pug_config::DockerConfig;
-use pug_orchestrator::{Instance, InstanceSpec, InstanceState, Orchestrator, OrchestratorError};
+use pug_orchestrator::{
+    GatewayTrust, Instance, InstanceSpec, InstanceState, Orchestrator, OrchestratorError,
+};
 use pug_types::{GrafanaVersion, TenantId};
 
 use crate::engine::{api, is_conflict, is_not_found, DockerError, Engine};
@@ -73,15 +77,16 @@ use crate::{
 };
 use objects::{Config, Secret};
 use slots::{Addresses, Applied};
-pub use spec::CONTAINER_PORT;
 use spec::{TaskFiles, TaskObjects};
+pub use spec::{CONTAINER_PORT, GATEWAY_KEY_FILE};
 
 /// The swarm backend.
 #[derive(Debug)]
 pub struct SwarmBackend {
     engine: Engine,
     config: DockerConfig,
-    whitelist: Vec<String>,
+    /// The gateway's public key (PEM), which every task verifies identity tokens with.
+    gateway_key_pem: String,
     /// pug's own address on the overlay, where tasks reach pug's services (the renderer).
     own: Option<std::net::IpAddr>,
     /// What pug applied for each replica (see `slots::Applied`).
@@ -92,7 +97,12 @@ pub struct SwarmBackend {
 
 impl SwarmBackend {
     /// Connects to a swarm manager and creates the overlay network when missing.
-    pub async fn new(config: DockerConfig) -> Result<Arc<Self>, DockerError> {
+    /// `gateway_key_pem` is the public key of the gateway's identity tokens
+    /// (`pug_auth::IdentitySigner::public_key_pem`), the same for every pug on one store.
+    pub async fn new(
+        config: DockerConfig,
+        gateway_key_pem: String,
+    ) -> Result<Arc<Self>, DockerError> {
         let engine = Engine::connect(&config.host, config.max_concurrent_ops).await?;
         let info = engine
             .docker
@@ -111,18 +121,13 @@ impl SwarmBackend {
         }
         ensure_network(&engine, &config.network, "overlay").await?;
         // Tasks are reached over the overlay only, from pug's own address there (see
-        // `overlay`): pug must be attached, whatever the whitelist.
+        // `overlay`): pug must be attached.
         let own = overlay::own_address(&engine, &config.network).await?;
         let own_ip = own.parse().ok();
-        let whitelist = if config.proxy_whitelist.is_empty() {
-            vec![own]
-        } else {
-            config.proxy_whitelist.clone()
-        };
         Ok(Arc::new(Self {
             engine,
             config,
-            whitelist,
+            gateway_key_pem,
             own: own_ip,
             applied: Mutex::default(),
             canary_done: AtomicBool::new(false),
@@ -411,8 +416,11 @@ impl Orchestrator for SwarmBackend {
         Ok(())
     }
 
-    fn gateway_source_addresses(&self) -> Vec<String> {
-        self.whitelist.clone()
+    fn gateway_trust(&self) -> GatewayTrust {
+        GatewayTrust::Signature {
+            public_key_pem: self.gateway_key_pem.clone(),
+            key_file: GATEWAY_KEY_FILE.to_owned(),
+        }
     }
 
     /// Every task of a service runs one template, so a task's callback is the service's name:

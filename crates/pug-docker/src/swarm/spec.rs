@@ -26,7 +26,7 @@ use bollard::models::{
     TaskSpecRestartPolicyConditionEnum,
 };
 use pug_config::DockerConfig;
-use pug_orchestrator::{DatabaseSettings, InstanceSpec};
+use pug_orchestrator::{DatabaseSettings, GatewayTrust, InstanceSpec};
 use pug_types::TenantId;
 use sha2::{Digest, Sha256};
 
@@ -112,9 +112,12 @@ pub(super) struct TaskFiles {
     /// Grafana's secret settings (names under `/run/secrets`) and the datasources file, which
     /// holds credentials (its absolute path).
     pub secrets: Vec<(String, String)>,
-    /// Dashboards and their provider.
+    /// Dashboards and their provider, and the gateway's public key.
     pub configs: Vec<(String, String)>,
 }
+
+/// Where a task reads the gateway's public key (`[auth.jwt] key_file`).
+pub const GATEWAY_KEY_FILE: &str = "/etc/grafana/pug-gateway-key.pem";
 
 /// The environment and files of a task running `spec`.
 pub(super) fn task_files(spec: &InstanceSpec) -> TaskFiles {
@@ -125,6 +128,14 @@ pub(super) fn task_files(spec: &InstanceSpec) -> TaskFiles {
             true => secrets.push((f.path, f.contents)),
             false => configs.push((f.path, f.contents)),
         }
+    }
+    // Public: a config, not a secret.
+    if let GatewayTrust::Signature {
+        public_key_pem,
+        key_file,
+    } = &spec.gateway
+    {
+        configs.push((key_file.clone(), public_key_pem.clone()));
     }
     TaskFiles {
         env,
@@ -290,6 +301,18 @@ mod tests {
         }
     }
 
+    /// `tenant`'s spec as the swarm backend's controller makes it: trusting the gateway's
+    /// signature.
+    fn swarm_spec(tenant: Tenant) -> InstanceSpec {
+        let mut spec = instance_spec(tenant);
+        spec.gateway = GatewayTrust::Signature {
+            public_key_pem:
+                "-----BEGIN PUBLIC KEY-----\nGATEWAY-PUBLIC-KEY\n-----END PUBLIC KEY-----\n".into(),
+            key_file: GATEWAY_KEY_FILE.into(),
+        };
+        spec
+    }
+
     fn built(config: &DockerConfig, spec: &InstanceSpec, replicas: i64) -> ServiceSpec {
         let hash = template_hash(config, spec);
         let labels = new_service_labels(&config.namespace, &spec.tenant, &hash, 1_700_000_000_000);
@@ -305,13 +328,13 @@ mod tests {
 
     #[test]
     fn service_spec_of_a_sqlite_tenant() {
-        let spec = instance_spec(Tenant::Minimal);
+        let spec = swarm_spec(Tenant::Minimal);
         snapshot("sqlite_tenant", &built(&DockerConfig::default(), &spec, 1));
     }
 
     #[test]
     fn service_spec_of_a_postgres_tenant_with_provisioning_and_rendering() {
-        let spec = instance_spec(Tenant::Full);
+        let spec = swarm_spec(Tenant::Full);
         let config = DockerConfig {
             namespace: "pugtest".into(),
             image: "registry.example.com/grafana:{version}".into(),
@@ -328,7 +351,7 @@ mod tests {
     #[test]
     fn no_secret_value_reaches_the_service_spec() {
         for tenant in [Tenant::Minimal, Tenant::Full] {
-            let spec = instance_spec(tenant);
+            let spec = swarm_spec(tenant);
             let text = serde_json::to_string(&built(&DockerConfig::default(), &spec, 1)).unwrap();
             for value in secret_values(&spec) {
                 assert!(
@@ -341,7 +364,7 @@ mod tests {
 
     #[test]
     fn credentials_become_secrets_and_the_rest_configs() {
-        let spec = instance_spec(Tenant::Full);
+        let spec = swarm_spec(Tenant::Full);
         let files = task_files(&spec);
         let secrets: Vec<&str> = files.secrets.iter().map(|(f, _)| f.as_str()).collect();
         let configs: Vec<&str> = files.configs.iter().map(|(f, _)| f.as_str()).collect();
@@ -361,6 +384,10 @@ mod tests {
         assert!(
             secrets.contains(&"/etc/grafana/provisioning/datasources/pug.yaml"),
             "{secrets:?}"
+        );
+        assert!(
+            configs.contains(&GATEWAY_KEY_FILE),
+            "the gateway's public key: {configs:?}"
         );
         assert!(
             configs
@@ -384,7 +411,7 @@ mod tests {
     #[test]
     fn every_replica_runs_one_template() {
         let config = DockerConfig::default();
-        let base = instance_spec(Tenant::Full);
+        let base = swarm_spec(Tenant::Full);
         let hash = template_hash(&config, &base);
         let same = |f: &dyn Fn(&mut InstanceSpec)| {
             let mut s = base.clone();

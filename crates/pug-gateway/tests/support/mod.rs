@@ -26,22 +26,55 @@ pub struct Standin {
 
 impl Standin {
     pub async fn start(root_url: &str, sub_path: bool) -> Self {
+        Self::start_trusting(root_url, sub_path, None).await
+    }
+
+    /// A replica that trusts the gateway's signature for `tenant` (`[auth.jwt]` with the
+    /// gateway's public key `key_pem`, as pug configures a swarm tenant) instead of its address.
+    pub async fn start_jwt(root_url: &str, tenant: &str, key_pem: &str) -> Self {
+        Self::start_trusting(root_url, true, Some((tenant, key_pem))).await
+    }
+
+    async fn start_trusting(root_url: &str, sub_path: bool, jwt: Option<(&str, &str)>) -> Self {
         let home = tempfile::tempdir().unwrap();
-        let mut child = Command::new(pug_test_support::standin::bin())
+        let mut command = Command::new(pug_test_support::standin::bin());
+        command
             .args(["server", "--homepath"])
             .arg(home.path())
             .env("GF_SERVER_HTTP_ADDR", "127.0.0.1")
             // It binds a port of its own and reports it (no port chosen here to race for).
             .env("GF_SERVER_HTTP_PORT", "0")
             .env("GF_SERVER_ROOT_URL", root_url)
-            .env("GF_SERVER_SERVE_FROM_SUB_PATH", sub_path.to_string())
-            .env("GF_AUTH_PROXY_ENABLED", "true")
-            .env("GF_AUTH_PROXY_HEADER_NAME", "X-WEBAUTH-USER")
-            .env(
-                "GF_AUTH_PROXY_HEADERS",
-                "Email:X-WEBAUTH-EMAIL Role:X-WEBAUTH-ROLE Name:X-WEBAUTH-NAME",
-            )
-            .env("GF_AUTH_PROXY_WHITELIST", "127.0.0.1, ::1")
+            .env("GF_SERVER_SERVE_FROM_SUB_PATH", sub_path.to_string());
+        match jwt {
+            None => command
+                .env("GF_AUTH_PROXY_ENABLED", "true")
+                .env("GF_AUTH_PROXY_HEADER_NAME", "X-WEBAUTH-USER")
+                .env(
+                    "GF_AUTH_PROXY_HEADERS",
+                    "Email:X-WEBAUTH-EMAIL Role:X-WEBAUTH-ROLE Name:X-WEBAUTH-NAME",
+                )
+                .env("GF_AUTH_PROXY_WHITELIST", "127.0.0.1, ::1"),
+            Some((tenant, key_pem)) => {
+                let key_file = home.path().join("pug-gateway-key.pem");
+                std::fs::write(&key_file, key_pem).unwrap();
+                command
+                    .env("GF_AUTH_PROXY_ENABLED", "false")
+                    .env("GF_AUTH_JWT_ENABLED", "true")
+                    .env("GF_AUTH_JWT_HEADER_NAME", "X-Pug-Identity")
+                    .env("GF_AUTH_JWT_USERNAME_CLAIM", "sub")
+                    .env("GF_AUTH_JWT_EMAIL_CLAIM", "email")
+                    .env("GF_AUTH_JWT_KEY_FILE", &key_file)
+                    .env(
+                        "GF_AUTH_JWT_EXPECT_CLAIMS",
+                        format!(r#"{{"iss":"pug","aud":"pug:{tenant}"}}"#),
+                    )
+                    .env("GF_AUTH_JWT_ROLE_ATTRIBUTE_PATH", "role")
+                    .env("GF_AUTH_JWT_ROLE_ATTRIBUTE_STRICT", "true")
+                    .env("GF_AUTH_JWT_AUTO_SIGN_UP", "true")
+            }
+        };
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

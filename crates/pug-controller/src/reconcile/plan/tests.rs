@@ -66,7 +66,7 @@ fn spec(replica: u32, v: &str) -> InstanceSpec {
         version: version(v),
         root_url: "http://127.0.0.1:8080/t/acme/".into(),
         serve_from_sub_path: true,
-        proxy_whitelist: vec!["127.0.0.1".into()],
+        gateway: pug_orchestrator::GatewayTrust::Addresses(vec!["127.0.0.1".into()]),
         port: 20000 + replica as u16,
         secrets: InstanceSecrets {
             admin_password: SecretString::from(SECRET),
