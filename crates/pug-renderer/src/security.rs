@@ -8,7 +8,10 @@
 //!
 //! Must not: parse request parameters or drive the browser. The engine calls
 //! [`UrlPolicy::check_navigation`] for every document the page loads (so redirects are checked
-//! again) and [`UrlPolicy::check_subresource`] for every other request.
+//! again) and [`UrlPolicy::check_subresource`] for every other request. A page's service
+//! worker's fetches are not the page's requests and escape both calls; they are held to the
+//! same floor as a subresource (never a link-local or metadata address) at connect time, by
+//! the browser's proxy ([`crate::engine::proxy`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

@@ -36,7 +36,7 @@ use chromiumoxide::cdp::browser_protocol::page::{
     NavigateParams, PrintToPdfParams, RemoveScriptToEvaluateOnNewDocumentParams, ScriptIdentifier,
 };
 use chromiumoxide::cdp::browser_protocol::storage::{ClearCookiesParams, ClearDataForOriginParams};
-use chromiumoxide::cdp::browser_protocol::target::CreateTargetParams;
+use chromiumoxide::cdp::browser_protocol::target::{CreateTargetParams, SetAutoAttachParams};
 use chromiumoxide::cdp::js_protocol::runtime::{
     AddBindingParams, EvaluateParams, EventBindingCalled,
 };
@@ -141,7 +141,11 @@ pub async fn create_blank(instance: &Instance) -> Result<Blank, RenderError> {
         .browser_context_id(ctx.clone())
         .build()
         .map_err(RenderError::Internal)?;
-    match browser.new_page(target).await {
+    let opened = match browser.new_page(target).await {
+        Ok(page) => run_workers_at_once(&page).await.map(|()| page),
+        Err(e) => Err(RenderError::Internal(format!("opening a page: {e}"))),
+    };
+    match opened {
         Ok(page) => Ok(Blank {
             ctx,
             page,
@@ -150,9 +154,30 @@ pub async fn create_blank(instance: &Instance) -> Result<Blank, RenderError> {
         }),
         Err(e) => {
             let _ = browser.dispose_browser_context(ctx).await;
-            Err(RenderError::Internal(format!("opening a page: {e}")))
+            Err(e)
         }
     }
+}
+
+/// Lets the page's workers start as in any browser. chromiumoxide attaches to a page's workers
+/// with `waitForDebuggerOnStart`, then for a service worker sends `runIfWaitingForDebugger`
+/// and detaches at once; Chromium handles the detach first, and the worker stays paused before
+/// its first line, so `navigator.serviceWorker.register()` never settles and such a page runs
+/// into its timeout. A running service worker is no hole (its fetches, which the page's request
+/// interception never sees, go through the browser's proxy like every connection), but that
+/// must hold because it is tested, not because workers happen never to run:
+/// `tests/connect_policy.rs` has a page's worker fetch the metadata address.
+async fn run_workers_at_once(page: &Page) -> Result<(), RenderError> {
+    let attach = SetAutoAttachParams::builder()
+        .auto_attach(true)
+        .wait_for_debugger_on_start(false)
+        .flatten(true)
+        .build()
+        .map_err(RenderError::Internal)?;
+    page.execute(attach)
+        .await
+        .map_err(cdp("letting workers start"))?;
+    Ok(())
 }
 
 /// Makes a used page blank again for the next render of the same scope: leaves the document

@@ -11,6 +11,12 @@
 //! checked and to 169.254.169.254 later (DNS rebinding), or `169.254.169.254.nip.io`, never
 //! reaches the refused address.
 //!
+//! Service workers register and run in pug's incognito render contexts (the page lets them
+//! start, [`super::page`]), and their fetches are the page's request interception's blind spot:
+//! a worker's `fetch` is not the page's request. This proxy is what refuses them
+//! (`tests/connect_policy.rs` has a page's worker fetch the metadata address, at install and
+//! in answer to the page's own same-origin request).
+//!
 //! Owns: the listener, reading one request head per connection, `CONNECT` tunnels and
 //! absolute-form HTTP requests (forwarded with `Connection: close`, so every request of the
 //! browser is a connection of its own and is checked), and the [`Resolver`] seam.
