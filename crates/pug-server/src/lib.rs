@@ -37,7 +37,7 @@ use std::time::Duration;
 use pug_config::Config;
 use pug_controller::{Controller, ControllerMetrics, ControllerSettings, TenantDatabases};
 use pug_gateway::server::serve_with;
-use pug_store::{write_private, Role, Store, StoreError, LOCAL_TOKEN_NAME};
+use pug_store::{write_private, Role, Store, StoreError};
 use pug_types::ExposeSecret;
 
 use crate::adapters::{ControllerWake, ObservedSwarm, RenderUse, StatusWritten, StoreTenants};
@@ -261,6 +261,14 @@ impl Server {
         let mut settings = ControllerSettings::from_config(&config);
         settings.renderer_url = renderer.as_ref().map(|r| r.url.clone());
         settings.roles = roles.as_slice().join(",");
+        let owner = settings.owner.clone();
+        let presence = pug_store::Replica {
+            owner: owner.clone(),
+            host: pug_controller::lease::hostname(),
+            backend: config.backend.as_str().to_owned(),
+            roles: settings.roles.clone(),
+        };
+        let lease = settings.lease;
         let orchestrator = backend.orchestrator.clone();
         let controller = Controller::new(
             store.clone(),
@@ -281,7 +289,15 @@ impl Server {
 
         // The CLI on this machine finds pug through these two files (both readable by pug's
         // user only).
-        let local_token = store.replace_token(LOCAL_TOKEN_NAME, Role::Admin).await?;
+        // One token per pug: several on one store each keep their own (a replica's start no
+        // longer logs another's CLI out), and those of pugs gone are removed.
+        let alive: Vec<String> = store
+            .live_replicas(&owner)
+            .await?
+            .into_iter()
+            .map(|r| r.owner)
+            .collect();
+        let local_token = store.replace_local_token(&owner, &alive).await?;
         write_file(
             data_dir.join(pug_client::TOKEN_FILE),
             local_token.expose_secret(),
@@ -307,6 +323,13 @@ impl Server {
         };
         if roles.runs("controller") {
             background.spawn(pug_controller::run(controller, background.token()));
+        } else {
+            background.spawn(sharing::presence_loop(
+                store.clone(),
+                presence,
+                lease,
+                background.token(),
+            ));
         }
         let app = if roles.runs("gateway") {
             // Tenant traffic and the login pages go to the gateway; the rest to the API.

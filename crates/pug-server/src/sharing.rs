@@ -1,7 +1,9 @@
 //! Whether this pug's controller may share its store with the other pugs alive on it.
 //!
 //! Owns: the decision ([`refusal`], pure) and reading what it needs (the store's live
-//! `pug_replicas` rows, whether a pid of this host still runs).
+//! `pug_replicas` rows, whether a pid of this host still runs), and the presence of a pug that
+//! runs no controller ([`presence_loop`]: its row, so that other pugs know it is alive and
+//! keep its local CLI token).
 //!
 //! Must not: decide anything about leases (the controller and the store do).
 
@@ -34,14 +36,16 @@ pub fn refusal(backend: Backend, others: &[Replica]) -> Option<String> {
     }
 }
 
-/// Refuses to start this pug's controller beside the other live pugs when [`refusal`] says so.
-/// A pug of this host whose process is gone (killed a moment ago) does not count.
+/// Refuses to start this pug's controller beside the other live pugs' controllers when
+/// [`refusal`] says so. A pug of this host whose process is gone (killed a moment ago) does
+/// not count, nor does a pug without the controller role (a gateway beside it is fine).
 pub async fn check(store: &Store, backend: Backend) -> Result<(), ServeError> {
     let host = pug_controller::lease::hostname();
     let others: Vec<Replica> = store
         .live_replicas("")
         .await?
         .into_iter()
+        .filter(|r| r.roles.split(',').any(|role| role == "controller"))
         .filter(|r| {
             let pid = r
                 .owner
@@ -56,6 +60,30 @@ pub async fn check(store: &Store, backend: Backend) -> Result<(), ServeError> {
     match refusal(backend, &others) {
         Some(reason) => Err(ServeError::Refused(reason)),
         None => Ok(()),
+    }
+}
+
+/// Keeps `me` (a pug without the controller role, whose controller would otherwise send the
+/// heartbeat) in the store's live replicas every third of `lease`, until `shutdown`; then
+/// removes its row at once.
+pub async fn presence_loop(
+    store: Store,
+    me: Replica,
+    lease: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let lease_ms = lease.as_millis() as i64;
+    loop {
+        if let Err(e) = store.heartbeat(&me, &[], lease_ms, false).await {
+            tracing::warn!(error = %e, "cannot record this pug as alive in the store");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(lease / 3) => {}
+        }
+    }
+    if let Err(e) = store.retire(&me.owner).await {
+        tracing::warn!(error = %e, "cannot remove this pug from the store's live replicas");
     }
 }
 

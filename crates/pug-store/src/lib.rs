@@ -37,7 +37,8 @@ pub use queue::WorkItem;
 pub use sessions::{EmbedScope, EmbedSessionOutcome, SessionRecord, SweepCounts};
 pub use tenants::parse_status;
 pub use tokens::{
-    choose_revocation, token_id, RevokeRefusal, Role, TokenCheck, TokenInfo, LOCAL_TOKEN_NAME,
+    choose_revocation, local_token_name, token_id, RevokeRefusal, Role, TokenCheck, TokenInfo,
+    LOCAL_TOKEN_NAME,
 };
 pub use users::User;
 

@@ -239,13 +239,45 @@ impl Store {
         self.create_token(name, role).await
     }
 
-    /// Whether any token exists (false on a store's first start).
+    /// Whether any token but the local CLI's exists (false on a store's first start).
     pub async fn has_tokens(&self) -> Result<bool, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens WHERE name <> $1")
-            .bind(crate::tokens::LOCAL_TOKEN_NAME)
-            .fetch_one(&self.pool)
-            .await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM api_tokens WHERE name <> $1 AND name NOT LIKE $2",
+        )
+        .bind(LOCAL_TOKEN_NAME)
+        .bind(format!("{LOCAL_TOKEN_NAME}@%"))
+        .fetch_one(&self.pool)
+        .await?;
         Ok(n > 0)
+    }
+
+    /// A new local CLI token for the pug `owner` ([`local_token_name`]), replacing its own and
+    /// removing those of pugs no longer alive (`alive`: the owners of live replicas; swarm
+    /// tasks come and go with new owners, and their tokens must not pile up). Several pugs on
+    /// one store each keep a token of their own: a second replica's start no longer logs the
+    /// first one's CLI out.
+    pub async fn replace_local_token(
+        &self,
+        owner: &str,
+        alive: &[String],
+    ) -> Result<SecretString, StoreError> {
+        let names: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM api_tokens WHERE name = $1 OR name LIKE $2")
+                .bind(LOCAL_TOKEN_NAME)
+                .bind(format!("{LOCAL_TOKEN_NAME}@%"))
+                .fetch_all(&self.pool)
+                .await?;
+        let keep: Vec<String> = alive.iter().map(|o| local_token_name(o)).collect();
+        for name in names {
+            if !keep.contains(&name) {
+                sqlx::query("DELETE FROM api_tokens WHERE name = $1")
+                    .bind(&name)
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        self.replace_token(&local_token_name(owner), Role::Admin)
+            .await
     }
 
     /// The role of `token`, or `None` if it is not a token of this store or has expired.
@@ -357,8 +389,14 @@ impl Store {
     }
 }
 
-/// The name of the token `pug serve` writes to `<data>/local.token` for the CLI on this machine.
+/// The name the tokens `pug serve` writes to `<data>/local.token` for the CLI on its machine
+/// start with; each pug's is [`local_token_name`].
 pub const LOCAL_TOKEN_NAME: &str = "local-cli";
+
+/// The local CLI token's name of the pug `owner` (its lease owner id).
+pub fn local_token_name(owner: &str) -> String {
+    format!("{LOCAL_TOKEN_NAME}@{owner}")
+}
 
 #[cfg(test)]
 mod tests {

@@ -309,3 +309,56 @@ async fn fenced_writes_on_sqlite() {
 async fn fenced_writes_on_postgres() {
     common::on_postgres("fenced_test", the_fenced_writes_story).await;
 }
+
+/// Every pug on a store keeps a local CLI token of its own: a second pug's start does not
+/// revoke the first one's, a pug's restart replaces only its own, and the tokens of pugs no
+/// longer alive are removed; none of them counts as "the store has tokens" (the first admin
+/// token is still created on a fresh store).
+async fn the_local_tokens_story(store: Store) {
+    let verify = |t: pug_types::SecretString| {
+        let store = store.clone();
+        async move { store.verify_token(&t).await.unwrap() }
+    };
+    let a = store.replace_local_token("pug-a", &[]).await.unwrap();
+    assert!(!store.has_tokens().await.unwrap(), "only local tokens");
+    let b = store
+        .replace_local_token("pug-b", &["pug-a".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(
+        verify(a.clone()).await,
+        Some(pug_store::Role::Admin),
+        "a's kept"
+    );
+    assert_eq!(verify(b.clone()).await, Some(pug_store::Role::Admin));
+    let a2 = store
+        .replace_local_token("pug-a", &["pug-b".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(verify(a).await, None, "a restarted: its old token is gone");
+    assert_eq!(verify(a2.clone()).await, Some(pug_store::Role::Admin));
+    assert_eq!(
+        verify(b.clone()).await,
+        Some(pug_store::Role::Admin),
+        "b's kept"
+    );
+    // c starts after b died: b's token goes, a's (alive) stays.
+    let c = store
+        .replace_local_token("pug-c", &["pug-a".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(verify(b).await, None, "a dead pug's token is removed");
+    assert_eq!(verify(a2).await, Some(pug_store::Role::Admin));
+    assert_eq!(verify(c).await, Some(pug_store::Role::Admin));
+    assert!(!store.has_tokens().await.unwrap());
+}
+
+#[tokio::test]
+async fn local_tokens_on_sqlite() {
+    common::on_sqlite(the_local_tokens_story).await;
+}
+
+#[tokio::test]
+async fn local_tokens_on_postgres() {
+    common::on_postgres("local_tokens", the_local_tokens_story).await;
+}
