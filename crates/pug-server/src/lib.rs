@@ -297,7 +297,9 @@ impl Server {
             .into_iter()
             .map(|r| r.owner)
             .collect();
-        let local_token = store.replace_local_token(&owner, &alive).await?;
+        let local_token = store
+            .replace_local_token(&owner, &alive, pug_store::now_ms())
+            .await?;
         write_file(
             data_dir.join(pug_client::TOKEN_FILE),
             local_token.expose_secret(),

@@ -253,23 +253,30 @@ impl Store {
 
     /// A new local CLI token for the pug `owner` ([`local_token_name`]), replacing its own and
     /// removing those of pugs no longer alive (`alive`: the owners of live replicas; swarm
-    /// tasks come and go with new owners, and their tokens must not pile up). Several pugs on
+    /// tasks come and go with new owners, and their tokens must not pile up) once they are
+    /// older than [`LOCAL_TOKEN_GRACE_MS`] at `now_ms` (a pug starting at the same moment is
+    /// not alive in the store yet). Several pugs on
     /// one store each keep a token of their own: a second replica's start no longer logs the
     /// first one's CLI out.
     pub async fn replace_local_token(
         &self,
         owner: &str,
         alive: &[String],
+        now_ms: i64,
     ) -> Result<SecretString, StoreError> {
-        let names: Vec<String> =
-            sqlx::query_scalar("SELECT name FROM api_tokens WHERE name = $1 OR name LIKE $2")
-                .bind(LOCAL_TOKEN_NAME)
-                .bind(format!("{LOCAL_TOKEN_NAME}@%"))
-                .fetch_all(&self.pool)
-                .await?;
+        let tokens: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT name, created_at_ms FROM api_tokens WHERE name = $1 OR name LIKE $2",
+        )
+        .bind(LOCAL_TOKEN_NAME)
+        .bind(format!("{LOCAL_TOKEN_NAME}@%"))
+        .fetch_all(&self.pool)
+        .await?;
         let keep: Vec<String> = alive.iter().map(|o| local_token_name(o)).collect();
-        for name in names {
-            if !keep.contains(&name) {
+        // A pug that started a moment ago may not be among the live ones yet (its first
+        // heartbeat comes after its token): only older tokens are another's to remove.
+        let settled = now_ms - LOCAL_TOKEN_GRACE_MS;
+        for (name, created) in tokens {
+            if !keep.contains(&name) && created < settled {
                 sqlx::query("DELETE FROM api_tokens WHERE name = $1")
                     .bind(&name)
                     .execute(&self.pool)
@@ -392,6 +399,10 @@ impl Store {
 /// The name the tokens `pug serve` writes to `<data>/local.token` for the CLI on its machine
 /// start with; each pug's is [`local_token_name`].
 pub const LOCAL_TOKEN_NAME: &str = "local-cli";
+
+/// How old another pug's local token must be before a pug starting beside it may remove it
+/// for not being alive (see [`Store::replace_local_token`]).
+pub const LOCAL_TOKEN_GRACE_MS: i64 = 60_000;
 
 /// The local CLI token's name of the pug `owner` (its lease owner id).
 pub fn local_token_name(owner: &str) -> String {

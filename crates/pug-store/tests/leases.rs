@@ -311,45 +311,45 @@ async fn fenced_writes_on_postgres() {
 }
 
 /// Every pug on a store keeps a local CLI token of its own: a second pug's start does not
-/// revoke the first one's, a pug's restart replaces only its own, and the tokens of pugs no
-/// longer alive are removed; none of them counts as "the store has tokens" (the first admin
-/// token is still created on a fresh store).
+/// revoke the first one's (not even when both start at once, before either is alive in the
+/// store), a pug's restart replaces only its own, and the tokens of pugs no longer alive are
+/// removed once they are older than the grace; none of them counts as "the store has tokens"
+/// (the first admin token is still created on a fresh store).
 async fn the_local_tokens_story(store: Store) {
+    use pug_store::{Role, LOCAL_TOKEN_GRACE_MS};
     let verify = |t: pug_types::SecretString| {
         let store = store.clone();
         async move { store.verify_token(&t).await.unwrap() }
     };
-    let a = store.replace_local_token("pug-a", &[]).await.unwrap();
+    let now = now_ms();
+    let later = now + LOCAL_TOKEN_GRACE_MS + 1_000;
+    let alive = |owners: &[&str]| owners.iter().map(|o| o.to_string()).collect::<Vec<_>>();
+    // a and b start at the same moment: neither is alive in the store yet.
+    let a = store.replace_local_token("pug-a", &[], now).await.unwrap();
+    let b = store.replace_local_token("pug-b", &[], now).await.unwrap();
     assert!(!store.has_tokens().await.unwrap(), "only local tokens");
-    let b = store
-        .replace_local_token("pug-b", &["pug-a".to_owned()])
-        .await
-        .unwrap();
     assert_eq!(
         verify(a.clone()).await,
-        Some(pug_store::Role::Admin),
-        "a's kept"
+        Some(Role::Admin),
+        "b's start kept a's"
     );
-    assert_eq!(verify(b.clone()).await, Some(pug_store::Role::Admin));
+    assert_eq!(verify(b.clone()).await, Some(Role::Admin));
+    // a restarts later, with b alive.
     let a2 = store
-        .replace_local_token("pug-a", &["pug-b".to_owned()])
+        .replace_local_token("pug-a", &alive(&["pug-b"]), later)
         .await
         .unwrap();
     assert_eq!(verify(a).await, None, "a restarted: its old token is gone");
-    assert_eq!(verify(a2.clone()).await, Some(pug_store::Role::Admin));
-    assert_eq!(
-        verify(b.clone()).await,
-        Some(pug_store::Role::Admin),
-        "b's kept"
-    );
+    assert_eq!(verify(a2.clone()).await, Some(Role::Admin));
+    assert_eq!(verify(b.clone()).await, Some(Role::Admin), "b's kept");
     // c starts after b died: b's token goes, a's (alive) stays.
     let c = store
-        .replace_local_token("pug-c", &["pug-a".to_owned()])
+        .replace_local_token("pug-c", &alive(&["pug-a"]), later)
         .await
         .unwrap();
     assert_eq!(verify(b).await, None, "a dead pug's token is removed");
-    assert_eq!(verify(a2).await, Some(pug_store::Role::Admin));
-    assert_eq!(verify(c).await, Some(pug_store::Role::Admin));
+    assert_eq!(verify(a2).await, Some(Role::Admin));
+    assert_eq!(verify(c).await, Some(Role::Admin));
     assert!(!store.has_tokens().await.unwrap());
 }
 
