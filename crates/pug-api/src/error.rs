@@ -27,6 +27,13 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Something pug called on the caller's behalf (an instance's `/metrics`) failed; the
+    /// message says what and where.
+    #[error("{0}")]
+    BadGateway(String),
+    /// Something pug called on the caller's behalf did not answer in time.
+    #[error("{0}")]
+    GatewayTimeout(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -75,6 +82,8 @@ impl IntoResponse for ApiError {
             ApiError::Missing(_) => (StatusCode::NOT_FOUND, None),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, None),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
+            ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, None),
+            ApiError::GatewayTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, None),
             ApiError::Internal(detail) => {
                 tracing::error!(error = %detail, "API request failed");
                 return (

@@ -3,7 +3,9 @@
 //! Owns: the HTTP surface under `/api/v1` (tenants, their actions and events, fleet status, API
 //! tokens), its OpenAPI document at `/api/v1/openapi.json`, bearer-token authentication, the
 //! validation of every request (bad input is a 4xx with `{"error", "field"}` and changes
-//! nothing), and `/metrics` (behind a read or admin token: it names every tenant) and
+//! nothing), Prometheus' service discovery and scrapes through pug (`prometheus`, behind a
+//! read or admin token: the only requests pug sends to an instance for a caller, and only
+//! ever to its `/metrics`), `/metrics` (behind a read or admin token: it names every tenant),
 //! `/healthz` (open: the process answers) and `/readyz` (open: 503 while this pug cannot serve,
 //! its store unreachable or its controller unable to hold a lease).
 //!
@@ -122,6 +124,23 @@ pub fn router(state: ApiState) -> Router {
         .route("/status", get(status))
         .route("/swarm", get(swarm::status))
         .route("/prometheus/targets", get(prometheus::targets))
+        .route(
+            "/prometheus/scrape/{tenant}/{replica}",
+            get(prometheus::scrape::scrape_instance),
+        )
+        .route(
+            "/prometheus/scrape/renderer",
+            get(prometheus::scrape::scrape_renderer),
+        )
+        // Every other path below scrape/ is a JSON 404 that names the routes.
+        .route(
+            "/prometheus/scrape/{tenant}",
+            get(prometheus::scrape::no_scrape_route),
+        )
+        .route(
+            "/prometheus/scrape/{tenant}/{replica}/{*rest}",
+            get(prometheus::scrape::no_scrape_route),
+        )
         .route("/tokens", get(tokens::list).post(tokens::create))
         .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/users", get(users::list_users).post(users::create_user))
@@ -164,7 +183,9 @@ pub fn router(state: ApiState) -> Router {
         tenants::list, tenants::create, tenants::show, tenants::update, tenants::delete,
         tenants::upgrade, tenants::suspend, tenants::resume, tenants::wake, tenants::events, status,
         tokens::create, tokens::list, tokens::revoke,
-        prometheus::targets, swarm::status,
+        prometheus::targets, prometheus::scrape::scrape_instance,
+        prometheus::scrape::scrape_renderer,
+        swarm::status,
         users::create_user, users::list_users, users::delete_user, users::grant, users::revoke,
         users::create_embed_key, users::list_embed_keys, users::delete_embed_key
     ),
@@ -174,7 +195,7 @@ pub fn router(state: ApiState) -> Router {
         CreateTenant, UpdateTenant, UpgradeTenant, TenantDetail, DatasourceInput,
         pug_types::DatasourceSpec, pug_types::DashboardSpec, FleetStatus, NewToken, CreatedToken,
         TokenInfo,
-        prometheus::TargetGroup,
+        prometheus::TargetGroup, prometheus::Via,
         users::NewUser, users::UserInfo, users::Grant, users::NewEmbedKey, users::EmbedKey
     )),
     modifiers(&BearerAuth),

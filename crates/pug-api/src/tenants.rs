@@ -129,7 +129,7 @@ fn default_limit() -> i64 {
     50
 }
 
-fn tenant_id(raw: &str) -> Result<TenantId, ApiError> {
+pub(crate) fn tenant_id(raw: &str) -> Result<TenantId, ApiError> {
     // An id that is not a DNS label cannot exist, so it is "not found", not "invalid".
     TenantId::parse(raw).map_err(|_| ApiError::NotFound(raw.to_owned()))
 }

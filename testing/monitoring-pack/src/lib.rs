@@ -3,7 +3,9 @@
 //! The pack is `deploy/prometheus` (scrape config, alert rules and their `promtool` unit tests),
 //! `deploy/grafana` (dashboards and provisioning) and the chat example's own Prometheus and
 //! Grafana files. The tests run Debian's `promtool` (package `prometheus`) on all of it and check
-//! the Grafana JSON by shape, since Grafana itself cannot run here.
+//! the Grafana JSON by shape, since Grafana itself cannot run here; one runs Debian's
+//! `prometheus` on the shipped `prometheus.yml` against a real `pug serve` and checks that it
+//! scrapes a tenant's instance through pug.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
