@@ -138,6 +138,14 @@ pub trait Orchestrator: Send + Sync + 'static {
         None
     }
 
+    /// The hash the instances of `spec` report as their `spec_hash` once they run it: the
+    /// spec's own hash by default; a backend whose replicas share one template (swarm) hashes
+    /// what its instances actually share, so that any pug, reading only the backend, sees an
+    /// instance run its spec.
+    fn spec_hash(&self, spec: &InstanceSpec) -> String {
+        spec.hash()
+    }
+
     /// How the tenant's Grafana knows a request comes from pug's gateway: by default, the
     /// addresses Grafana sees gateway requests coming from (`auth.proxy.whitelist`).
     fn gateway_trust(&self) -> GatewayTrust {

@@ -39,8 +39,10 @@ pub(super) async fn active(
 ) -> Result<Observed, ReconcileError> {
     let (specs, secrets) = desired(c, t).await?;
     let instances = instances(c, &t.id).await?;
+    let hashes = specs.iter().map(|s| c.orchestrator.spec_hash(s)).collect();
     Ok(Observed {
         specs,
+        hashes,
         instances,
         secrets,
         attempts,
@@ -55,7 +57,8 @@ pub(super) async fn health(c: &Controller, o: &Observed, started: Vec<Instance>)
     let mut replicas: Vec<Probed> = o
         .specs
         .iter()
-        .map(|spec| {
+        .zip(&o.hashes)
+        .map(|(spec, hash)| {
             let instance = started
                 .iter()
                 .chain(o.instances.iter())
@@ -63,7 +66,7 @@ pub(super) async fn health(c: &Controller, o: &Observed, started: Vec<Instance>)
                 .cloned();
             Probed {
                 replica: spec.replica,
-                desired_hash: spec.hash(),
+                desired_hash: hash.clone(),
                 instance,
                 health: None,
             }

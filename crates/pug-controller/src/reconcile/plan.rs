@@ -53,6 +53,9 @@ pub struct Policy {
 pub struct Observed {
     /// The spec each desired replica must run, replicas `0..n` in order.
     pub specs: Vec<InstanceSpec>,
+    /// The orchestrator's hash of each of `specs`, in the same order
+    /// (`Orchestrator::spec_hash`): what an instance reports once it runs that spec.
+    pub hashes: Vec<String>,
     /// What the orchestrator runs for the tenant, in replica order.
     pub instances: Vec<Instance>,
     /// The tenant's secret values, so that nothing planned repeats one.
@@ -224,12 +227,12 @@ pub fn replicas(o: &Observed) -> Vec<Action> {
     if !extra.is_empty() {
         actions.push(Action::ReleasePorts { from: desired });
     }
-    for spec in &o.specs {
+    for (spec, hash) in o.specs.iter().zip(&o.hashes) {
         let reason = match o.instances.iter().find(|i| i.replica == spec.replica) {
             None => StartReason::Missing,
             Some(i) => match &i.state {
                 InstanceState::Running => continue,
-                InstanceState::Exited { .. } if i.spec_hash != spec.hash() => StartReason::NewSpec,
+                InstanceState::Exited { .. } if i.spec_hash != *hash => StartReason::NewSpec,
                 InstanceState::Exited { .. } if o.waking => StartReason::Woken,
                 InstanceState::Exited { reason } => StartReason::Crashed {
                     why: o.redact(reason),

@@ -32,11 +32,13 @@
 //! pug services are updating: one at a time until a first update has completed since pug
 //! started (the canary), then up to `docker.max_concurrent_ops` at once.
 //!
-//! The controller hashes every replica's spec including its allocated port, while all tasks of
-//! a service share one template (listening on [`CONTAINER_PORT`]). The backend therefore
-//! remembers which replica hash it applied with which template hash; after a restart of pug it
-//! reports template hashes, which makes the controller re-ensure each replica once (no task
-//! restarts: the template is unchanged).
+//! All tasks of a service share one template (listening on [`CONTAINER_PORT`]), while the
+//! controller gives every replica a port of its own. So the backend's `spec_hash` of a spec is
+//! its template hash (the port normalised away), and every instance reports the template hash
+//! its task runs, read from Swarm: a restarted pug, or another pug replica taking the tenant
+//! over, sees the same hashes as the pug that applied them, and changes nothing. (Before, the
+//! hashes lived in the applying pug's memory: every other pug saw a mismatch and "replaced"
+//! each replica once, flapping the tenant to `upgrading` and its requests to 503.)
 
 //!
 //! # Layout
@@ -58,7 +60,7 @@ mod spec;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bollard::models::{Service, ServiceSpec, Task};
@@ -76,7 +78,7 @@ use crate::{
     LABEL_TENANT,
 };
 use objects::{Config, Secret};
-use slots::{Addresses, Applied};
+use slots::Addresses;
 use spec::{TaskFiles, TaskObjects};
 pub use spec::{CONTAINER_PORT, GATEWAY_KEY_FILE};
 
@@ -89,8 +91,6 @@ pub struct SwarmBackend {
     gateway_key_pem: String,
     /// pug's own address on the overlay, where tasks reach pug's services (the renderer).
     own: Option<std::net::IpAddr>,
-    /// What pug applied for each replica (see `slots::Applied`).
-    applied: Mutex<Applied>,
     /// Whether an update has completed since pug started: until then, one update at a time.
     canary_done: AtomicBool,
 }
@@ -129,7 +129,6 @@ impl SwarmBackend {
             config,
             gateway_key_pem,
             own: own_ip,
-            applied: Mutex::default(),
             canary_done: AtomicBool::new(false),
         }))
     }
@@ -254,12 +253,10 @@ impl SwarmBackend {
     ) -> Result<Vec<Instance>, DockerError> {
         let tasks = self.tasks(&self.service_name(tenant)).await?;
         let addresses = self.addresses().await?;
-        let applied = self.applied.lock().expect("applied").clone();
         Ok(slots::instances(
             tenant,
             service,
             tasks,
-            &applied,
             &addresses,
             crate::now_ms(),
         ))
@@ -275,10 +272,6 @@ impl SwarmBackend {
                 Err(e) => return Err(api(format!("cannot delete service {name}"))(e)),
             }
         }
-        self.applied
-            .lock()
-            .expect("applied")
-            .retain(|(t, _), _| t != tenant);
         // The tenant's secrets and configs that no service uses any more.
         let namespace = &self.config.namespace;
         objects::remove_unused::<Secret>(&self.engine, namespace, tenant).await;
@@ -310,10 +303,6 @@ impl Orchestrator for SwarmBackend {
             None => self.create_service(spec, &template_hash, want).await?,
             Some(service) => self.roll(spec, &service, &template_hash, want).await?,
         }
-        self.applied.lock().expect("applied").insert(
-            (spec.tenant.clone(), spec.replica),
-            (template_hash.clone(), spec.hash()),
-        );
         let instances = self.instances(&spec.tenant).await?;
         Ok(instances
             .into_iter()
@@ -321,7 +310,7 @@ impl Orchestrator for SwarmBackend {
             .unwrap_or_else(|| Instance {
                 tenant: spec.tenant.clone(),
                 replica: spec.replica,
-                spec_hash: spec.hash(),
+                spec_hash: template_hash,
                 // No task yet: nothing answers here, so probes see it as not ready.
                 endpoint: "0.0.0.0:0".into(),
                 state: InstanceState::Running,
@@ -414,6 +403,11 @@ impl Orchestrator for SwarmBackend {
     async fn archive(&self, tenant: &TenantId) -> Result<(), OrchestratorError> {
         self.delete_service(tenant).await?;
         Ok(())
+    }
+
+    /// The template hash: every replica runs one template, whatever port it was given.
+    fn spec_hash(&self, spec: &InstanceSpec) -> String {
+        spec::template_hash(&self.config, spec)
     }
 
     fn gateway_trust(&self) -> GatewayTrust {

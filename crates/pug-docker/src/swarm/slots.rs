@@ -22,10 +22,6 @@ use crate::LABEL_SPEC_HASH;
 /// How long a failed task counts towards a slot's crash loop.
 pub(super) const CRASH_WINDOW_MS: i64 = 120_000;
 
-/// (tenant, replica) → (template hash, the controller's hash of that replica's spec): what the
-/// backend applied, so that it reports the controller's hash while the template runs.
-pub(super) type Applied = HashMap<(TenantId, u32), (String, String)>;
-
 /// One active task slot of a service.
 #[derive(Debug)]
 pub(super) struct Slot {
@@ -145,23 +141,14 @@ pub(super) fn state_of(slot: &Slot, rolled_back: Option<&str>) -> InstanceState 
     }
 }
 
-/// The hash to report for `replica` running `template`: the controller's, when pug applied
-/// that template for that replica; the template's otherwise (after a restart of pug, which
-/// makes the controller re-ensure the replica once, without a task restart).
-fn spec_hash(applied: &Applied, tenant: &TenantId, replica: u32, template: &str) -> String {
-    match applied.get(&(tenant.clone(), replica)) {
-        Some((t, r)) if t == template => r.clone(),
-        _ => template.to_owned(),
-    }
-}
-
 /// The instances of `tenant`'s `service`, one per active slot of `tasks`, in slot order, then
 /// one pending instance per replica the service wants but Swarm has not created a task for.
+/// Each reports the template hash it runs: what the backend's `spec_hash` of its spec is, so
+/// any pug (a restarted one, another replica) reads the same hash from Swarm alone.
 pub(super) fn instances(
     tenant: &TenantId,
     service: &Service,
     tasks: Vec<Task>,
-    applied: &Applied,
     addresses: &Addresses,
     now_ms: i64,
 ) -> Vec<Instance> {
@@ -174,7 +161,7 @@ pub(super) fn instances(
         out.push(Instance {
             tenant: tenant.clone(),
             replica,
-            spec_hash: spec_hash(applied, tenant, replica, &template),
+            spec_hash: template,
             endpoint: addresses.endpoint(task),
             state: state_of(&slot, rolled_back.as_deref()),
             started_at_ms: task
@@ -198,7 +185,7 @@ pub(super) fn instances(
         out.push(Instance {
             tenant: tenant.clone(),
             replica,
-            spec_hash: spec_hash(applied, tenant, replica, &template),
+            spec_hash: template.clone(),
             // Nothing answers here: probes see it as not ready until its task runs.
             endpoint: "0.0.0.0:0".into(),
             state: InstanceState::Running,
@@ -506,11 +493,6 @@ mod tests {
     #[test]
     fn instances_are_slots_then_pending_replicas() {
         let tenant = TenantId::parse("acme").unwrap();
-        let applied = Applied::from([
-            ((tenant.clone(), 0), ("a".to_owned(), "ctl-0".to_owned())),
-            ((tenant.clone(), 1), ("old".to_owned(), "ctl-1".to_owned())),
-            ((tenant.clone(), 2), ("a".to_owned(), "ctl-2".to_owned())),
-        ]);
         // Tasks are named by their id, `t<slot>v<index>` (see `task`).
         let nodes = Addresses(HashMap::from([
             ("t1v4".to_owned(), "10.0.1.4".to_owned()),
@@ -520,14 +502,7 @@ mod tests {
             task(1, 4, "a", RUNNING, RUNNING, RECENT),
             task(2, 5, "a", RUNNING, RUNNING, RECENT),
         ];
-        let got = instances(
-            &tenant,
-            &service(3, "a", None),
-            tasks.clone(),
-            &applied,
-            &nodes,
-            NOW,
-        );
+        let got = instances(&tenant, &service(3, "a", None), tasks.clone(), &nodes, NOW);
         let seen: Vec<(u32, &str, &str, &InstanceState, i64)> = got
             .iter()
             .map(|i| {
@@ -543,18 +518,11 @@ mod tests {
         assert_eq!(
             seen,
             vec![
-                // Applied with this template: the controller's hash.
-                (0, "ctl-0", "10.0.1.4:3000", &InstanceState::Running, NOW),
-                // Applied with another template: the template's.
+                // Each the template it runs.
+                (0, "a", "10.0.1.4:3000", &InstanceState::Running, NOW),
                 (1, "a", "10.0.1.5:3000", &InstanceState::Running, NOW),
                 // Not scheduled yet: pending since the service changed, reachable nowhere.
-                (
-                    2,
-                    "ctl-2",
-                    "0.0.0.0:0",
-                    &InstanceState::Running,
-                    NOW - 60_000
-                ),
+                (2, "a", "0.0.0.0:0", &InstanceState::Running, NOW - 60_000),
             ]
         );
 
@@ -564,7 +532,6 @@ mod tests {
             &tenant,
             &service(2, "a", None),
             tasks.clone(),
-            &applied,
             &unknown,
             NOW,
         );
@@ -581,7 +548,6 @@ mod tests {
                 Some(ServiceUpdateStatusStateEnum::ROLLBACK_COMPLETED),
             ),
             tasks,
-            &applied,
             &nodes,
             NOW,
         );
@@ -596,15 +562,7 @@ mod tests {
         }
 
         // Scaled to zero with no tasks: nothing.
-        assert!(instances(
-            &tenant,
-            &service(0, "a", None),
-            vec![],
-            &applied,
-            &nodes,
-            NOW
-        )
-        .is_empty());
+        assert!(instances(&tenant, &service(0, "a", None), vec![], &nodes, NOW).is_empty());
     }
 
     #[test]

@@ -205,8 +205,10 @@ fn run(row: &Row) -> (Observed, Vec<Action>, Plan) {
             )),
         }
     }
+    let specs: Vec<InstanceSpec> = (0..count).map(|r| spec(r, want)).collect();
     let observed = Observed {
-        specs: (0..count).map(|r| spec(r, want)).collect(),
+        hashes: specs.iter().map(|s| s.hash()).collect(),
+        specs,
         instances,
         secrets: vec![SecretString::from(SECRET)],
         attempts: row.attempts,
@@ -1014,6 +1016,7 @@ fn an_exited_replica_of_a_waking_tenant_was_parked_not_crashed() {
     ];
     for (waking, ran, want) in table {
         let observed = Observed {
+            hashes: vec![spec(0, V1).hash()],
             specs: vec![spec(0, V1)],
             instances: vec![exited(ran)],
             secrets: vec![SecretString::from(SECRET)],
