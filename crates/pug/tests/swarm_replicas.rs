@@ -368,7 +368,7 @@ fn pug_replicas_on_a_swarm_share_one_store_and_a_rolling_update_of_pug_fails_no_
                 let (done, answer) = whoami(p, "http://127.0.0.1:8080");
                 (done && answer.ends_with(" 200")).then_some(answer)
             },
-            || logs(),
+            logs,
         );
         let user: Value = serde_json::from_str(answer.trim_end_matches(" 200")).unwrap_or_default();
         assert_eq!(
