@@ -240,9 +240,10 @@ pub struct DockerConfig {
     pub memory_mb: u64,
     /// CPU limit of one replica, in CPUs (0: none).
     pub cpus: f64,
-    /// Addresses (or CIDR networks) Grafana accepts auth-proxy headers from. Empty: docker —
-    /// the bridge network's gateway address, where pug on the host connects from; swarm —
-    /// pug's own address on the overlay network (pug runs in a container attached to it).
+    /// The docker backend: addresses (or CIDR networks) Grafana accepts auth-proxy headers
+    /// from. Empty: the bridge network's gateway address, where pug on the host connects from.
+    /// Not used by swarm, whose tenants trust the gateway's signed identity token instead
+    /// (`[auth.jwt]`), whichever pug replica sends it.
     pub proxy_whitelist: Vec<String>,
     /// Swarm: tasks of one service updated at once.
     pub update_parallelism: u64,
