@@ -150,7 +150,17 @@ pub fn choose_revocation(
 ) -> Result<TokenInfo, RevokeRefusal> {
     let by_id: Vec<&TokenInfo> = tokens.iter().filter(|t| t.id == target).collect();
     let matches = if by_id.is_empty() {
-        tokens.iter().filter(|t| t.name == target).collect()
+        // `local-cli` names the local CLI tokens, which are `local-cli@<pug>` (one per pug).
+        let local = |name: &str| {
+            target == LOCAL_TOKEN_NAME
+                && name
+                    .strip_prefix(LOCAL_TOKEN_NAME)
+                    .is_some_and(|rest| rest.starts_with('@'))
+        };
+        tokens
+            .iter()
+            .filter(|t| t.name == target || local(&t.name))
+            .collect()
     } else {
         by_id
     };
@@ -457,7 +467,12 @@ mod tests {
     #[test]
     fn revocation_picks_one_token_by_id_then_name_and_keeps_an_admin() {
         let admin = token("aaaaaaaaaaaa", "admin", Role::Admin, None);
-        let local = token("bbbbbbbbbbbb", LOCAL_TOKEN_NAME, Role::Admin, None);
+        let local = token(
+            "bbbbbbbbbbbb",
+            &local_token_name("h-1-2"),
+            Role::Admin,
+            None,
+        );
         let read1 = token("cccccccccccc", "prom", Role::Read, None);
         let read2 = token("dddddddddddd", "prom", Role::Read, None);
         let old_admin = token("eeeeeeeeeeee", "old", Role::Admin, Some(NOW - 1));
