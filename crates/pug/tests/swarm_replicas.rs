@@ -16,34 +16,14 @@ use serde_json::Value;
 
 #[path = "../../pug-docker/tests/support/overlay.rs"]
 mod overlay;
-use overlay::{build_runner_image, host_mounts, SwarmGuard, RUNNER_IMAGE};
+use overlay::{
+    build_runner_image, docker_ok as ok, docker_out as docker, host_mounts, SwarmGuard,
+    RUNNER_IMAGE,
+};
 
 const T: Duration = Duration::from_secs(120);
 /// A fixed master key: every replica must have the same one.
 const MASTER_KEY: &str = "cHVnLXN3YXJtLXJlcGxpY2FzLXRlc3QtbWFzdGVyLWs=";
-
-fn docker(args: &[&str]) -> (bool, String) {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("docker runs");
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-    (
-        out.status.success(),
-        if out.status.success() {
-            text
-        } else {
-            format!("{text}\n{err}")
-        },
-    )
-}
-
-fn ok(args: &[&str]) -> String {
-    let (success, out) = docker(args);
-    assert!(success, "docker {args:?}: {out}");
-    out
-}
 
 /// Polls `f` every 200 ms until it returns `Some`, for at most `limit`.
 fn wait<V>(

@@ -4,7 +4,8 @@
 //! `/lib64` and `/bin` are the host's, mounted read-only, so the test binaries and `pug` run
 //! in it as they are.
 //!
-//! Shared by `pug-docker`'s swarm test and `pug`'s swarm rendering test (included by path).
+//! Shared by `pug-docker`'s swarm test and `pug`'s swarm tests (included by path), with the
+//! `docker` helpers they use ([`docker_out`], [`docker_ok`]).
 #![allow(dead_code)]
 
 use std::process::Command;
@@ -23,6 +24,31 @@ fn docker(args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr).trim().to_owned()
     };
     (out.status.success(), text)
+}
+
+/// Runs `docker <args>`: (success, stdout; with stderr after it on failure).
+pub fn docker_out(args: &[&str]) -> (bool, String) {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker runs");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    (
+        out.status.success(),
+        if out.status.success() {
+            text
+        } else {
+            format!("{text}\n{err}")
+        },
+    )
+}
+
+/// Runs `docker <args>` and returns its stdout; a failure fails the test with docker's words.
+pub fn docker_ok(args: &[&str]) -> String {
+    let (success, out) = docker_out(args);
+    assert!(success, "docker {args:?}: {out}");
+    out
 }
 
 /// Leaves the swarm when dropped, if it joined one (an active swarm is used as found).
