@@ -50,12 +50,12 @@ impl IdentityTokens {
             who.email,
             who.display_name
         );
-        let mut cache = crate::throttle::lock(&self.cache);
-        if let Some((token, at)) = cache.get(&key) {
+        if let Some((token, at)) = crate::throttle::lock(&self.cache).get(&key) {
             if now_secs - at < REUSE_SECS && *at <= now_secs {
                 return token.clone();
             }
         }
+        // Signed without the lock held: the other request threads keep reading the cache.
         let signed = self.signer.sign(
             tenant,
             &who.user,
@@ -66,6 +66,7 @@ impl IdentityTokens {
         );
         // base64url and dots only: always a valid header value.
         let token = HeaderValue::from_str(&signed).expect("a JWT is a valid header value");
+        let mut cache = crate::throttle::lock(&self.cache);
         if cache.len() >= MAX_CACHED {
             cache.clear();
         }
