@@ -8,6 +8,15 @@
 //!   (1 s prior wait, 3 s first-query give-up), so it is a generous stand-in.
 //! - `floor`: an already-open tab of an already-running Chromium: navigate, wait for `load`,
 //!   screenshot. No isolation between renders, no readiness logic: the lower bound.
+//! - `floor + interception`: the floor with every request of the page paused and continued
+//!   over CDP (`Fetch.enable`, as pug's renderer pauses each request to check it against the
+//!   URL policy): what that check costs by itself.
+//! - `reference v5 model`: one fresh Chromium per render with the reference renderer's fixed
+//!   1 s prior wait after `load` (the model issue 17's target names); `fresh` above is the same
+//!   without the wait.
+//!
+//! pug's renderer is measured as it runs by default (sandboxed, as its own user when root, every
+//! connection through its proxy) and once with `renderer.no_sandbox` (what the sandbox costs).
 //!
 //! Page: the grafana-standin's solo panel (`/d-solo/binding/…`), whose chart is drawn right after
 //! its query returns. A second pug row uses a page that becomes ready 200 ms after its query.
@@ -248,11 +257,44 @@ async fn launch(chrome: &str, profile: &std::path::Path) -> (Browser, tokio::tas
 
 async fn screenshot_after_load(page: &Page, url: &str) {
     page.goto(url).await.expect("navigates");
+    screenshot(page).await;
+}
+
+async fn screenshot(page: &Page) {
     let shot = CaptureScreenshotParams {
         format: Some(CaptureScreenshotFormat::Png),
         ..Default::default()
     };
     page.execute(shot).await.expect("screenshot");
+}
+
+/// Pauses every request of `page` at the request stage and continues it unchanged, as pug's
+/// renderer does once it has checked the URL; the task runs until aborted.
+async fn continue_every_request(page: &Page) -> tokio::task::JoinHandle<()> {
+    use chromiumoxide::cdp::browser_protocol::fetch::{
+        ContinueRequestParams, EnableParams, EventRequestPaused, RequestPattern, RequestStage,
+    };
+    let mut paused = page.event_listener::<EventRequestPaused>().await.unwrap();
+    let enable = EnableParams::builder()
+        .pattern(
+            RequestPattern::builder()
+                .url_pattern("*")
+                .request_stage(RequestStage::Request)
+                .build(),
+        )
+        .build();
+    page.execute(enable).await.unwrap();
+    let page = page.clone();
+    tokio::spawn(async move {
+        while let Some(event) = paused.next().await {
+            let page = page.clone();
+            tokio::spawn(async move {
+                let _ = page
+                    .execute(ContinueRequestParams::new(event.request_id.clone()))
+                    .await;
+            });
+        }
+    })
 }
 
 /// The `renderKey` cookie the stand-in's pages require, for the modes that set it themselves.
@@ -339,6 +381,42 @@ async fn main() {
         task.abort();
     }
 
+    // --- floor + interception: the same, each request paused and continued over CDP.
+    {
+        let (browser, task) = launch(&a.chrome, &tmp.path().join("floor-fetch")).await;
+        let browser = Arc::new(browser);
+        let mut tabs = Vec::new();
+        let mut continuers = Vec::new();
+        for _ in 0..4 {
+            let tab = new_page(&browser).await;
+            continuers.push(continue_every_request(&tab).await);
+            tabs.push(tab);
+        }
+        let tabs = Arc::new(tabs);
+        tabs[0].execute(render_key_cookie()).await.unwrap();
+        let url = page_url.clone();
+        rows.push(
+            measure(
+                "floor + request interception (each request paused and continued, as pug checks it)",
+                a.c1,
+                a.c4,
+                move |w| {
+                    let (tabs, url) = (tabs.clone(), url.clone());
+                    async move { screenshot_after_load(&tabs[w % 4], &url).await }
+                },
+            )
+            .await,
+        );
+        for c in continuers {
+            c.abort();
+        }
+        if let Ok(mut b) = Arc::try_unwrap(browser) {
+            let _ = b.close().await;
+            let _ = b.wait().await;
+        }
+        task.abort();
+    }
+
     // --- pug's renderer over HTTP: a fresh context per render (the default), then pages
     // reused for 50 renders and wiped between them (`page_reuse = 50`).
     let (pug_rows, rss_start, rss_at) =
@@ -354,35 +432,48 @@ async fn main() {
     )
     .await;
     rows.extend(reuse_rows);
+    let (no_sandbox_rows, _, _) = pug_renderer_rows(
+        &a,
+        tmp.path(),
+        &page_url,
+        &slow_url,
+        50,
+        ", page reused ×50, renderer.no_sandbox (what the sandbox costs)",
+    )
+    .await;
+    rows.extend(no_sandbox_rows);
 
-    // --- one fresh Chromium per render.
-    {
+    // --- one fresh Chromium per render: without waits, then with the reference's 1 s prior wait.
+    for (name, prior_wait) in [
+        ("one fresh Chromium per render, no waits", Duration::ZERO),
+        (
+            "reference v5 model: fresh Chromium per render + its 1 s prior wait",
+            Duration::from_secs(1),
+        ),
+    ] {
         let chrome = a.chrome.clone();
         let root = tmp.path().to_owned();
         let url = page_url.clone();
         let counter = Arc::new(AtomicU64::new(0));
         rows.push(
-            measure(
-                "one fresh Chromium per render (reference model)",
-                a.fresh,
-                a.fresh,
-                move |_| {
-                    let (chrome, root, url, counter) =
-                        (chrome.clone(), root.clone(), url.clone(), counter.clone());
-                    async move {
-                        let dir =
-                            root.join(format!("fresh-{}", counter.fetch_add(1, Ordering::Relaxed)));
-                        let (mut browser, task) = launch(&chrome, &dir).await;
-                        let page = new_page(&browser).await;
-                        page.execute(render_key_cookie()).await.unwrap();
-                        screenshot_after_load(&page, &url).await;
-                        let _ = browser.close().await;
-                        let _ = browser.wait().await;
-                        task.abort();
-                        let _ = std::fs::remove_dir_all(&dir);
-                    }
-                },
-            )
+            measure(name, a.fresh, a.fresh, move |_| {
+                let (chrome, root, url, counter) =
+                    (chrome.clone(), root.clone(), url.clone(), counter.clone());
+                async move {
+                    let dir =
+                        root.join(format!("fresh-{}", counter.fetch_add(1, Ordering::Relaxed)));
+                    let (mut browser, task) = launch(&chrome, &dir).await;
+                    let page = new_page(&browser).await;
+                    page.execute(render_key_cookie()).await.unwrap();
+                    page.goto(url.as_str()).await.expect("navigates");
+                    tokio::time::sleep(prior_wait).await;
+                    screenshot(&page).await;
+                    let _ = browser.close().await;
+                    let _ = browser.wait().await;
+                    task.abort();
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            })
             .await,
         );
     }
@@ -390,6 +481,18 @@ async fn main() {
     // --- the table.
     let floor = &rows[0];
     let fresh = rows.last().unwrap();
+    let default_pug = rows
+        .iter()
+        .find(|r| r.name == "pug renderer, page reused ×50 (wiped between renders)")
+        .expect("the default row");
+    let targets = format!(
+        "\nIssue 17's targets, pug as it runs by default (page reused ×50): p50 {:.2}× the floor \
+         (target ≤ 1.2×); throughput at c=4 {:.2}× the floor's (target ≥ 0.7×) and {:.1}× the \
+         reference v5 model's (target ≥ 10×).\n",
+        default_pug.p50.as_secs_f64() / floor.p50.as_secs_f64(),
+        default_pug.throughput / floor.throughput,
+        default_pug.throughput / fresh.throughput,
+    );
     let chromium = std::process::Command::new(&a.chrome)
         .arg("--version")
         .output()
@@ -408,7 +511,7 @@ async fn main() {
         a.c4,
         a.fresh
     ));
-    out.push_str("| mode | p50 (c=1) | p95 (c=1) | p50 vs floor | throughput (c=4) | vs fresh | CPU per render (c=4) | peak Chromium RSS |\n");
+    out.push_str("| mode | p50 (c=1) | p95 (c=1) | p50 vs floor | throughput (c=4) | vs reference v5 model | CPU per render (c=4) | peak Chromium RSS |\n");
     out.push_str("|---|---|---|---|---|---|---|---|\n");
     for r in &rows {
         out.push_str(&format!(
@@ -437,6 +540,7 @@ async fn main() {
         }
         out.push_str(".\n");
     }
+    out.push_str(&targets);
     println!("{out}");
     std::fs::write(&a.results, &out).expect("writes the results file");
     eprintln!("wrote {}", a.results.display());
@@ -453,6 +557,8 @@ async fn pug_renderer_rows(
     label: &str,
 ) -> (Vec<Row>, u64, Vec<(usize, u64)>) {
     let mut rows = Vec::new();
+    // The no-sandbox variant is measured on the fast page only, without the long run.
+    let no_sandbox = label.contains("no_sandbox");
     let (page_url, slow_url) = (page_url.to_owned(), slow_url.to_owned());
     let config = RendererConfig {
         chrome_path: a.chrome.clone().into(),
@@ -461,6 +567,11 @@ async fn pug_renderer_rows(
         max_concurrency: 4,
         renders_per_browser: 0,
         page_reuse,
+        chrome_args: if no_sandbox {
+            vec!["--disable-gpu".to_owned(), "--no-sandbox".to_owned()]
+        } else {
+            RendererConfig::default().chrome_args
+        },
         ..RendererConfig::default()
     };
     let renderer = Renderer::start(config, Arc::new(StaticTokens::new(["bench"])))
@@ -506,6 +617,10 @@ async fn pug_renderer_rows(
             })
             .await,
         );
+        if no_sandbox {
+            renderer.shutdown().await;
+            return (rows, 0, Vec::new());
+        }
         let (r, url) = (pug_render.clone(), slow_url.clone());
         rows.push(
             measure(

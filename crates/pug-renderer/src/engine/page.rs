@@ -188,7 +188,9 @@ async fn run_workers_at_once(page: &Page) -> Result<(), RenderError> {
 /// An error means the page must not be reused (the caller disposes its context).
 pub async fn wipe(instance: &Instance, blank: &Blank) -> Result<(), RenderError> {
     let page = &blank.page;
+    let t0 = std::time::Instant::now();
     leave_document(page).await?;
+    let t1 = std::time::Instant::now();
     let (origins, scripts) = {
         let mut r = blank
             .residue
@@ -204,14 +206,17 @@ pub async fn wipe(instance: &Instance, blank: &Blank) -> Result<(), RenderError>
             .await
             .map_err(cdp("removing a startup script"))?;
     }
+    let t2 = std::time::Instant::now();
     for origin in origins {
         page.execute(ClearDataForOriginParams::new(origin, "all"))
             .await
             .map_err(cdp("clearing storage"))?;
     }
+    let t3 = std::time::Instant::now();
     page.execute(ClearBrowserCacheParams::default())
         .await
         .map_err(cdp("clearing the cache"))?;
+    let t4 = std::time::Instant::now();
     let cookies = ClearCookiesParams {
         browser_context_id: Some(blank.ctx.clone()),
     };
@@ -221,6 +226,15 @@ pub async fn wipe(instance: &Instance, blank: &Blank) -> Result<(), RenderError>
         .execute(cookies)
         .await
         .map_err(cdp("clearing cookies"))?;
+    let us = |a: std::time::Instant, b: std::time::Instant| b.duration_since(a).as_micros() as u64;
+    tracing::debug!(
+        leave_us = us(t0, t1),
+        scripts_us = us(t1, t2),
+        storage_us = us(t2, t3),
+        cache_us = us(t3, t4),
+        cookies_us = us(t4, std::time::Instant::now()),
+        "wipe phases"
+    );
     Ok(())
 }
 
