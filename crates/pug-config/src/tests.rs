@@ -175,8 +175,12 @@ fn renderer_swarm_section() {
             c.renderer.swarm.replicas, 0,
             "the embedded renderer by default"
         );
-        // (what is set, what the error must say; None: valid)
-        let cases: &[(&[(&str, &str)], Option<&str>)] = &[
+        /// The variables set, and what the error must say (`None`: valid).
+        type Case = (
+            &'static [(&'static str, &'static str)],
+            Option<&'static str>,
+        );
+        let cases: &[Case] = &[
             (
                 &[
                     ("PUG_BACKEND", "swarm"),

@@ -182,8 +182,17 @@ impl SwarmPug {
         pug
     }
 
+    /// pug's output: its banner (stdout) and its log (stderr).
     fn logs(&self) -> String {
-        docker(&["logs", &self.name]).1
+        let out = Command::new("docker")
+            .args(["logs", &self.name])
+            .output()
+            .expect("docker runs");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     }
 
     /// `docker exec` in pug's container.
@@ -670,7 +679,7 @@ fn swarm_tenants_render_through_the_renderer_service_pug_keeps() {
         "the table holds no token: {body}"
     );
     let admin = pug.exec(&["cat", "/data/local.token"]).1;
-    let (_, made) = pug.cli(&["token", "create", "prometheus", "--role", "read"]);
+    let (_, made) = pug.cli(&["token", "create", "--name", "prometheus", "--role", "read"]);
     let read_token = made
         .split_whitespace()
         .find(|w| w.starts_with("pug_"))

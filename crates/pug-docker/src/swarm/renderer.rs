@@ -427,9 +427,11 @@ mod tests {
     use super::*;
 
     fn want() -> RendererService {
-        let mut config = Config::default();
-        config.backend = pug_config::Backend::Swarm;
-        config.listen = "0.0.0.0:8080".parse().unwrap();
+        let mut config = Config {
+            backend: pug_config::Backend::Swarm,
+            listen: "0.0.0.0:8080".parse().unwrap(),
+            ..Default::default()
+        };
         config.renderer.swarm.replicas = 2;
         config.renderer.swarm.image = "registry.example.com/pug:1".into();
         config.renderer.no_sandbox = true;
@@ -512,7 +514,14 @@ mod tests {
             hash: None,
             replicas: 2,
         };
-        let cases: &[(&str, Option<Observed>, Option<(&str, i64)>, Step)] = &[
+        /// What a case is about, what is found, what is wanted, and the step.
+        type Case = (
+            &'static str,
+            Option<Observed>,
+            Option<(&'static str, i64)>,
+            Step,
+        );
+        let cases: &[Case] = &[
             ("nothing wanted, nothing there", None, None, Step::Keep),
             (
                 "missing (never made, or removed by hand)",
