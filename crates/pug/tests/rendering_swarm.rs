@@ -11,7 +11,7 @@
 //! - The renderer service (`renderer.swarm.replicas = 1`): pug creates `<ns>--renderer` from an
 //!   image built here out of the host's Chromium headless shell, tenants render through it,
 //!   one tenant's token cannot render another's task, its token table refuses every other
-//!   credential, and the service removed or scaled by hand comes back.
+//!   credential, and the service removed, scaled or changed by hand comes back as pug wants it.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -747,7 +747,37 @@ fn swarm_tenants_render_through_the_renderer_service_pug_keeps() {
         "pug says what it did:\n{}",
         logs()
     );
-    // The re-created service renders again.
+    // Another spec than pug's (its hash label says so): rolled back to pug's spec.
+    let label = || {
+        ok(&[
+            "service",
+            "inspect",
+            "--format",
+            "{{index .Spec.Labels \"pug.spec-hash\"}}",
+            &service,
+        ])
+    };
+    let hash = label();
+    ok(&[
+        "service",
+        "update",
+        "--detach",
+        "--label-add",
+        "pug.spec-hash=not-pugs",
+        &service,
+    ]);
+    let deadline = Instant::now() + T;
+    while label() != hash {
+        assert!(Instant::now() < deadline, "never updated back:\n{}", logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        logs().contains("renderer service updated to pug's spec"),
+        "{}",
+        logs()
+    );
+    wait_running("updated");
+    // The re-created (and updated) service renders again.
     let (status, _) = pug.render_panel(&panel);
     assert_eq!(status, "200 image/png", "{}", logs());
 }
