@@ -2,7 +2,9 @@
 //!
 //! Owns: reading `Authorization: Bearer <token>`, checking it against the store on every
 //! request (no cache: a revoked or expired token fails its very next request), the read-only
-//! rule (read tokens may GET only), and handing the caller's role to handlers ([`Caller`]).
+//! rule (read tokens may GET only), the renderer rule (the renderer service's credential
+//! reads `GET /api/v1/renderer/tenants` and nothing else, and nothing else reads that:
+//! [`require_renderer`]), and handing the caller's role to handlers ([`Caller`]).
 //!
 //! Must not: decide per-route permissions beyond that (token routes require admin themselves).
 
@@ -28,26 +30,63 @@ pub(crate) async fn require_token(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| SecretString::from(t.trim().to_owned()));
-    let Some(token) = token else {
-        return ApiError::Unauthorized.into_response();
+    let role = match role_of(&state, bearer(&request)).await {
+        Ok(role) => role,
+        Err(response) => return response,
     };
-    let role = match state.store.check_token(&token).await {
-        Ok(TokenCheck::Valid(role)) => role,
-        Ok(TokenCheck::Expired { at_ms }) => return expired(at_ms),
-        Ok(TokenCheck::Unknown) => return ApiError::Unauthorized.into_response(),
-        Err(e) => return ApiError::from(e).into_response(),
-    };
+    if role == Role::Renderer {
+        return ApiError::Refused(
+            "the renderer service's credential reads GET /api/v1/renderer/tenants only; use an admin or read token".into(),
+        )
+        .into_response();
+    }
     if role == Role::Read && request.method() != Method::GET {
         return ApiError::Forbidden.into_response();
     }
     request.extensions_mut().insert(Caller { role });
     next.run(request).await
+}
+
+/// Lets a request through only with the renderer service's credential (role
+/// [`Role::Renderer`], which pug issues and mounts into that service alone): the token table
+/// names every tenant's instances, and no other token, admin included, has a reason to read it.
+pub(crate) async fn require_renderer(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let role = role_of(&state, bearer(&request)).await;
+    match role {
+        Ok(Role::Renderer) => next.run(request).await,
+        Ok(_) => ApiError::Refused(
+            "GET /api/v1/renderer/tenants takes the renderer service's credential only (the swarm secret pug mounts into that service); this token is another kind".into(),
+        )
+        .into_response(),
+        Err(response) => response,
+    }
+}
+
+/// The request's bearer token.
+fn bearer(request: &Request) -> Option<SecretString> {
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| SecretString::from(t.trim().to_owned()))
+}
+
+/// The role of a bearer token, or the answer to give when there is none that is valid.
+async fn role_of(state: &ApiState, token: Option<SecretString>) -> Result<Role, Response> {
+    let Some(token) = token else {
+        return Err(ApiError::Unauthorized.into_response());
+    };
+    match state.store.check_token(&token).await {
+        Ok(TokenCheck::Valid(role)) => Ok(role),
+        Ok(TokenCheck::Expired { at_ms }) => Err(expired(at_ms)),
+        Ok(TokenCheck::Unknown) => Err(ApiError::Unauthorized.into_response()),
+        Err(e) => Err(ApiError::from(e).into_response()),
+    }
 }
 
 /// 401 for a token that expired: says so, so its holder knows to get a new one.

@@ -18,6 +18,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("this token may only read; use an admin token")]
     Forbidden,
+    /// A valid token that may not do this (the message says which token may).
+    #[error("{0}")]
+    Refused(String),
     #[error("tenant {0} does not exist")]
     NotFound(String),
     /// Something other than a tenant does not exist (the message names it).
@@ -77,7 +80,7 @@ impl IntoResponse for ApiError {
             ApiError::Invalid(e) => (StatusCode::UNPROCESSABLE_ENTITY, Some(e.field.to_owned())),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, None),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, None),
-            ApiError::Forbidden => (StatusCode::FORBIDDEN, None),
+            ApiError::Forbidden | ApiError::Refused(_) => (StatusCode::FORBIDDEN, None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, Some("id".to_owned())),
             ApiError::Missing(_) => (StatusCode::NOT_FOUND, None),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, None),

@@ -7,7 +7,8 @@
 //! read or admin token: the only requests pug sends to an instance for a caller, and only
 //! ever to its `/metrics`), `/metrics` (behind a read or admin token: it names every tenant),
 //! `/healthz` (open: the process answers) and `/readyz` (open: 503 while this pug cannot serve,
-//! its store unreachable or its controller unable to hold a lease).
+//! its store unreachable or its controller unable to hold a lease), and the swarm renderer
+//! service's token table (`renderer`: digests only, behind that service's own credential).
 //!
 //! Must not: reconcile. A request records what is wanted in the store and wakes the controller;
 //! the controller does the work. Handlers never return a secret, except a token at the one
@@ -18,6 +19,7 @@
 mod auth;
 mod error;
 mod prometheus;
+pub mod renderer;
 pub mod swarm;
 mod tenants;
 mod tokens;
@@ -58,6 +60,9 @@ pub struct ApiState {
     /// Where `GET /api/v1/swarm` reads the swarm (`pug serve` on the swarm backend: its
     /// observer); `None` on the other backends.
     pub swarm: Option<Arc<dyn swarm::SwarmSource>>,
+    /// The swarm renderer service's token table (`GET /api/v1/renderer/tenants`); `None`
+    /// when pug runs no renderer service.
+    pub renderer_tenants: Option<Arc<dyn renderer::RendererTableSource>>,
 }
 
 /// The roles a pug can run.
@@ -161,6 +166,13 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             auth::require_token,
         ))
+        .route(
+            "/renderer/tenants",
+            get(renderer::renderer_tenants).route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                auth::require_renderer,
+            )),
+        )
         .route("/openapi.json", get(openapi));
     // /metrics names every tenant and its traffic: it takes a token (read is enough, which is
     // what Prometheus' `authorization` scrape setting sends) on the one public port, rather
@@ -185,7 +197,7 @@ pub fn router(state: ApiState) -> Router {
         tokens::create, tokens::list, tokens::revoke,
         prometheus::targets, prometheus::scrape::scrape_instance,
         prometheus::scrape::scrape_renderer,
-        swarm::status,
+        swarm::status, renderer::renderer_tenants,
         users::create_user, users::list_users, users::delete_user, users::grant, users::revoke,
         users::create_embed_key, users::list_embed_keys, users::delete_embed_key
     ),
@@ -194,7 +206,7 @@ pub fn router(state: ApiState) -> Router {
         pug_types::DesiredState, pug_types::Event, pug_types::Overrides, ErrorBody,
         CreateTenant, UpdateTenant, UpgradeTenant, TenantDetail, DatasourceInput,
         pug_types::DatasourceSpec, pug_types::DashboardSpec, FleetStatus, NewToken, CreatedToken,
-        TokenInfo,
+        TokenInfo, pug_types::RendererTable, pug_types::RendererGrant, pug_types::RendererName,
         prometheus::TargetGroup, prometheus::Via,
         users::NewUser, users::UserInfo, users::Grant, users::NewEmbedKey, users::EmbedKey
     )),

@@ -144,7 +144,7 @@ impl IntoResponse for TokensError {
 fn require_admin(caller: &Caller) -> Result<(), TokensError> {
     match caller.role {
         Role::Admin => Ok(()),
-        Role::Read => Err(ApiError::Forbidden.into()),
+        Role::Read | Role::Renderer => Err(ApiError::Forbidden.into()),
     }
 }
 
@@ -181,9 +181,12 @@ pub(crate) async fn create(
 ) -> Result<impl IntoResponse, TokensError> {
     require_admin(&caller)?;
     let Json(req) = body?;
-    let role = Role::parse(&req.role).ok_or_else(|| {
-        InvalidInput::new("role", format!("role {:?} is not admin or read", req.role))
-    })?;
+    // The renderer role is pug's own (the swarm renderer service's credential), never made here.
+    let role = Role::parse(&req.role)
+        .filter(|r| *r != Role::Renderer)
+        .ok_or_else(|| {
+            InvalidInput::new("role", format!("role {:?} is not admin or read", req.role))
+        })?;
     let name = req.name.trim();
     if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
         return Err(InvalidInput::new(

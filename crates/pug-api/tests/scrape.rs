@@ -199,6 +199,7 @@ impl Api {
             renderer_address: renderer.map(|r| r.to_string()),
             roles: vec!["api".into()],
             swarm: None,
+            renderer_tenants: None,
         };
         let app = pug_api::router(state);
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

@@ -246,6 +246,9 @@ impl Config {
                 self.listen
             ));
         }
+        for p in self.renderer_swarm_problems() {
+            bad(p);
+        }
         if self.controller.concurrency == 0 {
             bad("controller.concurrency must be at least 1".into());
         }
@@ -274,6 +277,62 @@ impl Config {
             && !self.grafana_database.url.starts_with("postgresql://")
         {
             bad("grafana_database.url must be a postgres:// URL".into());
+        }
+        problems
+    }
+
+    /// What is wrong with `[renderer.swarm]` (each message names the setting and a fix).
+    fn renderer_swarm_problems(&self) -> Vec<String> {
+        let s = &self.renderer.swarm;
+        let mut problems = Vec::new();
+        if s.replicas == 0 {
+            return problems;
+        }
+        if s.replicas > MAX_RENDERER_REPLICAS {
+            problems.push(format!(
+                "renderer.swarm.replicas ({}) must be at most {MAX_RENDERER_REPLICAS}",
+                s.replicas
+            ));
+        }
+        if self.backend != Backend::Swarm {
+            problems.push(format!(
+                "renderer.swarm.replicas ({}) is a swarm backend setting, and backend is {:?}; \
+                 set backend = \"swarm\" or renderer.swarm.replicas = 0",
+                s.replicas,
+                self.backend.as_str()
+            ));
+        }
+        if s.image.trim().is_empty() {
+            problems.push(format!(
+                "renderer.swarm.replicas ({}) needs renderer.swarm.image (PUG_RENDERER_SWARM_IMAGE): \
+                 an image whose entrypoint is pug and that has Chromium, e.g. built from \
+                 deploy/renderer/Dockerfile and pushed where every node can pull it",
+                s.replicas
+            ));
+        }
+        if self.renderer.mode == RendererMode::Off {
+            problems.push(
+                "renderer.swarm.replicas ≥ 1 runs a renderer service, and renderer.mode is \"off\"; \
+                 set renderer.mode = \"auto\" or renderer.swarm.replicas = 0"
+                    .into(),
+            );
+        }
+        if !s.pug_url.is_empty() {
+            match url::Url::parse(&s.pug_url) {
+                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                _ => problems.push(format!(
+                    "renderer.swarm.pug_url {:?} is not an http(s) URL; give one like http://tasks.pug_pug:8080",
+                    s.pug_url
+                )),
+            }
+        } else if self.listen.ip().is_loopback() {
+            problems.push(format!(
+                "renderer.swarm.replicas ≥ 1: the renderer service reads its token table from pug's \
+                 API over the overlay, and listen ({}) is loopback; set listen = \"0.0.0.0:{}\", or \
+                 renderer.swarm.pug_url to a URL of pug's API the service reaches",
+                self.listen,
+                self.listen.port()
+            ));
         }
         problems
     }

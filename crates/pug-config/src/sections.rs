@@ -184,7 +184,31 @@ pub struct RendererConfig {
     /// Runs Chromium with `--no-sandbox` (pug warns at start). Only for kernels or containers
     /// that give no user namespaces (Docker's default seccomp profile, for one).
     pub no_sandbox: bool,
+    /// The swarm backend's renderer service (`[renderer.swarm]`).
+    pub swarm: RendererSwarmConfig,
 }
+
+/// On the swarm backend, the renderer can be a service of its own that pug creates, upgrades
+/// and heals (`<namespace>--renderer`, on the tenants' overlay, spread over nodes) instead of
+/// the renderer embedded in pug.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RendererSwarmConfig {
+    /// Tasks of the renderer service. 0 (the default): no service, tenants use the renderer
+    /// embedded in pug (on pug's overlay address); 1 or more: a pug-managed service with this
+    /// many tasks, and pug runs no Chromium of its own.
+    pub replicas: u32,
+    /// The service's image (needed when `replicas` ≥ 1): one whose entrypoint is `pug` and
+    /// that has Chromium, e.g. built from `deploy/renderer/Dockerfile`.
+    pub image: String,
+    /// The URL the service reaches pug's API at, for its token table. Empty (the default):
+    /// pug's own address on the overlay and `listen`'s port (so `listen` must not be
+    /// loopback); with several pugs, one name for all (`http://tasks.<stack>_pug:8080`).
+    pub pug_url: String,
+}
+
+/// The most tasks `renderer.swarm.replicas` may ask for.
+pub const MAX_RENDERER_REPLICAS: u32 = 64;
 
 /// The uid (and gid) the renderer's Chromium runs as when pug runs as root: a user of its own,
 /// below the process backend's default tenant uids (200000…). It connects to nothing itself:
@@ -215,6 +239,7 @@ impl Default for RendererConfig {
             max_browser_rss_mb: 2048,
             page_reuse: 50,
             no_sandbox: false,
+            swarm: RendererSwarmConfig::default(),
         }
     }
 }

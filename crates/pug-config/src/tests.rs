@@ -166,3 +166,110 @@ fn host_mode_urls() {
     c.gateway.public_url = "https://g.example.com".into();
     assert_eq!(c.tenant_url("acme"), "https://acme.g.example.com/");
 }
+
+#[test]
+fn renderer_swarm_section() {
+    figment::Jail::expect_with(|jail| {
+        let c = Config::load(None, BTreeMap::new()).unwrap();
+        assert_eq!(
+            c.renderer.swarm.replicas, 0,
+            "the embedded renderer by default"
+        );
+        /// The variables set, and what the error must say (`None`: valid).
+        type Case = (
+            &'static [(&'static str, &'static str)],
+            Option<&'static str>,
+        );
+        let cases: &[Case] = &[
+            (
+                &[
+                    ("PUG_BACKEND", "swarm"),
+                    ("PUG_LISTEN", "0.0.0.0:8080"),
+                    ("PUG_RENDERER_SWARM_REPLICAS", "2"),
+                    ("PUG_RENDERER_SWARM_IMAGE", "registry.example.com/pug:1"),
+                ],
+                None,
+            ),
+            (
+                &[
+                    ("PUG_BACKEND", "swarm"),
+                    ("PUG_RENDERER_SWARM_REPLICAS", "1"),
+                    ("PUG_RENDERER_SWARM_IMAGE", "pug:1"),
+                    ("PUG_RENDERER_SWARM_PUG_URL", "http://tasks.pug_pug:8080"),
+                ],
+                None,
+            ),
+            (
+                &[
+                    ("PUG_BACKEND", "swarm"),
+                    ("PUG_LISTEN", "0.0.0.0:8080"),
+                    ("PUG_RENDERER_SWARM_REPLICAS", "1"),
+                ],
+                Some("needs renderer.swarm.image (PUG_RENDERER_SWARM_IMAGE)"),
+            ),
+            (
+                &[
+                    ("PUG_RENDERER_SWARM_REPLICAS", "1"),
+                    ("PUG_RENDERER_SWARM_IMAGE", "pug:1"),
+                ],
+                Some("is a swarm backend setting"),
+            ),
+            (
+                &[
+                    ("PUG_BACKEND", "swarm"),
+                    ("PUG_RENDERER_SWARM_REPLICAS", "1"),
+                    ("PUG_RENDERER_SWARM_IMAGE", "pug:1"),
+                ],
+                Some("listen (127.0.0.1:8080) is loopback"),
+            ),
+            (
+                &[
+                    ("PUG_BACKEND", "swarm"),
+                    ("PUG_RENDERER_SWARM_REPLICAS", "1"),
+                    ("PUG_RENDERER_SWARM_IMAGE", "pug:1"),
+                    ("PUG_RENDERER_SWARM_PUG_URL", "tasks.pug_pug:8080"),
+                ],
+                Some("renderer.swarm.pug_url \"tasks.pug_pug:8080\" is not an http(s) URL"),
+            ),
+            (
+                &[
+                    ("PUG_BACKEND", "swarm"),
+                    ("PUG_LISTEN", "0.0.0.0:8080"),
+                    ("PUG_RENDERER_SWARM_REPLICAS", "65"),
+                    ("PUG_RENDERER_SWARM_IMAGE", "pug:1"),
+                ],
+                Some("must be at most 64"),
+            ),
+        ];
+        let names = [
+            "PUG_BACKEND",
+            "PUG_LISTEN",
+            "PUG_RENDERER_SWARM_REPLICAS",
+            "PUG_RENDERER_SWARM_IMAGE",
+            "PUG_RENDERER_SWARM_PUG_URL",
+        ];
+        for (vars, want) in cases {
+            for name in names {
+                jail.set_env(name, "");
+            }
+            jail.set_env("PUG_BACKEND", "process");
+            jail.set_env("PUG_LISTEN", "127.0.0.1:8080");
+            jail.set_env("PUG_RENDERER_SWARM_REPLICAS", "0");
+            for (name, value) in vars.iter() {
+                jail.set_env(name, value);
+            }
+            let loaded = Config::load(None, BTreeMap::new());
+            match want {
+                None => {
+                    let c = loaded.unwrap_or_else(|e| panic!("{vars:?}: {e}"));
+                    assert!(c.renderer.swarm.replicas >= 1, "{vars:?}");
+                }
+                Some(want) => {
+                    let err = loaded.expect_err(want).to_string();
+                    assert!(err.contains(want), "{vars:?}: {err}");
+                }
+            }
+        }
+        Ok(())
+    });
+}

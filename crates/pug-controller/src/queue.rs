@@ -1,5 +1,6 @@
 //! The loops that drive reconcile passes: the queue worker, the periodic resync with garbage
-//! collection, and the listener for changes the orchestrator reports.
+//! collection (and the healing of the backend's shared services, such as the swarm renderer
+//! service), and the listener for changes the orchestrator reports.
 //!
 //! Work is claimed from the store under leases (`pug_store::Store::claim_work`), at most
 //! `controller.concurrency` passes at once across every pug sharing the store; each pass runs
@@ -207,8 +208,9 @@ pub(crate) fn backoff(attempts: u32, base: Duration, max: Duration) -> Duration 
 const SLEEPING_RESYNC_EVERY: u32 = 10;
 
 /// Every resync interval, on the pug holding the `fleet` lease: queue every tenant (due times
-/// spread over the interval; sleeping ones every [`SLEEPING_RESYNC_EVERY`]-th time), and remove
-/// instances whose tenant is gone.
+/// spread over the interval; sleeping ones every [`SLEEPING_RESYNC_EVERY`]-th time), remove
+/// instances whose tenant is gone, and heal the backend's shared services
+/// (`Orchestrator::ensure_shared_services`).
 async fn resync_loop(c: Controller, shutdown: CancellationToken) {
     let mut ticks: u32 = 0;
     let mut tick = tokio::time::interval(c.settings.resync_interval);
@@ -224,6 +226,10 @@ async fn resync_loop(c: Controller, shutdown: CancellationToken) {
         }
         if let Err(e) = collect_garbage(&c).await {
             tracing::warn!(error = %error_line(&e), "garbage collection failed");
+        }
+        // What the backend runs for the whole fleet (swarm: the renderer service), healed.
+        if let Err(e) = c.orchestrator.ensure_shared_services().await {
+            tracing::warn!(error = %pug_orchestrator::error_chain(&e), "cannot keep the backend's shared services (the renderer service)");
         }
         // Spread over the interval, so a large fleet's resync is no burst; sleeping tenants
         // (most of a large fleet, nothing running) only every SLEEPING_RESYNC_EVERY-th time.

@@ -43,7 +43,9 @@ use pug_types::{ExposeSecret, GrafanaVersion};
 pub use container::DockerBackend;
 pub use engine::{DockerError, Engine};
 pub use observe::{SwarmObserver, SwarmStatus};
-pub use swarm::SwarmBackend;
+pub use swarm::{
+    renderer_service_name, renderer_tenant_url, RendererService, RendererStep, SwarmBackend,
+};
 
 /// Label on everything pug makes: `true`.
 pub const LABEL_MANAGED: &str = "pug.managed";

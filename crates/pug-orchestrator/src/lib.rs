@@ -164,6 +164,14 @@ pub trait Orchestrator: Send + Sync + 'static {
     fn host_address_for_instances(&self) -> Option<std::net::IpAddr> {
         None
     }
+
+    /// Makes what the backend runs for the whole fleet, beside tenants' instances, what pug's
+    /// configuration asks for (swarm: the renderer service), healing what was changed or
+    /// removed by hand. Idempotent; called at pug's start and at every resync. Nothing by
+    /// default.
+    async fn ensure_shared_services(&self) -> Result<(), OrchestratorError> {
+        Ok(())
+    }
 }
 
 /// Probes `<base>/api/health`: ready is 200 with `"database": "ok"`, as Grafana defines it.

@@ -60,6 +60,14 @@ pub struct RenderArgs {
     /// Do not serve /metrics (env: ENABLE_METRICS=false).
     #[arg(long)]
     pub disable_metrics: bool,
+    /// Render for pug's tenants: read their tokens' digests and instances from this URL of
+    /// pug's API (`…/api/v1/renderer/tenants`) every second, instead of AUTH_TOKEN. pug sets
+    /// this for the swarm renderer service it manages.
+    #[arg(long, value_name = "URL", requires = "tenants_token_file")]
+    pub tenants_url: Option<String>,
+    /// The file holding the credential for --tenants-url (a swarm secret pug mounts).
+    #[arg(long, value_name = "PATH", requires = "tenants_url")]
+    pub tenants_token_file: Option<PathBuf>,
 }
 
 impl RenderArgs {
@@ -129,6 +137,22 @@ impl RenderArgs {
         if self.disable_metrics {
             config.metrics_enabled = false;
         }
+        if let Some(url) = &self.tenants_url {
+            if !self.auth_tokens.is_empty() {
+                problems.push(problem(
+                    "--auth-token",
+                    "",
+                    "--tenants-url renders for pug's tenants' tokens only; leave out --auth-token",
+                ));
+            }
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                problems.push(problem(
+                    "--tenants-url",
+                    url,
+                    "expected an http(s) URL of pug's API, e.g. http://pug:8080/api/v1/renderer/tenants",
+                ));
+            }
+        }
         if let Err(ConfigError::Invalid(more)) = config.validate_standalone() {
             problems.extend(more);
         }
@@ -185,6 +209,50 @@ mod tests {
         assert_eq!(config.allowed_hosts, vec!["grafana:3000"]);
         assert_eq!(config.chrome_args, vec!["--disable-gpu"]);
         assert_eq!(config.default_encoding, Encoding::Png);
+    }
+
+    #[test]
+    fn tenants_mode_takes_a_url_and_a_credential_file_and_no_static_token() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("pug-render").chain(args.iter().copied()))
+        };
+        assert!(
+            parse(&["--tenants-url", "http://pug:8080/api/v1/renderer/tenants"]).is_err(),
+            "a URL needs its credential file"
+        );
+        let cli = parse(&[
+            "--tenants-url",
+            "http://pug:8080/api/v1/renderer/tenants",
+            "--tenants-token-file",
+            "/run/secrets/c",
+        ])
+        .unwrap();
+        cli.args.apply(&mut RendererConfig::default()).unwrap();
+        for (args, wrong) in [
+            (
+                &["--tenants-url", "pug:8080", "--tenants-token-file", "/c"][..],
+                "--tenants-url",
+            ),
+            (
+                &[
+                    "--tenants-url",
+                    "http://pug/",
+                    "--tenants-token-file",
+                    "/c",
+                    "--auth-token",
+                    "x",
+                ][..],
+                "--auth-token",
+            ),
+        ] {
+            let err = parse(args)
+                .unwrap()
+                .args
+                .apply(&mut RendererConfig::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(wrong), "{args:?}: {err}");
+        }
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! network (where containers reach the host), and Chromium, on the host, loads the containers'
 //! pages at their addresses on that network. On swarm, pug runs in a container on the tenants'
 //! overlay network: the renderer listens on pug's own address there, and Chromium loads each
-//! task's page at its overlay address (a task's callback names its service).
+//! task's page at its overlay address (a task's callback names its service). (With
+//! `renderer.swarm.replicas` ≥ 1 the renderer is a swarm service instead, and `pug serve`
+//! does not start this one.)
 //!
 //! Must not: decide how tenants' Grafana is configured (the controller writes `rendering.*`
 //! from `ControllerSettings::renderer_url`), or read pug's store (it reads tenants through a
@@ -205,7 +207,7 @@ async fn try_start<S: TenantSource>(
             .map_err(EmbedError::Start)?;
     let mut tokens = TenantTokens::new(tenants);
     tokens
-        .refresh(&table)
+        .refresh(&*table)
         .await
         .map_err(|e| EmbedError::Tokens(Box::new(e)))?;
     let refresh = tokens.spawn(Arc::downgrade(&table), REFRESH, shutdown.clone());

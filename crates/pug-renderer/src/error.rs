@@ -40,6 +40,16 @@ pub enum RendererError {
     /// The HTTP server stopped with an error.
     #[error("serving HTTP failed")]
     Serve(#[source] std::io::Error),
+    /// `--tenants-token-file` cannot be read.
+    #[error("cannot read the credential for pug's token table from {path:?} (--tenants-token-file); on swarm pug mounts it into the renderer service as a secret")]
+    CredentialFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The client that polls pug's token table could not be built.
+    #[error(transparent)]
+    Remote(#[from] crate::remote::RemoteError),
 }
 
 /// Why one request was not rendered. Each variant is one HTTP status (see [`RenderError::status`]).

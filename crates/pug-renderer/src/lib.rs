@@ -19,6 +19,7 @@
 //! - [`tenant_tokens`]: inside `pug serve`, which tenant's token may render which instances.
 //! - [`activity`]: the seam through which a tenant's renders count as its activity.
 //! - [`embedded`]: the renderer `pug serve` runs beside the process backend.
+//! - [`remote`]: a renderer service's token table, read from pug's API (`--tenants-url`).
 
 pub mod activity;
 pub mod api;
@@ -29,6 +30,7 @@ pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod params;
+pub mod remote;
 pub mod security;
 pub mod tenant_tokens;
 
@@ -107,6 +109,7 @@ pub async fn run(args: RenderArgs) -> Result<(), RendererError> {
     let addr = config.addr;
     let allow_list = !config.allowed_hosts.is_empty();
     if !allow_list
+        && args.tenants_url.is_none()
         && config
             .auth_tokens
             .iter()
@@ -114,7 +117,37 @@ pub async fn run(args: RenderArgs) -> Result<(), RendererError> {
     {
         tracing::warn!("renderer: {}", security::DEFAULT_TOKEN_WITHOUT_ALLOW_LIST);
     }
-    let scopes = Arc::new(StaticTokens::standalone(&config.auth_tokens, allow_list));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (scopes, poll): (Arc<dyn TokenScopes>, _) =
+        match (&args.tenants_url, &args.tenants_token_file) {
+            (Some(url), Some(path)) => {
+                let credential = std::fs::read_to_string(path).map_err(|source| {
+                    RendererError::CredentialFile {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                let remote = remote::RemoteTenants::new(url.clone(), credential.trim().to_owned())?;
+                let table = Arc::new(ScopedTokens::new());
+                match remote.refresh(&table).await {
+                    Ok(n) => {
+                        tracing::info!(%url, tenants = n, "renderer: rendering for pug's tenants")
+                    }
+                    Err(e) => tracing::warn!(
+                        %url,
+                        error = %pug_types::error_chain(&e),
+                        "renderer: cannot read tenants' tokens from pug yet; trying every second"
+                    ),
+                }
+                let poll = remote.spawn(Arc::downgrade(&table), stop.clone());
+                (table as Arc<dyn TokenScopes>, Some(poll))
+            }
+            _ => (
+                Arc::new(StaticTokens::standalone(&config.auth_tokens, allow_list))
+                    as Arc<dyn TokenScopes>,
+                None,
+            ),
+        };
     let renderer = Renderer::start(config, scopes).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -123,6 +156,10 @@ pub async fn run(args: RenderArgs) -> Result<(), RendererError> {
     let served = axum::serve(listener, renderer.router())
         .with_graceful_shutdown(shutdown_signal())
         .await;
+    stop.cancel();
+    if let Some(poll) = poll {
+        let _ = poll.await;
+    }
     renderer.shutdown().await;
     served.map_err(RendererError::Serve)
 }

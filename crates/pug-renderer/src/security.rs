@@ -140,7 +140,8 @@ impl StaticTokens {
 /// Grafana's default `renderer_token` (and the reference renderer's `AUTH_TOKEN`).
 pub const DEFAULT_TOKEN: &str = "-";
 
-fn digest(token: &str) -> [u8; 32] {
+/// The SHA-256 of a token: what tables keep of it and compare.
+pub fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
@@ -172,7 +173,7 @@ pub struct ScopedTokens {
 }
 
 /// Digest of a token, its scope, and the tenant whose token it is.
-type Entry = ([u8; 32], Scope, Option<String>);
+pub type Entry = ([u8; 32], Scope, Option<String>);
 
 impl ScopedTokens {
     pub fn new() -> Self {
@@ -198,6 +199,12 @@ impl ScopedTokens {
             .into_iter()
             .map(|(t, scope, tenant)| (digest(t.as_ref()), scope, tenant))
             .collect();
+        *self.entries.write().unwrap_or_else(|e| e.into_inner()) = entries;
+    }
+
+    /// Replaces every token at once by its SHA-256 ([`digest`]), each with its scope and
+    /// tenant: a table learnt from pug (`pug render --tenants-url`) never holds a token.
+    pub fn replace_digests(&self, entries: Vec<Entry>) {
         *self.entries.write().unwrap_or_else(|e| e.into_inner()) = entries;
     }
 

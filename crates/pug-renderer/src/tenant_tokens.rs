@@ -2,20 +2,23 @@
 //! render that tenant's ready instances and nothing else.
 //!
 //! Owns: deciding which token is valid for which `host:port` origins ([`entries`], pure), the
-//! cache of tenants' tokens between passes, and the loop that rebuilds the [`ScopedTokens`]
-//! table every second from a [`TenantSource`].
+//! cache of tenants' tokens between passes, the loop that rebuilds a [`TokenTable`] every
+//! second from a [`TenantSource`] (the embedded renderer's [`ScopedTokens`], or the
+//! [`PublishedTable`] pug serves a renderer service: the same entries, each token by its
+//! SHA-256 only), and turning a published table back into scopes ([`scoped_entries`], pure).
 //!
 //! Must not: read pug's store itself (`pug serve` implements [`TenantSource`] over it), or
 //! check a presented token (that is [`ScopedTokens`], in constant time).
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Weak;
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
+use pug_types::{RendererGrant, RendererName, RendererTable};
 use tokio_util::sync::CancellationToken;
 
-use crate::security::{Scope, ScopedTokens};
+use crate::security::{digest, Entry, Scope, ScopedTokens};
 
 /// How often the table is rebuilt: a tenant that just became ready can be rendered within this.
 pub const REFRESH: Duration = Duration::from_secs(1);
@@ -82,7 +85,117 @@ pub fn entries<'a, T>(
         .collect()
 }
 
-/// Keeps a [`ScopedTokens`] table in step with the tenants of a [`TenantSource`].
+/// Where [`TenantTokens`] puts the [`entries`] of each pass.
+pub trait TokenTable: Send + Sync + 'static {
+    /// Replaces every entry at once (token text, its scope, its tenant).
+    fn replace_entries(&self, entries: Vec<(&str, Scope, Option<String>)>);
+}
+
+impl TokenTable for ScopedTokens {
+    fn replace_entries(&self, entries: Vec<(&str, Scope, Option<String>)>) {
+        self.replace_tenants(entries);
+    }
+}
+
+/// The table pug serves a renderer service (`GET /api/v1/renderer/tenants`): [`entries`] with
+/// each token replaced by its SHA-256, so that what is served renders nothing by itself.
+#[derive(Debug, Default)]
+pub struct PublishedTable {
+    table: RwLock<Arc<RendererTable>>,
+}
+
+impl PublishedTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The last table built.
+    pub fn current(&self) -> Arc<RendererTable> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl TokenTable for PublishedTable {
+    fn replace_entries(&self, entries: Vec<(&str, Scope, Option<String>)>) {
+        let table = Arc::new(published(entries));
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = table;
+    }
+}
+
+/// [`entries`] as served: each token by its SHA-256 (lowercase hex), its scope as endpoints
+/// and names. Entries without a tenant are not tenants' and are left out.
+pub fn published(entries: Vec<(&str, Scope, Option<String>)>) -> RendererTable {
+    let tenants = entries
+        .into_iter()
+        .filter_map(|(token, scope, tenant)| {
+            let (endpoints, names) = match scope {
+                Scope::Hosts(hosts) => (hosts, Vec::new()),
+                Scope::Named { hosts, names } => (hosts, names),
+                Scope::Any | Scope::Nothing(_) => return None,
+            };
+            Some(RendererGrant {
+                tenant: tenant?,
+                token_sha256: hex(&digest(token)),
+                endpoints,
+                names: names
+                    .into_iter()
+                    .map(|(name, address)| RendererName { name, address })
+                    .collect(),
+            })
+        })
+        .collect();
+    RendererTable { tenants }
+}
+
+/// A published table back as [`ScopedTokens`] entries: the same scopes [`entries`] gave, each
+/// under its token's digest. A grant whose digest is not 64 hex digits is left out (and
+/// counted in the second value), so a damaged row renders nothing.
+pub fn scoped_entries(table: &RendererTable) -> (Vec<Entry>, usize) {
+    let mut bad = 0;
+    let entries = table
+        .tenants
+        .iter()
+        .filter_map(|g| {
+            let Some(digest) = unhex(&g.token_sha256) else {
+                bad += 1;
+                return None;
+            };
+            let names: Vec<(String, String)> = g
+                .names
+                .iter()
+                .filter(|n| g.endpoints.contains(&n.address))
+                .map(|n| (n.name.clone(), n.address.clone()))
+                .collect();
+            let scope = if names.is_empty() {
+                Scope::Hosts(g.endpoints.clone())
+            } else {
+                Scope::Named {
+                    hosts: g.endpoints.clone(),
+                    names,
+                }
+            };
+            Some((digest, scope, Some(g.tenant.clone())))
+        })
+        .collect();
+    (entries, bad)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Keeps a [`TokenTable`] in step with the tenants of a [`TenantSource`].
 pub struct TenantTokens<S: TenantSource> {
     source: S,
     /// Tokens read so far, by tenant: a tenant's token never changes while the tenant exists,
@@ -99,7 +212,7 @@ impl<S: TenantSource> TenantTokens<S> {
     }
 
     /// Rebuilds `table` from the source. On an error the table keeps its previous entries.
-    pub async fn refresh(&mut self, table: &ScopedTokens) -> Result<(), S::Error> {
+    pub async fn refresh<T: TokenTable>(&mut self, table: &T) -> Result<(), S::Error> {
         let tenants = self.source.tenants().await?;
         // A deleted tenant's token is forgotten; a tenant made again under its id has a new one.
         self.cache
@@ -111,15 +224,15 @@ impl<S: TenantSource> TenantTokens<S> {
                 }
             }
         }
-        table.replace_tenants(entries(&tenants, &self.cache, S::expose));
+        table.replace_entries(entries(&tenants, &self.cache, S::expose));
         Ok(())
     }
 
     /// Refreshes `table` every `every` until `shutdown` is cancelled or the table is dropped
     /// (with the renderer).
-    pub fn spawn(
+    pub fn spawn<T: TokenTable>(
         mut self,
-        table: Weak<ScopedTokens>,
+        table: Weak<T>,
         every: Duration,
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
@@ -134,7 +247,7 @@ impl<S: TenantSource> TenantTokens<S> {
                 let Some(table) = table.upgrade() else {
                     return;
                 };
-                if let Err(e) = self.refresh(&table).await {
+                if let Err(e) = self.refresh(&*table).await {
                     tracing::warn!(error = %e, "renderer: cannot refresh tenants' tokens");
                 }
             }
@@ -279,6 +392,76 @@ mod tests {
                 .map(|(t, k)| ((*t).to_owned(), (*k).to_owned()))
                 .collect();
         }
+    }
+
+    #[test]
+    fn the_published_table_scopes_each_digest_as_the_embedded_table_scopes_its_token() {
+        let tokens: HashMap<String, String> = [("a", "tok-a"), ("b", "tok-b")]
+            .into_iter()
+            .map(|(t, k)| (t.to_owned(), k.to_owned()))
+            .collect();
+        let mut a = tenant("a", &["10.0.1.5:3000", "10.0.1.6:3000"]);
+        a.names = vec![
+            ("pug-a:3000".into(), "10.0.1.5:3000".into()),
+            ("pug-a:3000".into(), "10.0.1.6:3000".into()),
+        ];
+        let b = tenant("b", &["10.0.1.7:3000"]);
+        let idle = tenant("c", &[]);
+        let tenants = [a, b, idle];
+        let published = published(entries(&tenants, &tokens, |t| t.as_str()));
+        let text = serde_json::to_string(&published).unwrap();
+        assert!(
+            !text.contains("tok-a") && !text.contains("tok-b"),
+            "no token is served: {text}"
+        );
+        assert_eq!(published.tenants.len(), 2, "c renders nothing: {text}");
+        // Read back (a renderer service), each digest has the scope the token had.
+        let (back, bad) = scoped_entries(&published);
+        assert_eq!(bad, 0);
+        let table = ScopedTokens::new();
+        table.replace_digests(back);
+        let embedded = ScopedTokens::new();
+        embedded.replace_tenants(entries(&tenants, &tokens, |t| t.as_str()));
+        for token in ["tok-a", "tok-b", "tok-c", "other"] {
+            assert_eq!(table.grant(token), embedded.grant(token), "{token}");
+        }
+        assert_eq!(
+            table.grant("tok-a").and_then(|g| g.tenant).as_deref(),
+            Some("a")
+        );
+    }
+
+    #[test]
+    fn a_damaged_digest_renders_nothing() {
+        let grant = |digest: &str| RendererGrant {
+            tenant: "a".into(),
+            token_sha256: digest.into(),
+            endpoints: vec!["10.0.1.5:3000".into()],
+            // A name for an address that is not the tenant's is dropped.
+            names: vec![RendererName {
+                name: "pug-b:3000".into(),
+                address: "10.0.1.9:3000".into(),
+            }],
+        };
+        let good = hex(&digest("tok-a"));
+        let table = RendererTable {
+            tenants: vec![
+                grant(&good),
+                grant("xyz"),
+                grant(&good[..62]),
+                grant(&format!("g{}", &good[1..])),
+            ],
+        };
+        let (entries, bad) = scoped_entries(&table);
+        assert_eq!(bad, 3);
+        assert_eq!(
+            entries,
+            vec![(
+                digest("tok-a"),
+                Scope::Hosts(vec!["10.0.1.5:3000".into()]),
+                Some("a".into())
+            )]
+        );
     }
 
     #[tokio::test]

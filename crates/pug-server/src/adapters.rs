@@ -3,7 +3,8 @@
 //!
 //! Owns: the process backend's tenant users (uids the store allocates), the embedded
 //! renderer's tenants and tokens (from the status snapshot and the store, with the
-//! orchestrator's names of instances), its renders as their tenants' activity (in the
+//! orchestrator's names of instances; the same for the swarm renderer service's table, which
+//! the API serves as digests: `PublishedTenants`), its renders as their tenants' activity (in the
 //! gateway's batched activity table), `GET /api/v1/swarm` (from the swarm backend's observer), and the wake path
 //! between the gateway and the controller of one process (the controller's written statuses
 //! reach the gateway's routes and the status snapshot at once; the gateway's wakes nudge the controller's queue).
@@ -128,6 +129,15 @@ impl TenantSource for StoreTenants {
 
     fn expose(token: &SecretString) -> &str {
         token.expose_secret()
+    }
+}
+
+/// `GET /api/v1/renderer/tenants` from the table the token loop keeps (swarm renderer service).
+pub struct PublishedTenants(pub Arc<pug_renderer::tenant_tokens::PublishedTable>);
+
+impl pug_api::renderer::RendererTableSource for PublishedTenants {
+    fn table(&self) -> Arc<pug_types::RendererTable> {
+        self.0.current()
     }
 }
 

@@ -1,6 +1,7 @@
 //! The orchestrator `config.backend` names, and what else the server needs from it: the
 //! process backend itself (to stop its processes at exit) and its isolation (for the banner),
-//! or the swarm's engine (to observe the swarm).
+//! or the swarm's engine (to observe the swarm) with the renderer service it keeps
+//! (`[renderer.swarm]`, its credential from the store).
 //!
 //! Must not: decide anything a backend decides; each arm is one library constructor.
 
@@ -56,9 +57,22 @@ pub(crate) async fn start(config: &Config, store: &Store) -> Result<Started, Ser
             let key =
                 pug_auth::IdentitySigner::from_secret(&store.gateway_identity_secret().await?)
                     .public_key_pem();
-            let backend = pug_docker::SwarmBackend::new(config.docker.clone(), key)
-                .await
-                .map_err(ServeError::SwarmBackend)?;
+            // The renderer service, when asked for, reads tenants' token digests from pug's
+            // API with a credential that reads nothing else (the same on every pug).
+            let renderer = if config.renderer.swarm.replicas > 0 {
+                let credential = store.renderer_credential().await?;
+                pug_docker::RendererService::from_config(config, credential)
+            } else {
+                None
+            };
+            let backend =
+                pug_docker::SwarmBackend::with_renderer(config.docker.clone(), key, renderer)
+                    .await
+                    .map_err(ServeError::SwarmBackend)?;
+            // At start, as at every resync: a missing service is created, a changed one rolled.
+            if let Err(e) = backend.ensure_renderer().await {
+                tracing::warn!(error = %pug_orchestrator::error_chain(&e), "cannot keep the renderer service; retrying at every resync");
+            }
             Started {
                 swarm: Some(backend.engine().clone()),
                 ..none(backend)

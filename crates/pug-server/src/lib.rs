@@ -40,7 +40,9 @@ use pug_gateway::server::serve_with;
 use pug_store::{write_private, Role, Store, StoreError};
 use pug_types::ExposeSecret;
 
-use crate::adapters::{ControllerWake, ObservedSwarm, RenderUse, StatusWritten, StoreTenants};
+use crate::adapters::{
+    ControllerWake, ObservedSwarm, PublishedTenants, RenderUse, StatusWritten, StoreTenants,
+};
 use crate::background::Background;
 pub use crate::banner::Banner;
 use crate::fleet::Fleet;
@@ -238,12 +240,36 @@ impl Server {
             .await
             .map_err(ServeError::Gateway)?;
         background.spawn(gateway.background_on(fleet.subscribe(), background.token()));
-        let renderer = if roles.runs("renderer") {
-            let tenants = StoreTenants {
-                store: store.clone(),
-                fleet: fleet.clone(),
-                orchestrator: backend.orchestrator.clone(),
-            };
+        // On swarm with `renderer.swarm.replicas` ≥ 1 the renderer is a service of its own
+        // (the backend keeps it): pug runs no Chromium, and serves the service its token
+        // table instead, built by the same loop as the embedded renderer's.
+        let renderer_service =
+            config.backend == pug_config::Backend::Swarm && config.renderer.swarm.replicas > 0;
+        let tenants = StoreTenants {
+            store: store.clone(),
+            fleet: fleet.clone(),
+            orchestrator: backend.orchestrator.clone(),
+        };
+        let mut published = None;
+        let renderer = if renderer_service {
+            if roles.runs("api") {
+                let table = Arc::new(pug_renderer::tenant_tokens::PublishedTable::new());
+                let mut tokens = pug_renderer::TenantTokens::new(tenants);
+                if let Err(e) = tokens.refresh(&*table).await {
+                    tracing::warn!(error = %pug_types::error_chain(&e), "cannot build the renderer service's token table yet");
+                }
+                let refresh = tokens.spawn(
+                    Arc::downgrade(&table),
+                    pug_renderer::tenant_tokens::REFRESH,
+                    background.token(),
+                );
+                background.spawn(async move {
+                    let _ = refresh.await;
+                });
+                published = Some(table);
+            }
+            None
+        } else if roles.runs("renderer") {
             let for_instances = backend.orchestrator.host_address_for_instances();
             // A tenant's renders (alert screenshots, scheduled reports) are its activity.
             let activity = Arc::new(RenderUse(gateway.clone()));
@@ -258,8 +284,13 @@ impl Server {
         } else {
             None
         };
+        let renderer_url = if renderer_service {
+            Some(pug_docker::renderer_tenant_url(&config.docker.namespace))
+        } else {
+            renderer.as_ref().map(|r| r.url.clone())
+        };
         let mut settings = ControllerSettings::from_config(&config);
-        settings.renderer_url = renderer.as_ref().map(|r| r.url.clone());
+        settings.renderer_url = renderer_url.clone();
         settings.roles = roles.as_slice().join(",");
         let owner = settings.owner.clone();
         let presence = pug_store::Replica {
@@ -316,6 +347,9 @@ impl Server {
             roles: roles.as_slice().to_vec(),
             swarm: swarm
                 .map(|o| Arc::new(ObservedSwarm(o)) as Arc<dyn pug_api::swarm::SwarmSource>),
+            renderer_tenants: published.map(|t| {
+                Arc::new(PublishedTenants(t)) as Arc<dyn pug_api::renderer::RendererTableSource>
+            }),
         };
         // Without the API role only /healthz, /healthz/{role} and /readyz answer.
         let api = if roles.runs("api") {
@@ -343,7 +377,7 @@ impl Server {
             api_url,
             public_url: config.public_url(),
             tenant_url: config.tenant_url("<tenant>"),
-            renderer_url: renderer.as_ref().map(|r| r.url.clone()),
+            renderer_url,
             data_dir: data_dir.clone(),
             backend: orchestrator.name().to_owned(),
             store: store.backend_name().to_owned(),

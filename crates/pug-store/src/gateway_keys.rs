@@ -181,7 +181,7 @@ impl Store {
 
     /// The secret stored under `key` in `meta`, sealed with the master key (`aad` binds it to
     /// its row); created by the first caller (a concurrent first caller's value wins for all).
-    async fn meta_secret(
+    pub(crate) async fn meta_secret(
         &self,
         key: &str,
         aad: &str,

@@ -38,7 +38,7 @@ pub use sessions::{EmbedScope, EmbedSessionOutcome, SessionRecord, SweepCounts};
 pub use tenants::parse_status;
 pub use tokens::{
     choose_revocation, local_token_name, token_id, RevokeRefusal, Role, TokenCheck, TokenInfo,
-    LOCAL_TOKEN_GRACE_MS, LOCAL_TOKEN_NAME,
+    LOCAL_TOKEN_GRACE_MS, LOCAL_TOKEN_NAME, RENDERER_TOKEN_NAME,
 };
 pub use users::User;
 

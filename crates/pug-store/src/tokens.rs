@@ -3,7 +3,8 @@
 //!
 //! Owns: the `api_tokens` table, the check of a presented token (unknown, expired or valid,
 //! looked up on every request, so a revocation or an expiry takes effect at the next request),
-//! and the decision of what a revocation removes (`choose_revocation`, pure).
+//! the decision of what a revocation removes (`choose_revocation`, pure), and the swarm
+//! renderer service's credential (`renderer_credential`: role `renderer`, one per store).
 //!
 //! Must not: return a token's plaintext except from `create_token*` (it is never stored), nor
 //! its hash (a listing names a token by [`token_id`], a 12-hex-digit prefix of the hash, which
@@ -20,6 +21,9 @@ pub enum Role {
     Admin,
     /// Only reads (e.g. Prometheus service discovery and `/metrics`).
     Read,
+    /// Only the renderer service's token table (`GET /api/v1/renderer/tenants`): the swarm
+    /// renderer service's credential, which pug issues itself ([`Store::renderer_credential`]).
+    Renderer,
 }
 
 impl Role {
@@ -27,6 +31,7 @@ impl Role {
         match self {
             Role::Admin => "admin",
             Role::Read => "read",
+            Role::Renderer => "renderer",
         }
     }
 
@@ -34,6 +39,7 @@ impl Role {
         match s {
             "admin" => Some(Role::Admin),
             "read" => Some(Role::Read),
+            "renderer" => Some(Role::Renderer),
             _ => None,
         }
     }
@@ -249,13 +255,15 @@ impl Store {
         self.create_token(name, role).await
     }
 
-    /// Whether any token but the local CLI's exists (false on a store's first start).
+    /// Whether any token but the local CLI's and the renderer service's exists (false on a
+    /// store's first start).
     pub async fn has_tokens(&self) -> Result<bool, StoreError> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM api_tokens WHERE name <> $1 AND name NOT LIKE $2",
+            "SELECT COUNT(*) FROM api_tokens WHERE name <> $1 AND name NOT LIKE $2 AND role <> $3",
         )
         .bind(LOCAL_TOKEN_NAME)
         .bind(format!("{LOCAL_TOKEN_NAME}@%"))
+        .bind(Role::Renderer.as_str())
         .fetch_one(&self.pool)
         .await?;
         Ok(n > 0)
@@ -295,6 +303,34 @@ impl Store {
         }
         self.replace_token(&local_token_name(owner), Role::Admin)
             .await
+    }
+
+    /// The swarm renderer service's credential: an API token of role [`Role::Renderer`]
+    /// (named [`RENDERER_TOKEN_NAME`]), the same for every pug on this store and across
+    /// restarts (its value is a secret sealed in the store, made by the first caller), so
+    /// that the service's Docker secret, named by its contents, does not change. Revoked by
+    /// hand, it is issued again at the next call (a pug's start).
+    pub async fn renderer_credential(&self) -> Result<SecretString, StoreError> {
+        let secret = self
+            .meta_secret(
+                "renderer_service_token",
+                "renderer/service_token",
+                "the renderer service's credential",
+            )
+            .await?;
+        let token = SecretString::from(format!("{TOKEN_PREFIX}{}", secret.expose_secret()));
+        let hash = token_hash(&token);
+        sqlx::query(
+            "INSERT INTO api_tokens (hash, name, role, created_at_ms, expires_at_ms) \
+             VALUES ($1, $2, $3, $4, NULL) ON CONFLICT (hash) DO NOTHING",
+        )
+        .bind(&hash)
+        .bind(RENDERER_TOKEN_NAME)
+        .bind(Role::Renderer.as_str())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(token)
     }
 
     /// The role of `token`, or `None` if it is not a token of this store or has expired.
@@ -409,6 +445,9 @@ impl Store {
 /// The name the tokens `pug serve` writes to `<data>/local.token` for the CLI on its machine
 /// start with; each pug's is [`local_token_name`].
 pub const LOCAL_TOKEN_NAME: &str = "local-cli";
+
+/// The name of the swarm renderer service's credential ([`Store::renderer_credential`]).
+pub const RENDERER_TOKEN_NAME: &str = "renderer-service";
 
 /// How old another pug's local token must be before a pug starting beside it may remove it
 /// for not being alive (see [`Store::replace_local_token`]).

@@ -47,6 +47,9 @@
 //! - `slots.rs`: which task is which replica, and its state (pure; table-tested).
 //! - `rollout.rs`: scaling, upgrades and their throttle, rollback acknowledgement.
 //! - `overlay.rs`: pug's own address on the overlay and the tasks' addresses there.
+//! - `renderer.rs`: the renderer service (`renderer.swarm.replicas` ≥ 1), which pug
+//!   creates, upgrades and heals at start and at every resync
+//!   ([`Orchestrator::ensure_shared_services`]).
 //! - this file: the backend and the [`Orchestrator`] impl, dispatching to the above.
 //!
 //! Must not: read the store or decide what should run (the controller does), or publish a
@@ -54,6 +57,7 @@
 
 mod objects;
 mod overlay;
+mod renderer;
 mod rollout;
 mod slots;
 mod spec;
@@ -78,6 +82,10 @@ use crate::{
     LABEL_TENANT,
 };
 use objects::{Config, Secret};
+pub use renderer::{
+    service_name as renderer_service_name, tenant_url as renderer_tenant_url, RendererService,
+    Step as RendererStep,
+};
 use slots::Addresses;
 use spec::{TaskFiles, TaskObjects};
 pub use spec::{CONTAINER_PORT, GATEWAY_KEY_FILE};
@@ -93,6 +101,8 @@ pub struct SwarmBackend {
     own: Option<std::net::IpAddr>,
     /// Whether an update has completed since pug started: until then, one update at a time.
     canary_done: AtomicBool,
+    /// The renderer service pug keeps (`None`: none, and a leftover one is removed).
+    renderer: Option<RendererService>,
 }
 
 impl SwarmBackend {
@@ -102,6 +112,16 @@ impl SwarmBackend {
     pub async fn new(
         config: DockerConfig,
         gateway_key_pem: String,
+    ) -> Result<Arc<Self>, DockerError> {
+        Self::with_renderer(config, gateway_key_pem, None).await
+    }
+
+    /// [`SwarmBackend::new`], keeping the renderer service `renderer` (`None`: none; a
+    /// leftover one is removed) at every [`Orchestrator::ensure_shared_services`].
+    pub async fn with_renderer(
+        config: DockerConfig,
+        gateway_key_pem: String,
+        renderer: Option<RendererService>,
     ) -> Result<Arc<Self>, DockerError> {
         let engine = Engine::connect(&config.host, config.max_concurrent_ops).await?;
         let info = engine
@@ -130,6 +150,7 @@ impl SwarmBackend {
             gateway_key_pem,
             own: own_ip,
             canary_done: AtomicBool::new(false),
+            renderer,
         }))
     }
 
@@ -427,5 +448,11 @@ impl Orchestrator for SwarmBackend {
     /// pug's own address on the overlay: the embedded renderer listens there for the tasks.
     fn host_address_for_instances(&self) -> Option<std::net::IpAddr> {
         self.own
+    }
+
+    /// The renderer service ([`SwarmBackend::ensure_renderer`]).
+    async fn ensure_shared_services(&self) -> Result<(), OrchestratorError> {
+        self.ensure_renderer().await?;
+        Ok(())
     }
 }

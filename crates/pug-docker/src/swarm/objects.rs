@@ -193,9 +193,10 @@ impl ObjectKind for Config {
     }
 }
 
-/// The content address of one file's object.
-pub(super) fn object_name(namespace: &str, tenant: &TenantId, file: &str, value: &str) -> String {
-    let digest = Sha256::digest(format!("{namespace}\0{tenant}\0{file}\0{value}").as_bytes());
+/// The content address of one file's object of `owner` (a tenant's id, or a name no tenant
+/// can have, such as the renderer service's `--renderer`).
+pub(super) fn object_name(namespace: &str, owner: &str, file: &str, value: &str) -> String {
+    let digest = Sha256::digest(format!("{namespace}\0{owner}\0{file}\0{value}").as_bytes());
     format!("pug-{}", &hex::encode(digest)[..24])
 }
 
@@ -211,9 +212,24 @@ pub(super) async fn ensure<K: ObjectKind>(
     tenant: &TenantId,
     files: &[(String, String)],
 ) -> Result<Vec<ObjectRef>, DockerError> {
+    let labels = tenant_labels(namespace, tenant.as_str());
+    ensure_labelled::<K>(engine, files, &labels, |file, value| {
+        object_name(namespace, tenant.as_str(), file, value)
+    })
+    .await
+}
+
+/// [`ensure`] for objects that are no tenant's (the renderer service's): named by `name` of
+/// (file, contents), labelled `labels` and the file.
+pub(super) async fn ensure_labelled<K: ObjectKind>(
+    engine: &Engine,
+    files: &[(String, String)],
+    labels: &HashMap<String, String>,
+    name_of: impl Fn(&str, &str) -> String,
+) -> Result<Vec<ObjectRef>, DockerError> {
     let mut refs = Vec::new();
     for (file, value) in files {
-        let name = object_name(namespace, tenant, file, value);
+        let name = name_of(file.as_str(), value.as_str());
         let by_name = HashMap::from([("name".to_owned(), vec![name.clone()])]);
         let existing = K::list(&engine.docker, by_name)
             .await
@@ -224,7 +240,7 @@ pub(super) async fn ensure<K: ObjectKind>(
         let id = match existing {
             Some(id) => id,
             None => {
-                let mut labels = tenant_labels(namespace, tenant.as_str());
+                let mut labels = labels.clone();
                 labels.insert(K::LABEL.into(), file.clone());
                 let data = base64::engine::general_purpose::STANDARD.encode(value);
                 let _op = engine.op().await;
@@ -249,6 +265,20 @@ pub(super) async fn ensure<K: ObjectKind>(
     Ok(refs)
 }
 
+/// Deletes the objects of this kind with all of `labels` that no service uses any more (the
+/// engine refuses those in use; failures are not errors).
+pub(super) async fn remove_unused_labelled<K: ObjectKind>(
+    engine: &Engine,
+    labels: &[(&str, &str)],
+) {
+    if let Ok(objects) = K::list(&engine.docker, label_filter(labels)).await {
+        for id in objects.into_iter().filter_map(|o| o.id) {
+            let _op = engine.op().await;
+            let _ = K::delete(&engine.docker, &id).await;
+        }
+    }
+}
+
 /// Deletes the tenant's objects of this kind that no service uses any more; the engine refuses
 /// to delete those still in use (by a running task or the previous spec), which is what we
 /// want, so failures are not errors.
@@ -257,17 +287,15 @@ pub(super) async fn remove_unused<K: ObjectKind>(
     namespace: &str,
     tenant: &TenantId,
 ) {
-    let filters = label_filter(&[
-        (LABEL_MANAGED, "true"),
-        (LABEL_NAMESPACE, namespace),
-        (LABEL_TENANT, tenant.as_str()),
-    ]);
-    if let Ok(objects) = K::list(&engine.docker, filters).await {
-        for id in objects.into_iter().filter_map(|o| o.id) {
-            let _op = engine.op().await;
-            let _ = K::delete(&engine.docker, &id).await;
-        }
-    }
+    remove_unused_labelled::<K>(
+        engine,
+        &[
+            (LABEL_MANAGED, "true"),
+            (LABEL_NAMESPACE, namespace),
+            (LABEL_TENANT, tenant.as_str()),
+        ],
+    )
+    .await;
 }
 
 #[cfg(test)]
@@ -276,24 +304,23 @@ mod tests {
 
     #[test]
     fn objects_are_named_by_everything_that_makes_them_differ() {
-        let acme = TenantId::parse("acme").unwrap();
-        let bob = TenantId::parse("bob").unwrap();
-        let base = object_name("pug", &acme, "/run/secrets/a", "v1");
+        let (acme, bob) = ("acme", "bob");
+        let base = object_name("pug", acme, "/run/secrets/a", "v1");
         assert_eq!(base.len(), "pug-".len() + 24, "{base}");
         assert!(base.starts_with("pug-"), "{base}");
         assert!(
             !base.contains("v1"),
             "the name must not hold the value: {base}"
         );
-        assert_eq!(base, object_name("pug", &acme, "/run/secrets/a", "v1"));
+        assert_eq!(base, object_name("pug", acme, "/run/secrets/a", "v1"));
         let others = [
             (
                 "namespace",
-                object_name("pug2", &acme, "/run/secrets/a", "v1"),
+                object_name("pug2", acme, "/run/secrets/a", "v1"),
             ),
-            ("tenant", object_name("pug", &bob, "/run/secrets/a", "v1")),
-            ("file", object_name("pug", &acme, "/run/secrets/b", "v1")),
-            ("value", object_name("pug", &acme, "/run/secrets/a", "v2")),
+            ("tenant", object_name("pug", bob, "/run/secrets/a", "v1")),
+            ("file", object_name("pug", acme, "/run/secrets/b", "v1")),
+            ("value", object_name("pug", acme, "/run/secrets/a", "v2")),
         ];
         for (what, name) in others {
             assert_ne!(
