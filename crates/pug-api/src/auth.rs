@@ -59,7 +59,7 @@ pub(crate) async fn require_renderer(
     match role {
         Ok(Role::Renderer) => next.run(request).await,
         Ok(_) => ApiError::Refused(
-            "GET /api/v1/renderer/tenants takes the renderer service's credential only (the swarm secret pug mounts into that service); this token is another kind".into(),
+            "/api/v1/renderer/* takes the renderer service's credential only (the swarm secret pug mounts into that service); this token is another kind".into(),
         )
         .into_response(),
         Err(response) => response,

@@ -173,6 +173,12 @@ pub fn router(state: ApiState) -> Router {
                 auth::require_renderer,
             )),
         )
+        .route(
+            "/renderer/activity",
+            axum::routing::post(renderer::renderer_activity).route_layer(
+                axum::middleware::from_fn_with_state(state.clone(), auth::require_renderer),
+            ),
+        )
         .route("/openapi.json", get(openapi));
     // /metrics names every tenant and its traffic: it takes a token (read is enough, which is
     // what Prometheus' `authorization` scrape setting sends) on the one public port, rather
@@ -197,7 +203,7 @@ pub fn router(state: ApiState) -> Router {
         tokens::create, tokens::list, tokens::revoke,
         prometheus::targets, prometheus::scrape::scrape_instance,
         prometheus::scrape::scrape_renderer,
-        swarm::status, renderer::renderer_tenants,
+        swarm::status, renderer::renderer_tenants, renderer::renderer_activity,
         users::create_user, users::list_users, users::delete_user, users::grant, users::revoke,
         users::create_embed_key, users::list_embed_keys, users::delete_embed_key
     ),
@@ -207,6 +213,7 @@ pub fn router(state: ApiState) -> Router {
         CreateTenant, UpdateTenant, UpgradeTenant, TenantDetail, DatasourceInput,
         pug_types::DatasourceSpec, pug_types::DashboardSpec, FleetStatus, NewToken, CreatedToken,
         TokenInfo, pug_types::RendererTable, pug_types::RendererGrant, pug_types::RendererName,
+        pug_types::RendererActivity, pug_types::ActivityRecorded,
         prometheus::TargetGroup, prometheus::Via,
         users::NewUser, users::UserInfo, users::Grant, users::NewEmbedKey, users::EmbedKey
     )),

@@ -99,7 +99,8 @@ pub struct TenantDetail {
     /// Recent events (omitted in listings).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<Event>,
-    /// When it was last used through the gateway, ms since the Unix epoch (absent: never).
+    /// When it was last used (a request through the gateway, an open WebSocket, a render of
+    /// its pages), ms since the Unix epoch (absent: never).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_activity_ms: Option<i64>,
     /// The idle timeout that applies, in seconds, its own or the fleet's (0: never sleeps).

@@ -19,7 +19,7 @@
 //! - [`tenant_tokens`]: inside `pug serve`, which tenant's token may render which instances.
 //! - [`activity`]: the seam through which a tenant's renders count as its activity.
 //! - [`embedded`]: the renderer `pug serve` runs beside the process backend.
-//! - [`remote`]: a renderer service's token table, read from pug's API (`--tenants-url`).
+//! - [`remote`]: a renderer service's token table, read from pug's API (`--tenants-url`), and its renders reported back to pug as tenants' activity.
 
 pub mod activity;
 pub mod api;
@@ -118,7 +118,7 @@ pub async fn run(args: RenderArgs) -> Result<(), RendererError> {
         tracing::warn!("renderer: {}", security::DEFAULT_TOKEN_WITHOUT_ALLOW_LIST);
     }
     let stop = tokio_util::sync::CancellationToken::new();
-    let (scopes, poll): (Arc<dyn TokenScopes>, _) =
+    let (scopes, activity, poll): (Arc<dyn TokenScopes>, Arc<dyn RenderActivity>, _) =
         match (&args.tenants_url, &args.tenants_token_file) {
             (Some(url), Some(path)) => {
                 let credential = std::fs::read_to_string(path).map_err(|source| {
@@ -139,16 +139,19 @@ pub async fn run(args: RenderArgs) -> Result<(), RendererError> {
                         "renderer: cannot read tenants' tokens from pug yet; trying every second"
                     ),
                 }
-                let poll = remote.spawn(Arc::downgrade(&table), stop.clone());
-                (table as Arc<dyn TokenScopes>, Some(poll))
+                // Each render is its tenant's activity: reported to pug with every poll.
+                let pending = Arc::new(remote::PendingRenders::default());
+                let poll = remote.spawn(Arc::downgrade(&table), pending.clone(), stop.clone());
+                (table as Arc<dyn TokenScopes>, pending as _, Some(poll))
             }
             _ => (
                 Arc::new(StaticTokens::standalone(&config.auth_tokens, allow_list))
                     as Arc<dyn TokenScopes>,
+                Arc::new(NoActivity) as _,
                 None,
             ),
         };
-    let renderer = Renderer::start(config, scopes).await?;
+    let renderer = Renderer::start_recording(config, scopes, activity).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| RendererError::Bind { addr, source })?;

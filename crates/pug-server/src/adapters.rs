@@ -132,12 +132,21 @@ impl TenantSource for StoreTenants {
     }
 }
 
-/// `GET /api/v1/renderer/tenants` from the table the token loop keeps (swarm renderer service).
-pub struct PublishedTenants(pub Arc<pug_renderer::tenant_tokens::PublishedTable>);
+/// `GET /api/v1/renderer/tenants` from the table the token loop keeps (swarm renderer service),
+/// and its `POST /api/v1/renderer/activity` into the gateway's activity table.
+pub struct PublishedTenants {
+    pub table: Arc<pug_renderer::tenant_tokens::PublishedTable>,
+    /// The renders the service reports, as the embedded renderer's are: tenants' activity.
+    pub activity: RenderUse,
+}
 
 impl pug_api::renderer::RendererTableSource for PublishedTenants {
     fn table(&self) -> Arc<pug_types::RendererTable> {
-        self.0.current()
+        self.table.current()
+    }
+
+    fn rendered(&self, tenant: &str) {
+        pug_renderer::RenderActivity::rendered(&self.activity, tenant);
     }
 }
 

@@ -347,8 +347,11 @@ impl Server {
             roles: roles.as_slice().to_vec(),
             swarm: swarm
                 .map(|o| Arc::new(ObservedSwarm(o)) as Arc<dyn pug_api::swarm::SwarmSource>),
-            renderer_tenants: published.map(|t| {
-                Arc::new(PublishedTenants(t)) as Arc<dyn pug_api::renderer::RendererTableSource>
+            renderer_tenants: published.map(|table| {
+                Arc::new(PublishedTenants {
+                    table,
+                    activity: RenderUse(gateway.clone()),
+                }) as Arc<dyn pug_api::renderer::RendererTableSource>
             }),
         };
         // Without the API role only /healthz, /healthz/{role} and /readyz answer.

@@ -26,7 +26,9 @@ pub use error_chain::error_chain;
 pub use event::EventReason;
 pub use id::TenantId;
 pub use overrides::{find_expansion, grafana_env_name, ExpansionContext, Overrides};
-pub use renderer::{RendererGrant, RendererName, RendererTable};
+pub use renderer::{
+    ActivityRecorded, RendererActivity, RendererGrant, RendererName, RendererTable,
+};
 pub use spec::{check_display_name, Labels, Replicas, MAX_DISPLAY_NAME, MAX_REPLICAS};
 pub use tenant::{
     DashboardSpec, DatasourceSpec, DesiredState, Event, Phase, Tenant, TenantSpec, TenantStatus,

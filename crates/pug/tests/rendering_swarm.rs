@@ -614,10 +614,28 @@ fn swarm_tenants_render_through_the_renderer_service_pug_keeps() {
     // refusal proves nothing, so wait until globex's own token renders globex.
     let globex_token = pug.renderer_token("globex");
     let globex_own = format!("http://{globex_at}/t/globex/d-solo/binding/x?delay=0");
+    let last_activity = |tenant: &str| {
+        let (_, shown) = pug.cli(&["tenant", "show", tenant, "--output", "json"]);
+        let shown: Value = serde_json::from_str(&shown).unwrap_or_else(|e| panic!("{e}: {shown}"));
+        shown["last_activity_ms"].as_i64()
+    };
+    let globex_before = last_activity("globex");
     while pug.render_status(&renderer, &globex_token, &globex_own, globex_ip) != "200" {
         assert!(
             Instant::now() < deadline,
             "globex never rendered:\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // That render went to the service alone (no request through pug's gateway): the service
+    // reports it, and it is globex's activity, as a render by the embedded renderer is.
+    let deadline = Instant::now() + T;
+    while last_activity("globex") <= globex_before {
+        assert!(
+            Instant::now() < deadline,
+            "the service's render never became globex's activity ({globex_before:?}):\n{}\n{}",
+            docker(&["service", "logs", &service]).1,
             logs()
         );
         std::thread::sleep(Duration::from_millis(250));
