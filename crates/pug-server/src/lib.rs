@@ -37,7 +37,7 @@ use std::time::Duration;
 use pug_config::Config;
 use pug_controller::{Controller, ControllerMetrics, ControllerSettings, TenantDatabases};
 use pug_gateway::server::serve_with;
-use pug_store::{write_private, Role, Store, StoreError};
+use pug_store::{write_private, Store, StoreError};
 use pug_types::ExposeSecret;
 
 use crate::adapters::{
@@ -209,11 +209,8 @@ impl Server {
         if roles.runs("controller") {
             sharing::check(&store, config.backend).await?;
         }
-        let first_admin_token = if store.has_tokens().await? {
-            None
-        } else {
-            Some(store.create_token("admin", Role::Admin).await?)
-        };
+        // Of several pugs starting at once on a fresh store, one makes it (and prints it).
+        let first_admin_token = store.create_first_admin_token().await?;
 
         let backend = backend::start(&config, &store).await?;
         let databases = (!config.grafana_database.url.is_empty())

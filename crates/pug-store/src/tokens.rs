@@ -204,6 +204,36 @@ fn info(row: &Row) -> Result<TokenInfo, StoreError> {
     })
 }
 
+/// Operator tokens (every token but the local CLI's and the renderer service's), counted.
+fn operator_tokens<'q>() -> sqlx::query::QueryScalar<'q, sqlx::Any, i64, sqlx::any::AnyArguments<'q>>
+{
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM api_tokens WHERE name <> $1 AND name NOT LIKE $2 AND role <> $3",
+    )
+    .bind(LOCAL_TOKEN_NAME)
+    .bind(format!("{LOCAL_TOKEN_NAME}@%"))
+    .bind(Role::Renderer.as_str())
+}
+
+/// The insert of one token row.
+fn insert_token<'q>(
+    hash: &'q str,
+    name: &'q str,
+    role: Role,
+    created_at_ms: i64,
+    expires_at_ms: Option<i64>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    sqlx::query(
+        "INSERT INTO api_tokens (hash, name, role, created_at_ms, expires_at_ms) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(hash)
+    .bind(name)
+    .bind(role.as_str())
+    .bind(created_at_ms)
+    .bind(expires_at_ms)
+}
+
 impl Store {
     /// Makes a new token that never expires; its plaintext is returned once and never stored.
     pub async fn create_token(&self, name: &str, role: Role) -> Result<SecretString, StoreError> {
@@ -224,17 +254,9 @@ impl Store {
         ));
         let hash = token_hash(&token);
         let created_at_ms = now_ms();
-        sqlx::query(
-            "INSERT INTO api_tokens (hash, name, role, created_at_ms, expires_at_ms) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&hash)
-        .bind(name)
-        .bind(role.as_str())
-        .bind(created_at_ms)
-        .bind(expires_at_ms)
-        .execute(&self.pool)
-        .await?;
+        insert_token(&hash, name, role, created_at_ms, expires_at_ms)
+            .execute(&self.pool)
+            .await?;
         let info = TokenInfo {
             id: token_id(&hash),
             name: name.to_owned(),
@@ -258,15 +280,37 @@ impl Store {
     /// Whether any token but the local CLI's and the renderer service's exists (false on a
     /// store's first start).
     pub async fn has_tokens(&self) -> Result<bool, StoreError> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM api_tokens WHERE name <> $1 AND name NOT LIKE $2 AND role <> $3",
-        )
-        .bind(LOCAL_TOKEN_NAME)
-        .bind(format!("{LOCAL_TOKEN_NAME}@%"))
-        .bind(Role::Renderer.as_str())
-        .fetch_one(&self.pool)
-        .await?;
+        let n: i64 = operator_tokens().fetch_one(&self.pool).await?;
         Ok(n > 0)
+    }
+
+    /// The first admin token, `admin`, made only while no operator token exists
+    /// ([`Store::has_tokens`]); `None` when there is one. The check and the insert are one
+    /// write transaction (on PostgreSQL under a lock of the table), so of several pugs
+    /// starting at once on a fresh store exactly one makes it and prints it: the others see it.
+    pub async fn create_first_admin_token(&self) -> Result<Option<SecretString>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        if self.kind == Kind::Postgres {
+            // A row lock cannot guard rows that do not exist yet; this mode conflicts with
+            // itself, so a second pug's check waits for the first's insert.
+            sqlx::query("LOCK TABLE api_tokens IN SHARE ROW EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let n: i64 = operator_tokens().fetch_one(&mut *tx).await?;
+        if n > 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let token = SecretString::from(format!(
+            "{TOKEN_PREFIX}{}",
+            generate_secret().expose_secret()
+        ));
+        insert_token(&token_hash(&token), "admin", Role::Admin, now_ms(), None)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(token))
     }
 
     /// A new local CLI token for the pug `owner` ([`local_token_name`]), replacing its own and
