@@ -9,6 +9,9 @@
 #
 #   bench/gateway/scale.sh [GATEWAY_BENCH]     # ROUNDS=3 DURATION=10s CONNECTIONS=4 AWAKE=500 SLEEPING=9500
 #
+# POLL_ALL=1: the snapshot poller reads every status every second, as pug-server's did before
+# the store's status version (default: only when the version moved).
+#
 # GATEWAY_BENCH defaults to target/release/examples/gateway_bench (cargo build --release
 # -p pug-gateway --example gateway_bench). Needs: nginx and wrk.
 set -euo pipefail
@@ -47,7 +50,7 @@ nginx_conf upstream "server {
 
 start() { # name port extra-args…
   local name=$1 port=$2; shift 2
-  "$bin" --upstream "127.0.0.1:$UP_PORT" --listen "127.0.0.1:$port" --tenants "$AWAKE" --upstream-ports "$AWAKE" --snapshot 1 "$@" \
+  "$bin" --upstream "127.0.0.1:$UP_PORT" --listen "127.0.0.1:$port" --tenants "$AWAKE" --upstream-ports "$AWAKE" --snapshot 1 --poll-all "${POLL_ALL:-0}" "$@" \
     > "$work/$name.out" 2> "$work/$name.err" &
   pids+=($!)
   echo $! > "$work/$name.pid"
@@ -105,7 +108,7 @@ measure() { # name port
       (y[1] - x[1]) / hz * 1e6 / n, (y[2] - x[2]) / hz * 1e6 / n, $6 }'
 }
 
-echo "gateway scale: $AWAKE awake tenants (small) vs the same + $SLEEPING asleep (big); wrk -t2 -c$CONNECTIONS -d$DURATION over the awake ones; $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "gateway scale (POLL_ALL=${POLL_ALL:-0}): $AWAKE awake tenants (small) vs the same + $SLEEPING asleep (big); wrk -t2 -c$CONNECTIONS -d$DURATION over the awake ones; $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "| server | requests/s | p50 ms | p99 ms | request threads µs/req | other threads µs/req | non-2xx |"
 echo "|---|---|---|---|---|---|---|"
 for r in $(seq 1 "$ROUNDS"); do
@@ -117,8 +120,9 @@ if [ -n "${PERF:-}" ]; then
   # perf record -g of BIG's request threads under the same load, for $PERF seconds.
   cookie=$(sed -n 's/^cookie=//p' "$work/big.out")
   wrk -t2 -c"$CONNECTIONS" -d"$((PERF + 2))s" -H "Cookie: $cookie" -s "$lua" "http://127.0.0.1:$BIG_PORT" > /dev/null &
+  load=$!
   sleep 1
   perf record -F 999 -g -o "${PERF_OUT:-/tmp/gw-scale.perf}" -p "$(cat "$work/big.pid")" -- sleep "$PERF" 2> /dev/null
-  wait
+  wait "$load" # (a bare wait would wait for the servers too)
   echo "perf data: ${PERF_OUT:-/tmp/gw-scale.perf}"
 fi

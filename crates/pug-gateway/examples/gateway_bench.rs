@@ -5,13 +5,14 @@
 //!
 //! `cargo run --release -p pug-gateway --example gateway_bench -- --upstream 127.0.0.1:18090
 //!  --listen 127.0.0.1:18092 --tenants 1000 [--workers N] [--sleeping N] [--snapshot 1]
-//!  [--upstream-ports K]`
+//!  [--upstream-ports K] [--poll-all 1]`
 //!
-//! `--upstream-ports K` spreads the tenants over K upstream ports (tenant i on the upstream's port
-//! + i mod K), as every tenant has its own instance. `--sleeping N` registers N more tenants (`s00000`…), asleep and not the user's, as a fleet
-//! whose most tenants sleep (`bench/gateway/scale.sh`); `--snapshot 1` feeds the gateway's routes
-//! from a status snapshot polled every second, as `pug serve` does (`Gateway::background_on`),
-//! instead of the gateway's own refresh.
+//! `--upstream-ports K` spreads the tenants over K upstream ports (tenant i on the upstream's
+//! port plus i mod K), as every tenant has its own instance. `--sleeping N` registers N more
+//! tenants (`s00000`…), asleep and not the user's, as a fleet whose most tenants sleep
+//! (`bench/gateway/scale.sh`); `--snapshot 1` feeds the gateway's routes from a status snapshot
+//! polled every second, as `pug serve` does (`Gateway::background_on`), instead of the
+//! gateway's own refresh.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -38,6 +39,7 @@ async fn main() {
     let mut sleeping = 0usize;
     let mut upstream_ports = 1usize;
     let mut snapshot = false;
+    let mut poll_all = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let v = args.next().expect("every flag takes a value");
@@ -49,6 +51,7 @@ async fn main() {
             "--sleeping" => sleeping = v.parse().expect("--sleeping N"),
             "--upstream-ports" => upstream_ports = v.parse().expect("--upstream-ports K"),
             "--snapshot" => snapshot = v == "1",
+            "--poll-all" => poll_all = v == "1",
             other => panic!("unknown flag {other}"),
         }
     }
@@ -106,15 +109,24 @@ async fn main() {
             .unwrap();
         let (tx, rx) = watch::channel(Arc::new(store.tenant_statuses().await.unwrap()));
         tokio::spawn(gateway.background_on(rx, CancellationToken::new()));
-        // As pug-server's poller (`fleet.rs`): parses only the statuses whose text changed and
-        // publishes only a fleet that changed.
+        // As pug-server's poller (`fleet.rs`): reads the statuses only when the store's status
+        // version moved (`--poll-all 1`: every second, as before), parses only those whose text
+        // changed and publishes only a fleet that changed.
         let store = store.clone();
         tokio::spawn(async move {
             let mut parsed: HashMap<TenantId, (String, TenantStatus)> = HashMap::new();
             let (mut polls, mut read_s, mut rest_s) = (0u32, 0f64, 0f64);
+            let mut seen = None;
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let started = std::time::Instant::now();
+                let Ok(version) = store.status_version().await else {
+                    continue;
+                };
+                if !poll_all && seen == Some(version) {
+                    continue;
+                }
+                seen = Some(version);
                 let Ok(texts) = store.tenant_status_texts().await else {
                     continue;
                 };
