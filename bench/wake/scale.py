@@ -160,6 +160,26 @@ def cpu_s(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_split_s(pid):
+    """(request threads, other threads) CPU seconds of `pid`: its gateway threads (`pug-http-*`,
+    which also serve pug's API) apart from the rest (controller, store, pollers)."""
+    http = other = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                comm = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        t = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        if comm.startswith("pug-http"):
+            http += t
+        else:
+            other += t
+    return http, other
+
+
 def mib(kib):
     return f"{kib / 1024:.0f} MiB"
 
@@ -330,10 +350,10 @@ end
                    "--timeout", "10s"]
             subprocess.run(cmd + ["-d3s", url], capture_output=True, timeout=60)
             rss_before = snapshot()
-            cpu0 = cpu_s(serve.pid)
+            cpu0, split0 = cpu_s(serve.pid), cpu_split_s(serve.pid)
             out = subprocess.run(cmd + [f"-d{args.duration}s", url], capture_output=True, text=True,
                                  timeout=args.duration + 60).stdout
-            cpu1 = cpu_s(serve.pid)
+            cpu1, split1 = cpu_s(serve.pid), cpu_split_s(serve.pid)
             load = open("/proc/loadavg").read().split()[0]
             rss_after = snapshot()
             line = next(l for l in out.splitlines() if l.startswith("RESULT"))
@@ -341,7 +361,9 @@ end
             r = {"p50_ms": p50 / 1000, "p90_ms": p90 / 1000, "p99_ms": p99 / 1000, "max_ms": mx / 1000,
                  "rps": reqs / (dur / 1e6), "reqs": reqs, "errors": errs, "non2xx": non2xx,
                  "pug_rss": max(rss_before[0], rss_after[0]), "inst_n": rss_after[1], "inst_rss": rss_after[2],
-                 "cpu_us_per_req": (cpu1 - cpu0) * 1e6 / max(reqs, 1), "load1": load}
+                 "cpu_us_per_req": (cpu1 - cpu0) * 1e6 / max(reqs, 1), "load1": load,
+                 "cpu_us_per_req_http": (split1[0] - split0[0]) * 1e6 / max(reqs, 1),
+                 "cpu_us_per_req_other": (split1[1] - split0[1]) * 1e6 / max(reqs, 1)}
             log(f"phase {tag}: {r}")
             return r
 
@@ -509,6 +531,8 @@ end
         print(f"| requests/s (errors, non-2xx) | {A['rps']:.0f} ({A['errors']}, {A['non2xx']}) | "
               f"{B['rps']:.0f} ({B['errors']}, {B['non2xx']}) |")
         print(f"| pug CPU per request (utime+stime) | {A['cpu_us_per_req']:.0f} µs | {B['cpu_us_per_req']:.0f} µs |")
+        print(f"| of which request threads (pug-http-*) / other threads | {A['cpu_us_per_req_http']:.0f} / "
+              f"{A['cpu_us_per_req_other']:.0f} µs | {B['cpu_us_per_req_http']:.0f} / {B['cpu_us_per_req_other']:.0f} µs |")
         print(f"| machine load (1 min) at the end | {A['load1']} | {B['load1']} |")
         print(f"| pug RSS (VmRSS) | {mib(A['pug_rss'])} | {mib(B['pug_rss'])} |")
         print(f"| instances' RSS, sum | {mib(A['inst_rss'])} | {mib(B['inst_rss'])} |")

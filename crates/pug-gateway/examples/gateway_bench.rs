@@ -4,15 +4,27 @@
 //! `ready` on stdout, then serves until killed.
 //!
 //! `cargo run --release -p pug-gateway --example gateway_bench -- --upstream 127.0.0.1:18090
-//!  --listen 127.0.0.1:18092 --tenants 1000 [--workers N]`
+//!  --listen 127.0.0.1:18092 --tenants 1000 [--workers N] [--sleeping N] [--snapshot 1]
+//!  [--upstream-ports K] [--poll-all 1]`
+//!
+//! `--upstream-ports K` spreads the tenants over K upstream ports (tenant i on the upstream's
+//! port plus i mod K), as every tenant has its own instance. `--sleeping N` registers N more
+//! tenants (`s00000`…), asleep and not the user's, as a fleet whose most tenants sleep
+//! (`bench/gateway/scale.sh`); `--snapshot 1` feeds the gateway's routes from a status snapshot
+//! polled every second, as `pug serve` does (`Gateway::background_on`), instead of the
+//! gateway's own refresh.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pug_config::Config;
 use pug_gateway::{Gateway, GatewaySettings};
 use pug_store::{MasterKey, Store};
 use pug_types::{Phase, TenantId, TenantSpec, TenantStatus};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// The allocator `pug` itself uses (see `crates/pug/src/main.rs`).
 #[global_allocator]
@@ -24,6 +36,10 @@ async fn main() {
     let mut listen: SocketAddr = "127.0.0.1:18092".parse().unwrap();
     let mut tenants = 1000usize;
     let mut workers = 0usize;
+    let mut sleeping = 0usize;
+    let mut upstream_ports = 1usize;
+    let mut snapshot = false;
+    let mut poll_all = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let v = args.next().expect("every flag takes a value");
@@ -32,6 +48,10 @@ async fn main() {
             "--listen" => listen = v.parse().expect("--listen host:port"),
             "--tenants" => tenants = v.parse().expect("--tenants N"),
             "--workers" => workers = v.parse().expect("--workers N (0: one per core)"),
+            "--sleeping" => sleeping = v.parse().expect("--sleeping N"),
+            "--upstream-ports" => upstream_ports = v.parse().expect("--upstream-ports K"),
+            "--snapshot" => snapshot = v == "1",
+            "--poll-all" => poll_all = v == "1",
             other => panic!("unknown flag {other}"),
         }
     }
@@ -61,9 +81,21 @@ async fn main() {
         let mut status = TenantStatus::pending();
         status.phase = Phase::Ready;
         status.ready_replicas = 1;
-        status.endpoints = vec![upstream.clone()];
+        status.endpoints = vec![upstream_of(&upstream, i % upstream_ports.max(1))];
         store.set_status(&id, &status).await.unwrap();
         store.grant("bench", &id, "Viewer").await.unwrap();
+    }
+    for i in 0..sleeping {
+        let id = TenantId::parse(&format!("s{i:05}")).unwrap();
+        let spec: TenantSpec = serde_json::from_value(serde_json::json!({
+            "display_name": id.as_str(), "version": "11.3.0", "replicas": 1,
+            "desired_state": "active", "idle_timeout_secs": 1,
+        }))
+        .unwrap();
+        store.create_tenant(&id, &spec, &[]).await.unwrap();
+        let mut status = TenantStatus::pending();
+        status.phase = Phase::Sleeping;
+        store.set_status(&id, &status).await.unwrap();
     }
     let config = Config {
         listen,
@@ -71,9 +103,71 @@ async fn main() {
     };
     let settings = GatewaySettings::from_config(&config);
     let mut registry = pug_metrics::new_registry();
-    let gateway = Gateway::new(store.clone(), settings, &mut registry)
-        .await
-        .unwrap();
+    let gateway = if snapshot {
+        let gateway = Gateway::open(store.clone(), settings, &mut registry)
+            .await
+            .unwrap();
+        let (tx, rx) = watch::channel(Arc::new(store.tenant_statuses().await.unwrap()));
+        tokio::spawn(gateway.background_on(rx, CancellationToken::new()));
+        // As pug-server's poller (`fleet.rs`): reads the statuses only when the store's status
+        // version moved (`--poll-all 1`: every second, as before), parses only those whose text
+        // changed and publishes only a fleet that changed.
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut parsed: HashMap<TenantId, (String, TenantStatus)> = HashMap::new();
+            let (mut polls, mut read_s, mut rest_s) = (0u32, 0f64, 0f64);
+            let mut seen = None;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let started = std::time::Instant::now();
+                let Ok(version) = store.status_version().await else {
+                    continue;
+                };
+                if !poll_all && seen == Some(version) {
+                    continue;
+                }
+                seen = Some(version);
+                let Ok(texts) = store.tenant_status_texts().await else {
+                    continue;
+                };
+                let read = started.elapsed();
+                let mut next = HashMap::with_capacity(texts.len());
+                let mut statuses = Vec::with_capacity(texts.len());
+                for (id, text) in texts {
+                    let status = match parsed.remove(&id) {
+                        Some((old, status)) if old == text => status,
+                        _ => pug_store::parse_status(&id, &text).unwrap(),
+                    };
+                    statuses.push((id.clone(), status.clone()));
+                    next.insert(id, (text, status));
+                }
+                parsed = next;
+                tx.send_if_modified(|current| {
+                    if **current == statuses {
+                        return false;
+                    }
+                    *current = Arc::new(statuses);
+                    true
+                });
+                // What one poll costs (wall time; the poll is alone on its thread).
+                polls += 1;
+                read_s += read.as_secs_f64();
+                rest_s += (started.elapsed() - read).as_secs_f64();
+                if polls % 10 == 0 {
+                    eprintln!(
+                        "poll: {:.2} ms read + {:.2} ms compare, average of {polls}",
+                        read_s * 1e3 / f64::from(polls),
+                        rest_s * 1e3 / f64::from(polls)
+                    );
+                }
+            }
+        });
+        gateway
+    } else {
+        Gateway::new(store.clone(), settings, &mut registry)
+            .await
+            .unwrap()
+    };
     // Served as `pug serve` serves its port.
     let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
     let app = gateway.service(axum::Router::new());
@@ -81,7 +175,7 @@ async fn main() {
         listener,
         app,
         pug_gateway::server::worker_count(workers),
-        tokio_util::sync::CancellationToken::new(),
+        CancellationToken::new(),
     ));
     // Sign in through the real login form, as a browser would.
     let client = pug_test_support::http::builder()
@@ -113,6 +207,13 @@ async fn main() {
     loop {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
+}
+
+/// `host:port` moved `offset` ports up (tenant i's own upstream with `--upstream-ports`).
+fn upstream_of(upstream: &str, offset: usize) -> String {
+    let (host, port) = upstream.rsplit_once(':').expect("--upstream host:port");
+    let port: usize = port.parse().expect("--upstream host:port");
+    format!("{host}:{}", port + offset)
 }
 
 fn cookie(resp: &reqwest::Response, name: &str) -> String {

@@ -211,7 +211,7 @@ impl Gateway {
     /// [`Gateway::background`], with the routing table taken from each new `statuses`
     /// snapshot (published by one poller of the store for the whole process, which the
     /// renderer reads too) instead of a store read of its own; the embed keys are re-read
-    /// from the store at each snapshot.
+    /// from the store at each snapshot and at least every `refresh_interval`.
     pub fn background_on(
         &self,
         statuses: watch::Receiver<StatusSnapshot>,
@@ -219,7 +219,7 @@ impl Gateway {
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let weak = Arc::downgrade(&self.inner);
         let s = &self.inner.settings;
-        let routes = snapshot_loop(weak.clone(), statuses, shutdown.clone());
+        let routes = snapshot_loop(weak.clone(), statuses, s.refresh_interval, shutdown.clone());
         let sweep = sweep_loop(weak.clone(), s.session_sweep_interval, shutdown.clone());
         let activity = activity_loop(weak, s.activity_flush_interval, shutdown);
         async move {
@@ -360,16 +360,30 @@ async fn refresh_loop(weak: Weak<Inner>, period: Duration, shutdown: Cancellatio
 async fn snapshot_loop(
     weak: Weak<Inner>,
     mut statuses: watch::Receiver<StatusSnapshot>,
+    period: Duration,
     shutdown: CancellationToken,
 ) {
+    // The embed keys are re-read at each snapshot and at least every `period`: the poller
+    // publishes only a fleet that changed, and a deleted key must stop verifying tokens within
+    // a refresh however still the fleet is.
+    let mut keys_due = tokio::time::interval(period);
+    keys_due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    keys_due.tick().await;
     loop {
-        tokio::select! {
+        let changed = tokio::select! {
             _ = shutdown.cancelled() => return,
-            changed = statuses.changed() => if changed.is_err() { return },
-        }
+            changed = statuses.changed() => match changed {
+                Ok(()) => true,
+                Err(_) => return,
+            },
+            _ = keys_due.tick() => false,
+        };
         let Some(inner) = weak.upgrade() else { return };
-        let snapshot = statuses.borrow_and_update().clone();
-        inner.apply_statuses(&snapshot);
+        if changed {
+            let snapshot = statuses.borrow_and_update().clone();
+            inner.apply_statuses(&snapshot);
+            keys_due.reset();
+        }
         if let Err(e) = inner.keys.refresh().await {
             tracing::warn!(error = %e, "gateway: cannot refresh the embed keys");
         }

@@ -1,8 +1,8 @@
 //! One tenant-status snapshot for the whole process, published to the gateway's routes and the
 //! renderer's token table (before, each polled the store's status table every second).
 //!
-//! Owns: the poller (the store's `tenant_statuses` every `gateway.refresh_interval`, the
-//! store being where other pugs' controllers write), the statuses this process's controller
+//! Owns: the poller (the store's statuses every `gateway.refresh_interval` when the store's
+//! status version moved, the store being where other pugs' controllers write), the statuses this process's controller
 //! writes, patched into the snapshot at once ([`with_status`], pure), and the
 //! `tokio::sync::watch` channel both read.
 //!
@@ -50,21 +50,38 @@ impl Fleet {
     /// Re-reads the store every `every` and publishes what it read when it differs from the
     /// snapshot, until `shutdown`. A failed read keeps the last snapshot.
     ///
-    /// Only statuses whose stored text changed since the last read are parsed, and an unchanged
-    /// fleet publishes nothing (so the gateway's route table and the renderer's token table
-    /// are not rebuilt): with 10,000 tenants, parsing and publishing all of them every second
-    /// was a burst of work each second that showed in the gateway's tail latency
-    /// (bench/wake/scale.py).
+    /// Each poll first reads the store's status version ([`Store::status_version`]) and reads
+    /// the statuses only when it moved since the last read: with 10,000 tenants, reading them
+    /// all every second cost ~40 ms of CPU each second (~2 ms at 500), a burst that grew with
+    /// the fleet on pug's 2 cores, where the gateway serves (bench/gateway/scale.sh). Of a
+    /// read, only statuses whose stored text changed are parsed, and an unchanged fleet
+    /// publishes nothing (so the gateway's route table and the renderer's token table are not
+    /// rebuilt).
     pub async fn poll(self, store: Store, every: Duration, shutdown: CancellationToken) {
         let mut parsed: HashMap<TenantId, (String, TenantStatus)> = HashMap::new();
+        // The status version of the last successful read (None: read at the first poll).
+        let mut seen: Option<i64> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
+            // Read before the statuses: a write committed after this read moves the version
+            // again, so the next poll reads once more; none means the statuses read are current.
+            let version = match store.status_version().await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read tenants' statuses");
+                    continue;
+                }
+            };
+            if seen == Some(version) {
+                continue;
+            }
             match store.tenant_status_texts().await {
                 Ok(texts) => match reparse(&mut parsed, texts) {
                     Ok(statuses) => {
+                        seen = Some(version);
                         self.tx.send_if_modified(|current| {
                             if **current == statuses {
                                 return false;
@@ -189,6 +206,27 @@ mod tests {
                 .is_err(),
             "an unchanged fleet was published again"
         );
+        // Another pug's controller writes to the store: the version moves, the poller reads.
+        let b = TenantId::parse("b").unwrap();
+        let spec: pug_types::TenantSpec = serde_json::from_value(serde_json::json!({
+            "display_name": "b", "version": "11.3.0", "replicas": 1, "desired_state": "active",
+        }))
+        .unwrap();
+        store.create_tenant(&b, &spec, &[]).await.unwrap();
+        store
+            .set_status(&b, &status(Phase::Ready, &["127.0.0.1:3001"]))
+            .await
+            .unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            seen.wait_for(|s| {
+                s.iter()
+                    .any(|(id, st)| *id == b && st.endpoints == ["127.0.0.1:3001"])
+            }),
+        )
+        .await
+        .expect("a status written to the store is published")
+        .unwrap();
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(10), poller)
             .await

@@ -499,6 +499,16 @@ impl Store {
             .collect()
     }
 
+    /// A number that moves whenever any tenant's status is written, added or removed (a trigger
+    /// bumps it in the writing transaction). Read before [`Store::tenant_status_texts`], a value
+    /// seen again later means that no status changed in between, so a poller can skip the read.
+    pub async fn status_version(&self) -> Result<i64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT n FROM status_version WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n)
+    }
+
     /// Every tenant's status as stored, unparsed, in the order of their ids: for a poller
     /// that parses only what changed since its last read ([`parse_status`]).
     pub async fn tenant_status_texts(&self) -> Result<Vec<(TenantId, String)>, StoreError> {

@@ -1,0 +1,25 @@
+-- A number that every change of `tenant_status` (a row written, added or removed, cascades
+-- included) increments in the writing transaction, by trigger, so that no write path can miss
+-- it. The 1 s status poller reads it first and re-reads the 10,000 statuses of a large fleet
+-- only when it moved (bench/gateway/scale.sh: reading them all every second cost ~40 ms of
+-- CPU per second at 10,000 tenants, ~2 ms at 500).
+CREATE TABLE status_version (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    n  BIGINT NOT NULL
+);
+INSERT INTO status_version (id, n) VALUES (1, 0);
+
+CREATE TRIGGER tenant_status_inserted AFTER INSERT ON tenant_status
+BEGIN
+    UPDATE status_version SET n = n + 1 WHERE id = 1;
+END;
+
+CREATE TRIGGER tenant_status_updated AFTER UPDATE ON tenant_status
+BEGIN
+    UPDATE status_version SET n = n + 1 WHERE id = 1;
+END;
+
+CREATE TRIGGER tenant_status_deleted AFTER DELETE ON tenant_status
+BEGIN
+    UPDATE status_version SET n = n + 1 WHERE id = 1;
+END;
