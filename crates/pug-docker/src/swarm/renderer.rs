@@ -20,13 +20,12 @@
 use std::collections::HashMap;
 
 use bollard::models::{
-    EndpointSpec, EndpointSpecModeEnum, NetworkAttachmentConfig, Service, ServiceSpec,
-    ServiceSpecMode, ServiceSpecModeReplicated, ServiceSpecRollbackConfig,
+    EndpointSpec, EndpointSpecModeEnum, Service, ServiceSpec, ServiceSpecMode,
+    ServiceSpecModeReplicated, ServiceSpecRollbackConfig,
     ServiceSpecRollbackConfigFailureActionEnum, ServiceSpecRollbackConfigOrderEnum,
     ServiceSpecUpdateConfig, ServiceSpecUpdateConfigFailureActionEnum,
     ServiceSpecUpdateConfigOrderEnum, TaskSpec, TaskSpecContainerSpec, TaskSpecContainerSpecFile,
-    TaskSpecContainerSpecSecrets, TaskSpecPlacement, TaskSpecPlacementPreferences,
-    TaskSpecPlacementSpread, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
+    TaskSpecContainerSpecSecrets,
 };
 use bollard::query_parameters::InspectServiceOptions;
 use pug_config::{Config, DockerConfig};
@@ -34,7 +33,7 @@ use pug_types::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use super::objects::{self, ObjectRef, Secret};
-use super::spec::replicas_of;
+use super::spec::{on_network, replicas_of, restart_always, spread_over};
 use super::SwarmBackend;
 use crate::engine::{api, is_conflict, is_not_found, DockerError};
 use crate::{LABEL_NAMESPACE, LABEL_SPEC_HASH};
@@ -211,24 +210,9 @@ pub(super) fn service_spec(
                 capability_drop: Some(vec!["CAP_NET_RAW".into()]),
                 ..Default::default()
             }),
-            restart_policy: Some(TaskSpecRestartPolicy {
-                condition: Some(TaskSpecRestartPolicyConditionEnum::ANY),
-                delay: Some(2 * SECOND),
-                max_attempts: Some(0),
-                window: None,
-            }),
-            placement: Some(TaskSpecPlacement {
-                preferences: Some(vec![TaskSpecPlacementPreferences {
-                    spread: Some(TaskSpecPlacementSpread {
-                        spread_descriptor: Some("node.id".into()),
-                    }),
-                }]),
-                ..Default::default()
-            }),
-            networks: Some(vec![NetworkAttachmentConfig {
-                target: Some(config.network.clone()),
-                ..Default::default()
-            }]),
+            restart_policy: Some(restart_always()),
+            placement: Some(spread_over("node.id")),
+            networks: Some(on_network(&config.network)),
             ..Default::default()
         }),
         mode: Some(ServiceSpecMode {

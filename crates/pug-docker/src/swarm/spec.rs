@@ -218,26 +218,11 @@ pub(super) fn service_spec(
                 }),
                 ..Default::default()
             }),
-            restart_policy: Some(TaskSpecRestartPolicy {
-                condition: Some(TaskSpecRestartPolicyConditionEnum::ANY),
-                delay: Some(2 * SECOND),
-                max_attempts: Some(0),
-                window: None,
-            }),
+            restart_policy: Some(restart_always()),
             // Replicas spread over nodes (Swarm's scheduler also prefers nodes that run
             // fewer tasks of the service); `pug.zone` node labels spread them over zones.
-            placement: Some(TaskSpecPlacement {
-                preferences: Some(vec![TaskSpecPlacementPreferences {
-                    spread: Some(TaskSpecPlacementSpread {
-                        spread_descriptor: Some("node.labels.pug.zone".into()),
-                    }),
-                }]),
-                ..Default::default()
-            }),
-            networks: Some(vec![NetworkAttachmentConfig {
-                target: Some(config.network.clone()),
-                ..Default::default()
-            }]),
+            placement: Some(spread_over("node.labels.pug.zone")),
+            networks: Some(on_network(&config.network)),
             ..Default::default()
         }),
         mode: Some(ServiceSpecMode {
@@ -271,6 +256,36 @@ pub(super) fn service_spec(
         }),
         ..Default::default()
     }
+}
+
+/// Restarted whatever ends it, 2 s apart, with no limit (tenants' tasks and the renderer's).
+pub(super) fn restart_always() -> TaskSpecRestartPolicy {
+    TaskSpecRestartPolicy {
+        condition: Some(TaskSpecRestartPolicyConditionEnum::ANY),
+        delay: Some(2 * SECOND),
+        max_attempts: Some(0),
+        window: None,
+    }
+}
+
+/// Tasks spread over the values of `descriptor` (`node.id`, a node label).
+pub(super) fn spread_over(descriptor: &str) -> TaskSpecPlacement {
+    TaskSpecPlacement {
+        preferences: Some(vec![TaskSpecPlacementPreferences {
+            spread: Some(TaskSpecPlacementSpread {
+                spread_descriptor: Some(descriptor.to_owned()),
+            }),
+        }]),
+        ..Default::default()
+    }
+}
+
+/// Attached to `network` alone.
+pub(super) fn on_network(network: &str) -> Vec<NetworkAttachmentConfig> {
+    vec![NetworkAttachmentConfig {
+        target: Some(network.to_owned()),
+        ..Default::default()
+    }]
 }
 
 #[cfg(test)]
