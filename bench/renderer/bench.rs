@@ -350,72 +350,28 @@ async fn main() {
     .unwrap();
     let mut rows = Vec::new();
 
-    // --- floor: one open tab per worker in one running Chromium.
-    {
-        let (browser, task) = launch(&a.chrome, &tmp.path().join("floor")).await;
-        let browser = Arc::new(browser);
-        let mut tabs = Vec::new();
-        for _ in 0..4 {
-            tabs.push(new_page(&browser).await);
-        }
-        let tabs = Arc::new(tabs);
-        // The page needs a renderKey cookie; set it once for the shared default context.
-        tabs[0].execute(render_key_cookie()).await.unwrap();
-        let url = page_url.clone();
-        rows.push(
-            measure(
-                "floor: open tab, navigate + load + screenshot",
-                a.c1,
-                a.c4,
-                move |w| {
-                    let (tabs, url) = (tabs.clone(), url.clone());
-                    async move { screenshot_after_load(&tabs[w % 4], &url).await }
-                },
-            )
-            .await,
-        );
-        if let Ok(mut b) = Arc::try_unwrap(browser) {
-            let _ = b.close().await;
-            let _ = b.wait().await;
-        }
-        task.abort();
-    }
-
-    // --- floor + interception: the same, each request paused and continued over CDP.
-    {
-        let (browser, task) = launch(&a.chrome, &tmp.path().join("floor-fetch")).await;
-        let browser = Arc::new(browser);
-        let mut tabs = Vec::new();
-        let mut continuers = Vec::new();
-        for _ in 0..4 {
-            let tab = new_page(&browser).await;
-            continuers.push(continue_every_request(&tab).await);
-            tabs.push(tab);
-        }
-        let tabs = Arc::new(tabs);
-        tabs[0].execute(render_key_cookie()).await.unwrap();
-        let url = page_url.clone();
-        rows.push(
-            measure(
-                "floor + request interception (each request paused and continued, as pug checks it)",
-                a.c1,
-                a.c4,
-                move |w| {
-                    let (tabs, url) = (tabs.clone(), url.clone());
-                    async move { screenshot_after_load(&tabs[w % 4], &url).await }
-                },
-            )
-            .await,
-        );
-        for c in continuers {
-            c.abort();
-        }
-        if let Ok(mut b) = Arc::try_unwrap(browser) {
-            let _ = b.close().await;
-            let _ = b.wait().await;
-        }
-        task.abort();
-    }
+    // --- floor: one open tab per worker in one running Chromium; then the same with each
+    // request paused and continued over CDP.
+    rows.push(
+        floor_row(
+            &a,
+            &tmp.path().join("floor"),
+            &page_url,
+            "floor: open tab, navigate + load + screenshot",
+            false,
+        )
+        .await,
+    );
+    rows.push(
+        floor_row(
+            &a,
+            &tmp.path().join("floor-fetch"),
+            &page_url,
+            "floor + request interception (each request paused and continued, as pug checks it)",
+            true,
+        )
+        .await,
+    );
 
     // --- pug's renderer over HTTP: a fresh context per render (the default), then pages
     // reused for 50 renders and wiped between them (`page_reuse = 50`).
@@ -544,6 +500,47 @@ async fn main() {
     println!("{out}");
     std::fs::write(&a.results, &out).expect("writes the results file");
     eprintln!("wrote {}", a.results.display());
+}
+
+/// The floor's row: 4 open tabs of one running Chromium (profile in `profile`), each render
+/// a navigation, `load` and a screenshot; with `intercept`, every request of each tab is
+/// paused and continued over CDP.
+async fn floor_row(
+    a: &Args,
+    profile: &std::path::Path,
+    page_url: &str,
+    name: &str,
+    intercept: bool,
+) -> Row {
+    let (browser, task) = launch(&a.chrome, profile).await;
+    let browser = Arc::new(browser);
+    let mut tabs = Vec::new();
+    let mut continuers = Vec::new();
+    for _ in 0..4 {
+        let tab = new_page(&browser).await;
+        if intercept {
+            continuers.push(continue_every_request(&tab).await);
+        }
+        tabs.push(tab);
+    }
+    let tabs = Arc::new(tabs);
+    // The page needs a renderKey cookie; set it once for the shared default context.
+    tabs[0].execute(render_key_cookie()).await.unwrap();
+    let url = page_url.to_owned();
+    let row = measure(name, a.c1, a.c4, move |w| {
+        let (tabs, url) = (tabs.clone(), url.clone());
+        async move { screenshot_after_load(&tabs[w % 4], &url).await }
+    })
+    .await;
+    for c in continuers {
+        c.abort();
+    }
+    if let Ok(mut b) = Arc::try_unwrap(browser) {
+        let _ = b.close().await;
+        let _ = b.wait().await;
+    }
+    task.abort();
+    row
 }
 
 /// pug's renderer with `page_reuse`, over HTTP: its rows and its Chromium's memory over
